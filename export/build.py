@@ -1,0 +1,119 @@
+"""Checkpoint -> verified model folder: load, export both towers, parity gate, manifest, then move into place.
+
+Nothing reaches ``out_dir`` unless every step passed: work happens in a sibling temporary folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from longclip.runtime.constants import (
+    CONTEXT_LENGTH,
+    EOT_TOKEN,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    OPSET,
+    POSITION_SPLIT,
+    SOT_TOKEN,
+    TOKENIZER_ID,
+)
+from longclip.runtime.errors import ExportError
+from longclip.runtime.manifest import sha256_file, write_manifest
+
+from .checkpoint import load_reference
+from .model import LongCLIP
+from .onnx_export import export_tower, graph_specs
+from .parity import ParityReport, run_parity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path
+    checkpoint: Path
+    variant: str
+    report: ParityReport
+    seconds: float
+
+
+def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int) -> dict[str, object]:
+    cfg = model.config
+    graphs = {}
+    for tower, spec in graph_specs(model).items():
+        files = sorted(p.name for p in work.iterdir() if p.name.startswith(spec.file))
+        graphs[tower] = {
+            "file": spec.file,
+            "files": files,
+            "sha256": sha256_file(work / spec.file),
+            "input": {"name": spec.input_name, "dims": list(spec.input_dims),
+                      "dtype": onnx.TensorProto.DataType.Name(spec.input_dtype).lower()},
+            "output": {"name": spec.output_name, "dims": list(spec.output_dims), "dtype": "float32",
+                       "normalized": False},
+        }
+    return {
+        "variant": cfg.variant,
+        "precision": "fp32",
+        "opset": opset,
+        "embed_dim": cfg.embed_dim,
+        "config": cfg.to_dict(),
+        "image": {
+            "size": cfg.image_size,
+            "mean": list(IMAGE_MEAN),
+            "std": list(IMAGE_STD),
+            "steps": ["open: first frame", "convert('RGB'): alpha dropped, no EXIF transpose",
+                      "resize: short side to size, bicubic (torchvision Resize)",
+                      "center crop: offsets int(round((side - size) / 2))", "/255", "(x - mean) / std"],
+        },
+        "text": {
+            "context_length": CONTEXT_LENGTH,
+            "tokenizer": TOKENIZER_ID,
+            "sot_token": SOT_TOKEN,
+            "eot_token": EOT_TOKEN,
+            "position_split": POSITION_SPLIT,
+            "pooling": "argmax of input_ids (EOT)",
+            "dynamic_length": True,
+        },
+        "graphs": graphs,
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
+        "parity": report.to_dict(),
+        "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, opset: int = OPSET,
+                 overwrite: bool = False) -> ExportResult:
+    """Export ``checkpoint`` (file or folder) to ``out_dir`` with ``vision.onnx``, ``text.onnx``, ``manifest.json``.
+
+    Raises :class:`CheckpointError` for a bad checkpoint and :class:`ParityError` when the graphs disagree with
+    the reference; in both cases ``out_dir`` is left as it was.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"output folder {str(out)!r} is not empty: pass --overwrite or choose another folder")
+    model, ckpt = load_reference(checkpoint)
+    log.info("loaded %s: %s", ckpt, model.config.variant)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        vision = export_tower(model, "vision", work, opset)
+        text = export_tower(model, "text", work, opset)
+        report = run_parity(model, vision, text)
+        write_manifest(work, _manifest(model, ckpt, work, report, opset))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(out, ckpt, model.config.variant, report, time.perf_counter() - start)

@@ -1,0 +1,143 @@
+"""Find, safely load and check a LongCLIP checkpoint; derive its architecture from tensor shapes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from longclip.runtime.constants import CONTEXT_LENGTH
+from longclip.runtime.errors import CheckpointError
+
+from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".pt", ".bin", ".ckpt", ".safetensors")
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in OpenAI's archives
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file, or the one chosen from a directory: names containing "longclip" first, then sorted."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {str(path)!r} does not exist: pass a .pt/.bin/.ckpt file or a folder")
+    found = sorted(
+        (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
+        key=lambda p: ("longclip" not in p.name.lower(), str(p.relative_to(path))),
+    )
+    if not found:
+        raise CheckpointError(f"no {'/'.join(SUFFIXES)} file under {str(path)!r}: pass the checkpoint file itself")
+    if len(found) > 1:
+        log.info("%d checkpoints under %s; using %s", len(found), path, found[0])
+    log.info("checkpoint: %s", found[0])
+    return found[0]
+
+
+def _read(path: Path) -> object:
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError(f"{str(path)!r} is safetensors: pip install safetensors") from None
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a plain state dict, a ``{"state_dict": ...}`` wrapper and a ``module.`` prefix; keep tensors only."""
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
+    state = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            state[key.removeprefix("module.")] = value
+        elif key not in _IGNORED_KEYS:
+            raise CheckpointError(f"{str(path)!r}: entry {key!r} is a {type(value).__name__}, not a tensor")
+    return state
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load tensors with ``weights_only=True``: a pickle that carries code is refused, never run."""
+    path = Path(path)
+    try:
+        obj = _read(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {str(path)!r} safely: {first_line}") from None
+    return unwrap_state_dict(obj, path)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, path: str) -> tuple[int, ...]:
+    if key not in state:
+        sample = ", ".join(sorted(state)[:6])
+        raise CheckpointError(f"{path!r} has no {key}: not a LongCLIP state dict (keys: {sample}, ...)")
+    return tuple(state[key].shape)
+
+
+def _count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def derive_config(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -> LongCLIPConfig:
+    """Architecture from shapes, as OpenAI's ``build_model`` does (B/16, L/14, L/14-336, any width)."""
+    vision_width, _, patch, _ = _shape(state, "visual.conv1.weight", path)
+    n_pos = _shape(state, "visual.positional_embedding", path)[0]
+    grid = round((n_pos - 1) ** 0.5)
+    context = _shape(state, "positional_embedding", path)[0]
+    _shape(state, "positional_embedding_res", path)
+    if context != CONTEXT_LENGTH:
+        raise CheckpointError(f"{path!r}: text context is {context}, LongCLIP's is {CONTEXT_LENGTH}")
+    text_width = _shape(state, "ln_final.weight", path)[0]
+    for width, tower in ((vision_width, "vision"), (text_width, "text")):
+        if width % HEAD_WIDTH:
+            raise CheckpointError(f"{path!r}: {tower} width {width} is not a multiple of {HEAD_WIDTH}")
+    return LongCLIPConfig(
+        embed_dim=_shape(state, "text_projection", path)[1],
+        image_size=patch * grid,
+        patch_size=patch,
+        vision_width=vision_width,
+        vision_layers=_count_layers(state, "visual.transformer.resblocks."),
+        text_width=text_width,
+        text_layers=_count_layers(state, "transformer.resblocks."),
+        context_length=context,
+        vocab_size=_shape(state, "token_embedding.weight", path)[0],
+    )
+
+
+def build_reference(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -> LongCLIP:
+    """The reference model with ``state`` loaded strictly: every key present, none extra, every shape right."""
+    cfg = derive_config(state, path)
+    model = LongCLIP(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or extra or wrong:
+        parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
+        raise CheckpointError(f"{path!r} does not fit LongCLIP {cfg.variant} ({'; '.join(parts)})")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def load_reference(checkpoint: str | os.PathLike[str]) -> tuple[LongCLIP, Path]:
+    """Find, load and check a checkpoint: ``(reference model in eval mode, file used)``."""
+    path = find_checkpoint(checkpoint)
+    return build_reference(load_state_dict(path), str(path)), path

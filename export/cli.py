@@ -1,0 +1,51 @@
+"""``longclip-export CHECKPOINT -o OUT_DIR``: parse, call, report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from longclip.runtime.constants import OPSET
+from longclip.runtime.errors import LongCLIPError, ParityError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder to write vision.onnx, text.onnx and manifest.json into.")
+@click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(17), help="ONNX opset (>= 17).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+def main(checkpoint: str, out_dir: str, opset: int, overwrite: bool, quiet: bool) -> None:
+    """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
+    graphs and a manifest, and prove them against the PyTorch reference before saying done."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("longclip")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        from .build import export_model
+    except ImportError as exc:
+        click.echo(f"longclip-export: error: {exc.name or exc} is not installed; the exporter needs the export "
+                   "extra: pip install 'longclip[export]' (or '.[export]' from a checkout)", err=True)
+        raise SystemExit(1) from None
+
+    try:
+        result = export_model(checkpoint, out_dir, opset=opset, overwrite=overwrite)
+    except ParityError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(1) from None
+    except LongCLIPError as exc:
+        click.echo(f"longclip-export: error: {exc}", err=True)
+        raise SystemExit(1) from None
+    if not quiet:
+        click.echo(result.report.table())
+        click.echo(f"done: {result.variant} from {result.checkpoint} -> {result.model_dir} "
+                   f"(parity passed, {result.seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

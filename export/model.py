@@ -1,0 +1,187 @@
+"""The PyTorch reference: OpenAI-CLIP ViT towers with LongCLIP's 248-position text embedding.
+
+Module and parameter names follow the released checkpoints, so ``load_state_dict`` takes them as they are.
+Attention is written out (packed ``in_proj`` as in ``nn.MultiheadAttention``) so that the traced graph keeps
+batch and text length dynamic; ``tests/test_model.py`` checks it against ``nn.MultiheadAttention``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longclip.runtime.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
+
+HEAD_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class LongCLIPConfig:
+    """Architecture of a LongCLIP checkpoint, derived from its tensor shapes."""
+
+    embed_dim: int
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    text_width: int
+    text_layers: int
+    context_length: int = CONTEXT_LENGTH
+    vocab_size: int = VOCAB_SIZE
+
+    @property
+    def variant(self) -> str:
+        """``ViT-L/14-336`` for the released shapes, ``ViT-w{width}d{depth}/{patch}-{size}`` otherwise."""
+        letter = {(768, 12): "B", (1024, 24): "L", (1280, 32): "H"}.get((self.vision_width, self.vision_layers))
+        body = letter or f"w{self.vision_width}d{self.vision_layers}"
+        return f"ViT-{body}/{self.patch_size}-{self.image_size}"
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype (as OpenAI CLIP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = width // HEAD_WIDTH
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # x: (N, L, width); mask: (L, L) additive, or None
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (N, H, L, 64)
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (N, H, L, L)
+        if mask is not None:
+            scores = scores + mask
+        y = scores.softmax(dim=-1) @ v  # (N, H, L, 64)
+        return self.out_proj(y.transpose(1, 2).flatten(2))  # (N, L, width)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.gelu = QuickGELU()
+        self.c_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(width)
+        self.attn = Attention(width)
+        self.ln_2 = LayerNorm(width)
+        self.mlp = MLP(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: LongCLIPConfig):
+        super().__init__()
+        width, grid = cfg.vision_width, cfg.image_size // cfg.patch_size
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(width))
+        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, cfg.vision_layers)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(torch.empty(width, cfg.embed_dim))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(pixel_values).flatten(2).transpose(1, 2)  # (N, grid*grid, width)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, width)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (N, grid*grid+1, width)
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0, :]) @ self.proj  # (N, embed_dim)
+
+
+class LongCLIP(nn.Module):
+    """Both towers; ``encode_image`` / ``encode_text`` return unnormalized embeddings ``(N, embed_dim)``."""
+
+    def __init__(self, cfg: LongCLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.visual = VisionTransformer(cfg)
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
+        self.positional_embedding_res = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
+        self.transformer = Transformer(cfg.text_width, cfg.text_layers)
+        self.ln_final = LayerNorm(cfg.text_width)
+        self.text_projection = nn.Parameter(torch.empty(cfg.text_width, cfg.embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        causal = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        first = torch.arange(cfg.context_length)[:, None] < POSITION_SPLIT
+        self.register_buffer("use_first_table", first, persistent=False)
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values)
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(N, L) int64`` ids, any ``L <= 248`` -> ``(N, embed_dim)``, pooled at EOT (argmax of the ids)."""
+        length = input_ids.shape[1]
+        # LongCLIP adds pe * mask1 + pe_res * mask2: exactly pe below position 20 and pe_res from 20 on.
+        positions = torch.where(self.use_first_table, self.positional_embedding, self.positional_embedding_res)
+        x = self.token_embedding(input_ids) + positions[:length]  # (N, L, width)
+        x = self.transformer(x, self.causal_mask[:length, :length])
+        eot = input_ids.argmax(dim=-1)  # (N,) on integers
+        pooled = x[torch.arange(x.shape[0]), eot]  # (N, width); LayerNorm is per token, so pool first
+        return self.ln_final(pooled) @ self.text_projection  # (N, embed_dim)
+
+
+def init_random(model: LongCLIP, seed: int) -> LongCLIP:
+    """Fill every parameter with seeded random values at CLIP-like scales (tests and smoke runs only).
+
+    LayerNorm weights and all biases are perturbed too, so a mis-loaded tensor cannot hide.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "logit_scale":
+                continue
+            if p.ndim == 1:
+                base = 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
+                                              "ln_final.weight")) else 0.0
+                p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = p.shape[-1] if p.ndim == 2 else p[0].numel()
+                std = 0.02 if "embedding" in name else fan_in**-0.5
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+    return model

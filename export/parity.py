@@ -1,0 +1,124 @@
+"""The parity gate: reference vs exported graphs on fixed inputs, as a table, failing loudly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from longclip.runtime.constants import TEXT_INPUT, VISION_INPUT
+from longclip.runtime.errors import ParityError
+from longclip.runtime.preprocess import preprocess_images
+from longclip.runtime.scoring import l2_normalize, to_score
+from longclip.runtime.session import create_session
+from longclip.runtime.tokenizer import eot_positions, tokenize
+
+from .model import LongCLIP
+
+MAX_SCORE_DELTA = 1e-5
+MIN_COSINE = 0.99999
+
+# EOT at 6, 19, 20 (the two position tables meet there), ~60, and 247 after truncation.
+PARITY_TEXTS = (
+    "a photo of a cat",
+    " ".join(["a"] * 18),
+    " ".join(["a"] * 19),
+    "A long caption: the image shows a red-brick house with white windows, a wooden door, two bicycles "
+    "leaning on the fence, and a grey cat asleep on the stairs while rain falls over the quiet street.",
+    "Every word of this caption repeats until it runs past the 248-token limit of LongCLIP. " * 20,
+)
+
+
+def parity_images(seed: int = 0) -> list[Image.Image]:
+    """Deterministic images of odd sizes and modes (RGBA, L, wide, tall) that exercise resize and crop."""
+    rng = np.random.default_rng(seed)
+    shapes = [((333, 517, 3), "RGB"), ((61, 97, 4), "RGBA"), ((400, 50), "L"), ((224, 224, 3), "RGB")]
+    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for shape, mode in shapes]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    limit: float
+    higher_is_better: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def row(self) -> str:
+        if self.higher_is_better:
+            value, limit = f"{self.value:.9f}", f">= {self.limit}"
+        else:
+            value, limit = f"{self.value:.3e}", f"<= {self.limit:.0e}"
+        return f"{self.name:<46} {value:>14}  {limit:<11} {'ok' if self.ok else 'FAIL'}"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    checks: tuple[Check, ...]
+    n_images: int
+    n_texts: int
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def table(self) -> str:
+        header = f"{'check':<46} {'value':>14}  limit"
+        return "\n".join([header, "-" * len(header), *(c.row() for c in self.checks)])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.ok,
+            "n_images": self.n_images,
+            "n_texts": self.n_texts,
+            "checks": [{"name": c.name, "value": c.value, "limit": c.limit, "ok": c.ok} for c in self.checks],
+        }
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(l2_normalize(a) * l2_normalize(b), axis=-1)))
+
+
+def _score_delta(img_a: np.ndarray, txt_a: np.ndarray, img_b: np.ndarray, txt_b: np.ndarray) -> float:
+    """Max |Δscore| over every image x text pair."""
+    score_a = to_score(l2_normalize(img_a) @ l2_normalize(txt_a).T)
+    score_b = to_score(l2_normalize(img_b) @ l2_normalize(txt_b).T)
+    return float(np.max(np.abs(score_a - score_b)))
+
+
+def run_parity(model: LongCLIP, vision_path: Path, text_path: Path) -> ParityReport:
+    """Compare the reference with both graphs (ORT, CPU); raise :class:`ParityError` with the table on failure."""
+    pixels = preprocess_images(parity_images(), model.config.image_size)
+    ids = tokenize(list(PARITY_TEXTS))
+    with torch.no_grad():
+        ref_img = model.encode_image(torch.from_numpy(pixels)).numpy()
+        ref_txt = model.encode_text(torch.from_numpy(ids)).numpy()
+    vision = create_session(vision_path, "cpu")
+    text = create_session(text_path, "cpu")
+    onnx_img = vision.run(None, {VISION_INPUT: pixels})[0]
+    onnx_img_single = np.concatenate([vision.run(None, {VISION_INPUT: pixels[i : i + 1]})[0] for i in range(len(pixels))])
+    onnx_txt = text.run(None, {TEXT_INPUT: ids})[0]
+    eot = eot_positions(ids)
+    onnx_txt_own = np.concatenate([text.run(None, {TEXT_INPUT: ids[i : i + 1, : e + 1]})[0] for i, e in enumerate(eot)])
+    onnx_txt_batch = text.run(None, {TEXT_INPUT: ids[:3, : eot[:3].max() + 1]})[0]
+    checks = (
+        Check("image cosine, reference vs graph (batch 4)", _min_cosine(ref_img, onnx_img), MIN_COSINE, True),
+        Check("image cosine, reference vs graph (batch 1)", _min_cosine(ref_img, onnx_img_single), MIN_COSINE, True),
+        Check("text cosine, reference vs graph (L=248)", _min_cosine(ref_txt, onnx_txt), MIN_COSINE, True),
+        Check("text cosine, reference vs graph (own length)", _min_cosine(ref_txt, onnx_txt_own), MIN_COSINE, True),
+        Check("text cosine, batch at its max length vs 248", _min_cosine(onnx_txt[:3], onnx_txt_batch), MIN_COSINE, True),
+        Check("max |Δscore|, reference vs graphs", _score_delta(ref_img, ref_txt, onnx_img, onnx_txt), MAX_SCORE_DELTA,
+              False),
+        Check("max |Δscore|, own length vs padded to 248",
+              _score_delta(onnx_img, onnx_txt, onnx_img, onnx_txt_own), MAX_SCORE_DELTA, False),
+    )
+    report = ParityReport(checks, n_images=len(pixels), n_texts=len(ids))
+    if not report.ok:
+        raise ParityError("exported graphs disagree with the PyTorch reference:\n" + report.table())
+    return report

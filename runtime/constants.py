@@ -1,0 +1,30 @@
+"""Facts of the LongCLIP model family that every part of the project shares (one home for each)."""
+
+from __future__ import annotations
+
+CONTEXT_LENGTH = 248
+"""Text context of LongCLIP (``77 * 4 - 60``); the official ``tokenize`` pads and truncates to it."""
+
+POSITION_SPLIT = 20
+"""Positions ``[0, 20)`` use ``positional_embedding``, ``[20, 248)`` use ``positional_embedding_res``."""
+
+SOT_TOKEN = 49406
+EOT_TOKEN = 49407
+VOCAB_SIZE = 49408
+
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TOKENIZER_ID = "openai-clip-bpe-16e6/longclip-248"
+"""Identity of the tokenizer recorded in every manifest: CLIP BPE vocab, LongCLIP padding/truncation rules."""
+
+# The public I/O contract of the exported graphs: other runtimes load them by these names.
+VISION_GRAPH = "vision.onnx"
+TEXT_GRAPH = "text.onnx"
+MANIFEST = "manifest.json"
+VISION_INPUT = "pixel_values"  # (N, 3, n, n) float32
+VISION_OUTPUT = "image_embeds"  # (N, D) float32, not normalized
+TEXT_INPUT = "input_ids"  # (N, L) int64, L <= 248
+TEXT_OUTPUT = "text_embeds"  # (N, D) float32, not normalized
+OPSET = 18
+"""ONNX opset the exporter writes by default (each manifest records the one used)."""

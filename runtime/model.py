@@ -1,0 +1,82 @@
+"""``LongCLIP``: two ONNX Runtime sessions, the tokenizer and the preprocessing of a manifest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .manifest import Manifest, read_manifest
+from .preprocess import ImageInput, preprocess_images
+from .scoring import l2_normalize, score_rows
+from .session import create_session
+from .tokenizer import default_tokenizer, eot_positions
+from .constants import TEXT_INPUT, VISION_INPUT
+
+
+class LongCLIP:
+    """An exported LongCLIP model folder, ready to embed and score.
+
+    >>> model = LongCLIP("models/tiny")                       # doctest: +SKIP
+    >>> model.score(["cat.jpg"], ["a photo of a cat"])        # doctest: +SKIP
+    array([0.62], dtype=float32)
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int | None = None):
+        self.manifest: Manifest = read_manifest(model_dir)
+        self.vision = create_session(self.manifest.vision_graph, device, threads)
+        self.text = create_session(self.manifest.text_graph, device, threads)
+        self.tokenizer = default_tokenizer()
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the sessions run on."""
+        return self.vision.get_providers()[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest.image_size
+
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Paths or PIL images -> ``(N, 3, n, n) float32`` with this model's size, mean and std."""
+        m = self.manifest
+        return preprocess_images(images, m.image_size, m.mean, m.std)
+
+    def embed_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """``(N, 3, n, n) float32`` -> unnormalized ``(N, D) float32``."""
+        out = np.empty((len(pixels), self.manifest.embed_dim), dtype=np.float32)
+        for start in range(0, len(pixels), batch_size):
+            chunk = np.ascontiguousarray(pixels[start : start + batch_size], dtype=np.float32)
+            out[start : start + len(chunk)] = self.vision.run(None, {VISION_INPUT: chunk})[0]
+        return out
+
+    def embed_ids(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """``(N, 248) int64`` ids -> unnormalized ``(N, D) float32``.
+
+        Rows are grouped by EOT position and each batch runs at its own length: with a causal mask and EOT
+        pooling, tokens after EOT cannot change the embedding, so this is exact and short texts stay cheap.
+        """
+        out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
+        eot = eot_positions(ids)
+        order = np.argsort(eot, kind="stable")
+        for start in range(0, len(ids), batch_size):
+            rows = order[start : start + batch_size]
+            length = int(eot[rows].max()) + 1
+            batch = np.ascontiguousarray(ids[rows, :length], dtype=np.int64)
+            out[rows] = self.text.run(None, {TEXT_INPUT: batch})[0]
+        return out
+
+    def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
+        """Paths or PIL images -> L2-normalized ``(N, D) float32``."""
+        return l2_normalize(self.embed_pixels(self.preprocess(images), batch_size))
+
+    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Texts -> L2-normalized ``(N, D) float32`` (LongCLIP tokenization, truncated at 248 tokens)."""
+        return l2_normalize(self.embed_ids(self.tokenizer(texts), batch_size))
+
+    def score(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
+        """Row-wise ``(cos + 1) / 2`` of ``images[i]`` and ``texts[i]`` -> ``(N,) float32`` in ``[0, 1]``."""
+        if len(images) != len(texts):
+            raise ValueError(f"score needs as many images as texts, got {len(images)} and {len(texts)}")
+        return score_rows(self.encode_images(images), self.encode_texts(texts))

@@ -1,0 +1,52 @@
+"""``ImageLongCLIPEvaluator``: the spec'd DataFlow operator, torch-free, over an exported model folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol
+
+import pandas as pd
+
+from .dataset import check_columns, score_frame
+from .model import LongCLIP
+
+log = logging.getLogger(__name__)
+
+
+class Storage(Protocol):
+    """What the operator needs of DataFlow's storage (``FileStorage`` and friends)."""
+
+    def read(self, output_type: str) -> Any: ...
+
+    def write(self, data: Any) -> Any: ...
+
+
+class ImageLongCLIPEvaluator:
+    """Score ``image_path`` + ``text`` rows with LongCLIP: ``(cos + 1) / 2`` in ``[0, 1]``.
+
+    ``model_name`` is an exported model folder (``longclip-export CHECKPOINT -o DIR``); ``device`` is ``None``
+    (best provider that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
+
+    >>> evaluator = ImageLongCLIPEvaluator("models/tiny")            # doctest: +SKIP
+    >>> evaluator.run(storage.step())                                # doctest: +SKIP
+    ['longclip_score']
+    """
+
+    def __init__(self, model_name: str | os.PathLike[str] = "BeichenZhang/LongCLIP-L-336px", device: str | None = None):
+        self.model = LongCLIP(model_name, device=device)
+        log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
+
+    def run(
+        self,
+        storage: Storage,
+        input_image_key: str = "image_path",
+        input_text_key: str = "text",
+        output_key: str = "longclip_score",
+    ) -> list[str]:
+        """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once."""
+        frame: pd.DataFrame = storage.read("dataframe")
+        check_columns(frame, input_image_key, input_text_key)
+        scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None)
+        storage.write(scored)
+        return [output_key]

@@ -1,0 +1,102 @@
+"""Image preprocessing identical to the spec'd operator: ``Image.open(p).convert("RGB")`` then
+torchvision's ``Resize(n, BICUBIC)`` -> ``CenterCrop(n)`` -> ``ToTensor()`` -> ``Normalize(mean, std)``.
+
+Every step is plain float32 arithmetic in the same order as torchvision, so pixels agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+from .constants import IMAGE_MEAN, IMAGE_STD
+from .errors import ImageError
+
+ImageInput = Union[str, "os.PathLike[str]", Image.Image]
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file, first frame, converted to RGB (alpha dropped, no EXIF transpose).
+
+    Raises :class:`ImageError` naming the path and the problem.
+    """
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {os.fspath(path)!r}") from None
+    except IsADirectoryError:
+        raise ImageError(f"image path is a directory: {os.fspath(path)!r}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large to decode safely: {os.fspath(path)!r} ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot decode image {os.fspath(path)!r}: {exc}") from None
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision ``Resize(size)`` output ``(width, height)``: short side to ``size``, long side truncated.
+
+    >>> resized_size(640, 480, 224)
+    (298, 224)
+    """
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize(image: Image.Image, size: int) -> Image.Image:
+    """Bicubic short-side resize; a no-op when the size already matches (as torchvision)."""
+    target = resized_size(image.width, image.height, size)
+    if target == image.size:
+        return image
+    return image.resize(target, Image.Resampling.BICUBIC)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision ``CenterCrop(size)`` on an image whose sides are both >= ``size``.
+
+    Offsets are ``int(round((side - size) / 2))``: Python's round, half to even.
+    """
+    top = int(round((image.height - size) / 2.0))
+    left = int(round((image.width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_normalized_array(
+    image: Image.Image, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+) -> np.ndarray:
+    """``(3, H, W) float32``: ``/255`` then ``(x - mean) / std``, in float32 like torchvision."""
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def preprocess_image(
+    image: ImageInput, size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+) -> np.ndarray:
+    """One image (path or PIL image) -> ``(3, size, size) float32`` model input."""
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    return to_normalized_array(center_crop(resize(image, size), size), mean, std)
+
+
+def preprocess_images(
+    images: Sequence[ImageInput], size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+) -> np.ndarray:
+    """Paths or PIL images -> ``(N, 3, size, size) float32`` batch.
+
+    >>> preprocess_images([Image.new("RGB", (50, 30))], 16).shape
+    (1, 3, 16, 16)
+    """
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        batch[i] = preprocess_image(image, size, mean, std)
+    return batch

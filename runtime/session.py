@@ -1,0 +1,86 @@
+"""ONNX Runtime sessions on the requested device; loud when a requested provider does not run."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import onnxruntime as ort
+
+from .errors import DeviceUnavailableError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+_PRIMARY = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
+
+
+def parse_device(device: str | None) -> tuple[str, int]:
+    """``None``/``"auto"``/``"cpu"``/``"cuda"``/``"cuda:1"``/``"tensorrt"`` -> ``(kind, device_id)``.
+
+    >>> parse_device("cuda:1")
+    ('cuda', 1)
+    """
+    text = (device or "auto").strip().lower()
+    kind, _, index = text.partition(":")
+    if kind not in DEVICES or (index and not index.isdigit()) or (index and kind in ("auto", "cpu")):
+        raise DeviceUnavailableError(f"unknown device {device!r}: use one of auto, cpu, cuda[:N], tensorrt[:N]")
+    return kind, int(index or 0)
+
+
+def provider_chain(kind: str, device_id: int = 0) -> list[str | tuple[str, dict[str, str]]]:
+    """Providers to ask ORT for, best first, always ending on CPU."""
+    gpu_opts = {"device_id": str(device_id)}
+    if kind == "cpu":
+        return [CPU]
+    if kind == "cuda":
+        return [(CUDA, gpu_opts), CPU]
+    trt_opts = {**gpu_opts, "trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True"}
+    return [(TENSORRT, trt_opts), (CUDA, gpu_opts), CPU]
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+def create_session(
+    path: str | os.PathLike[str], device: str | None = None, threads: int | None = None
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` for ``path``.
+
+    ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU. TensorRT is only
+    used when asked for: its first run builds engines for minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that
+    does not initialize raises :class:`DeviceUnavailableError` instead of quietly running on the CPU.
+    """
+    kind, device_id = parse_device(device)
+    available = ort.get_available_providers()
+    wanted = "cuda" if kind == "auto" and CUDA in available else ("cpu" if kind == "auto" else kind)
+    primary = _PRIMARY[wanted]
+    if primary not in available:
+        if kind == "auto":
+            wanted, primary = "cpu", CPU
+        else:
+            raise DeviceUnavailableError(
+                f"device {device!r} needs {primary}, but this onnxruntime offers {available}: "
+                "install onnxruntime-gpu (see README, 'GPU') or pass device='cpu'"
+            )
+    chain = provider_chain(wanted, device_id)
+    session = ort.InferenceSession(str(path), sess_options=_options(threads), providers=chain)
+    active = session.get_providers()
+    if active[0] != primary:
+        if kind != "auto":
+            raise DeviceUnavailableError(
+                f"device {device!r}: {primary} did not initialize (session runs on {active}); check the CUDA/cuDNN "
+                "libraries onnxruntime-gpu needs, or pass device='cpu'"
+            )
+        log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
+    log.info("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
+    return session
