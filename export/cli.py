@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import click
 
+from longclip.runtime.console import configure_logging
 from longclip.runtime.constants import OPSET
 from longclip.runtime.errors import LongCLIPError, ParityError
 
@@ -21,11 +19,7 @@ from longclip.runtime.errors import LongCLIPError, ParityError
 def main(checkpoint: str, out_dir: str, opset: int, overwrite: bool, quiet: bool) -> None:
     """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
     graphs and a manifest, and prove them against the PyTorch reference before saying done."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("longclip")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    configure_logging(quiet)
     try:
         from .build import export_model
     except ImportError as exc:

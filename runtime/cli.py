@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 
 import click
 import numpy as np
 
+from .console import configure_logging
 from .errors import LongCLIPError
 from .session import DEVICES
 
@@ -28,11 +27,7 @@ def main(input_path: str, model_dir: str, output_path: str, image_key: str, text
 
     Relative image paths resolve against the current directory.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("longclip")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    configure_logging(quiet)
     from .dataset import check_columns, score_frame
     from .model import LongCLIP
     from .tables import read_table, write_table

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random checkpoints in the official layout, exported once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+GOLDENS = Path(__file__).parent / "goldens"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the export extra (torch)")
+
+
+@pytest.fixture(scope="session")
+def tiny_state():
+    from official import official_state_dict
+
+    return official_state_dict(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "longclip-tiny.pt"
+    torch.save(tiny_state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """``longclip-export`` of the tiny checkpoint, done once for the whole session."""
+    from longclip.export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export_model(tiny_checkpoint, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_checkpoint):
+    from longclip.export import load_reference
+
+    return load_reference(tiny_checkpoint)[0]

@@ -1,0 +1,102 @@
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import GOLDENS, needs_torch
+from longclip.runtime import ImageLongCLIPEvaluator, InputError, LongCLIP
+
+pytestmark = needs_torch
+IMG = GOLDENS / "images"
+
+
+class MemoryStorage:
+    """The two calls of DataFlow's storage that the operator uses, over an in-memory frame."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame, self.written = frame, []
+
+    def read(self, output_type: str) -> pd.DataFrame:
+        assert output_type == "dataframe"
+        return self.frame
+
+    def write(self, data: pd.DataFrame) -> str:
+        self.written.append(data)
+        return "memory"
+
+
+@pytest.fixture()
+def frame(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    rows = [
+        (str(IMG / "rgb_333x517.png"), "a photo of a cat", "keep-1"),
+        (str(IMG / "small_41x97.jpg"), "a long caption " * 50, "keep-2"),
+        (str(IMG / "rgb_333x517.png"), "a photo of a cat", "duplicate of row 0"),
+        (str(tmp_path / "missing.png"), "a cat", "missing image"),
+        (str(tmp_path / "notes.txt"), "a cat", "not an image"),
+        (str(tmp_path), "a cat", "a directory"),
+        (None, "a cat", "null path"),
+        (str(IMG / "rgba_61x45.png"), None, "null text"),
+        (str(IMG / "rgba_61x45.png"), "   ", "blank text"),
+        (str(IMG / "rgba_61x45.png"), "", "empty text"),
+    ]
+    return pd.DataFrame(rows, columns=["image_path", "text", "note"], index=[10 * i + 7 for i in range(len(rows))])
+
+
+def test_run_scores_rows_and_explains_failures(tiny_model_dir, frame):
+    storage = MemoryStorage(frame)
+    assert ImageLongCLIPEvaluator(str(tiny_model_dir)).run(storage) == ["longclip_score"]
+    (out,) = storage.written
+    assert list(out.index) == list(frame.index) and list(out.columns) == ["image_path", "text", "note",
+                                                                          "longclip_score", "longclip_score_error"]
+    pd.testing.assert_frame_equal(out[frame.columns], frame)
+    scores, errors = out["longclip_score"].to_numpy(), out["longclip_score_error"].tolist()
+    assert np.isfinite(scores[:3]).all() and (errors[:3] == ["", "", ""])
+    assert scores[0] == scores[2]
+    assert np.isnan(scores[3:]).all()
+    for reason, want in zip(errors[3:], ["image not found", "cannot decode image", "directory", "missing (null)",
+                                         "text is missing (null)", "empty or whitespace", "empty or whitespace"]):
+        assert want in reason
+    model = LongCLIP(tiny_model_dir)
+    expected = model.score([frame.image_path.iloc[0], frame.image_path.iloc[1]], list(frame.text.iloc[:2]))
+    np.testing.assert_allclose(scores[:2], expected, rtol=1e-6)
+
+
+def test_custom_keys_and_unknown_column(tiny_model_dir, frame):
+    renamed = frame.rename(columns={"image_path": "img", "text": "caption"})
+    storage = MemoryStorage(renamed)
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu")
+    assert evaluator.run(storage, "img", "caption", "s") == ["s"]
+    assert {"s", "s_error"} <= set(storage.written[0].columns)
+    with pytest.raises(InputError, match=r"column 'image_path' not in the input; columns are \['img', 'caption'"):
+        evaluator.run(MemoryStorage(renamed))
+
+
+def test_longclip_run_jsonl(tmp_path, tiny_model_dir):
+    shutil.copy(IMG / "small_41x97.jpg", tmp_path / "1.jpg")
+    rows = [{"image_path": "1.jpg", "text": "a man and a woman in a car", "id": 1},
+            {"image_path": "gone.jpg", "text": "x", "id": 2}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir), "-o", "out.jsonl"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == [1, 2]
+    assert 0 <= out[0]["longclip_score"] <= 1 and out[0]["longclip_score_error"] == ""
+    assert out[1]["longclip_score"] is None and "image not found" in out[1]["longclip_score_error"]
+    assert "2 rows, 1 scored, 1 failed" in proc.stderr
+
+
+@pytest.mark.parametrize(("content", "message"), [('{"image_path": "a"}\nnot json\n', "line 2 is not valid JSON"),
+                                                  ('{"img": "a", "text": "b"}\n', "column 'image_path' not in")])
+def test_longclip_run_input_errors(tmp_path, tiny_model_dir, content, message):
+    (tmp_path / "in.jsonl").write_text(content)
+    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir), "-o", "out.jsonl"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.jsonl").exists()

@@ -1,0 +1,100 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import GOLDENS, needs_torch
+from longclip.runtime import DeviceUnavailableError, LongCLIP, ModelDirError
+from longclip.runtime.session import create_session, parse_device
+
+IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")]
+TEXTS = ["a photo of a cat", "A long caption " * 40, " ".join(["a"] * 19)]
+
+
+@needs_torch
+def test_scores_match_pytorch_reference(tiny_model_dir, tiny_reference):
+    import torch
+
+    from longclip.runtime.preprocess import preprocess_images
+    from longclip.runtime.tokenizer import tokenize
+
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    with torch.no_grad():
+        img = tiny_reference.encode_image(torch.from_numpy(preprocess_images(IMAGES, 32))).numpy()
+        txt = tiny_reference.encode_text(torch.from_numpy(tokenize(TEXTS))).numpy()
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    want = (np.sum(img * txt, axis=1) + 1) / 2
+    got = model.score(IMAGES, TEXTS)
+    assert got.dtype == np.float32 and got.shape == (3,)
+    assert np.abs(got - want).max() < 1e-5
+    assert ((got >= 0) & (got <= 1)).all()
+    np.testing.assert_allclose(np.linalg.norm(model.encode_texts(TEXTS), axis=1), 1.0, rtol=1e-6)
+
+
+@needs_torch
+def test_bucketed_text_batches_equal_one_by_one(tiny_model_dir):
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    texts = ["short", "word " * 300, "a medium length caption about a dog", "x", "y z " * 20]
+    together = model.encode_texts(texts, batch_size=2)
+    alone = np.concatenate([model.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+@needs_torch
+def test_pil_images_and_paths_agree(tiny_model_dir):
+    model = LongCLIP(tiny_model_dir)
+    np.testing.assert_array_equal(model.encode_images([Image.open(IMAGES[0])]), model.encode_images(IMAGES[:1]))
+
+
+@needs_torch
+@pytest.mark.parametrize("device", ["cuda", "tensorrt", "cuda:1"])
+def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU onnxruntime is installed")
+    with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
+        create_session(tiny_model_dir / "vision.onnx", device)
+
+
+@needs_torch
+def test_auto_picks_a_provider_that_runs(tiny_model_dir):
+    model = LongCLIP(tiny_model_dir, device=None)
+    assert model.provider in model.vision.get_providers()
+
+
+def test_parse_device():
+    assert parse_device(None) == ("auto", 0)
+    assert parse_device("CUDA:2") == ("cuda", 2)
+    for bad in ("gpu", "cuda:x", "cpu:1"):
+        with pytest.raises(DeviceUnavailableError, match="unknown device"):
+            parse_device(bad)
+
+
+def test_model_dir_errors(tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist: run `longclip-export"):
+        LongCLIP(tmp_path / "nope")
+    with pytest.raises(ModelDirError, match="no manifest.json"):
+        LongCLIP(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(ModelDirError, match="re-export"):
+        LongCLIP(tmp_path)
+
+
+@needs_torch
+def test_runtime_never_imports_torch(tiny_model_dir):
+    code = (
+        "import sys\n"
+        "from longclip.runtime import LongCLIP, ImageLongCLIPEvaluator, tokenize\n"
+        f"m = LongCLIP({str(tiny_model_dir)!r})\n"
+        f"s = m.score([{str(IMAGES[0])!r}], ['a cat'])\n"
+        "assert 0 <= s[0] <= 1, s\n"
+        "bad = [n for n in sys.modules if n == 'torch' or n.startswith(('torch.', 'longclip.export'))]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
