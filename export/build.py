@@ -106,6 +106,7 @@ def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[
     log.info("loaded %s: %s", ckpt, model.config.variant)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
     try:
         vision = export_tower(model, "vision", work, opset)
         text = export_tower(model, "text", work, opset)
