@@ -35,7 +35,7 @@ def main(input_path: str, model_dir: str, output_path: str, image_key: str, text
     try:
         start = time.perf_counter()
         frame = read_table(input_path)
-        check_columns(frame, image_key, text_key)
+        check_columns(list(frame.columns), image_key, text_key)
         model = LongCLIP(model_dir, device=None if device == "auto" else device)
         scored = score_frame(model, frame, image_key, text_key, output_key)
         write_table(scored, output_path)

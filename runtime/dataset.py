@@ -1,110 +1,135 @@
-"""Tables in, tables out: score a DataFrame in chunks, one reason per row that cannot be scored."""
+"""Tables in, tables out: score rows in chunks, one reason per row that cannot be scored."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import ImageError, InputError, TextError
+from .errors import ImageError, InputError, RowError, TextError
 from .model import LongCLIP
-from .preprocess import load_image, preprocess_image
+from .preprocess import MAX_PIXELS, load_image, preprocess_image
 from .scoring import score_rows
 
-CHUNK_ROWS = 256
+CHUNK_ROWS = 1024
 
 
-def check_columns(frame: pd.DataFrame, *keys: str) -> None:
+def check_columns(columns: Sequence[object], *keys: str) -> None:
     """Raise :class:`InputError` naming a missing column and listing the columns there are."""
     for key in keys:
-        if key not in frame.columns:
-            raise InputError(f"column {key!r} not in the input; columns are {list(map(str, frame.columns))}")
+        if key not in columns:
+            raise InputError(f"column {key!r} not in the input; columns are {[str(c) for c in columns]}")
 
 
 def _is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _resolve(value: object, image_root: Path | None) -> Path:
+_NULL = object()
+
+
+def _key(value: object) -> Hashable:
+    """Dictionary key of a cell: nulls share one sentinel, unhashable values (lists) key by their repr."""
     if _is_missing(value):
-        raise ImageError("image path is missing (null)")
+        return _NULL
+    return value if isinstance(value, Hashable) else ("unhashable", repr(value))
+
+
+def _distinct(values: list[object]) -> dict[Hashable, object]:
+    """First value of each distinct key, in order of first appearance."""
+    out: dict[Hashable, object] = {}
+    for value in values:
+        out.setdefault(_key(value), value)
+    return out
+
+
+def resolve_image_path(value: object, image_root: Path | None) -> Path:
+    """The file a row's image value names; relative paths resolve against ``image_root`` (default: cwd)."""
+    if _is_missing(value):
+        raise ImageError("null_path", "image path is missing (null)")
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
-        raise ImageError(f"image path must be a non-empty string, got {value!r:.60}")
+        raise ImageError("bad_path", f"image path must be a non-empty string, got {value!r:.60}")
     path = Path(os.fspath(value))
     return path if path.is_absolute() or image_root is None else image_root / path
 
 
-def _check_text(value: object) -> str:
+def check_text(value: object) -> str:
+    """The text itself, or :class:`TextError` for null, non-string, empty or whitespace-only values."""
     if _is_missing(value):
-        raise TextError("text is missing (null)")
+        raise TextError("null_text", "text is missing (null)")
     if not isinstance(value, str):
-        raise TextError(f"text must be a string, got {type(value).__name__}")
+        raise TextError("not_text", f"text must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise TextError("text is empty or whitespace")
+        raise TextError("empty_text", "text is empty or whitespace")
     return value
 
 
-def _key(value: object) -> Hashable:
-    return value if isinstance(value, Hashable) else repr(value)
+@dataclass
+class ChunkResult:
+    """Per-row outcome of a chunk: score (``NaN`` when not scored), reason (``""`` when scored), truncation."""
+
+    scores: np.ndarray  # (N,) float32
+    errors: list[str]
+    truncated: np.ndarray  # (N,) bool: the text passed 248 tokens and was cut
 
 
-def _embed_unique_images(
-    model: LongCLIP, values: list[object], image_root: Path | None
-) -> tuple[np.ndarray, dict[Hashable, int], dict[Hashable, str]]:
-    """Embeddings of each distinct image once: ``(embeds, row of each key, error of each failed key)``."""
-    pixels: dict[Hashable, np.ndarray] = {}
+def _embed_images(model: LongCLIP, values: list[object], image_root: Path | None, batch_size: int,
+                  max_pixels: int) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, str]]:
+    """Each distinct image once, decoded ``batch_size`` at a time so memory follows the batch, not the chunk."""
+    distinct = _distinct(values)
+    keys = list(distinct)
+    embeds: dict[Hashable, np.ndarray] = {}
     failed: dict[Hashable, str] = {}
-    for value in values:
-        key = _key(value)
-        if key in pixels or key in failed:
-            continue
-        try:
-            image = load_image(_resolve(value, image_root))
-            pixels[key] = preprocess_image(image, model.image_size, model.manifest.mean, model.manifest.std)
-        except ImageError as exc:
-            failed[key] = str(exc)
-    embeds = model.embed_pixels(np.stack(list(pixels.values()))) if pixels else np.empty((0, 0), np.float32)
-    return embeds, {key: i for i, key in enumerate(pixels)}, failed
+    for start in range(0, len(keys), batch_size):
+        batch_keys, pixels = [], []
+        for key in keys[start : start + batch_size]:
+            try:
+                image = load_image(resolve_image_path(distinct[key], image_root), max_pixels)
+                pixels.append(preprocess_image(image, model.image_size, model.manifest.mean, model.manifest.std))
+                batch_keys.append(key)
+            except RowError as exc:
+                failed[key] = str(exc)
+        if pixels:
+            embeds.update(zip(batch_keys, model.embed_pixels(np.stack(pixels), batch_size)))
+    return embeds, failed
 
 
-def _embed_unique_texts(
-    model: LongCLIP, values: list[object]
-) -> tuple[np.ndarray, dict[Hashable, int], dict[Hashable, str]]:
-    """Embeddings of each distinct text once: ``(embeds, row of each key, error of each failed key)``."""
-    index: dict[Hashable, int] = {}
+def _embed_texts(model: LongCLIP, values: list[object], batch_size: int
+                 ) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, str], set[Hashable]]:
+    """Each distinct text once: ``(embeddings, failures, keys of texts cut at 248 tokens)``."""
+    texts: list[str] = []
     failed: dict[Hashable, str] = {}
-    for value in values:
-        key = _key(value)
-        if key in index or key in failed:
-            continue
+    for key, value in _distinct(values).items():
         try:
-            _check_text(value)
-            index[key] = len(index)
-        except TextError as exc:
+            texts.append(check_text(value))
+        except RowError as exc:
             failed[key] = str(exc)
-    texts = [str(key) for key in index]
-    embeds = model.embed_ids(model.tokenizer(texts)) if texts else np.empty((0, 0), np.float32)
-    return embeds, index, failed
+    if not texts:
+        return {}, failed, set()
+    ids, lengths = model.tokenizer.batch(texts, model.manifest.context_length)
+    embeds = dict(zip(texts, model.embed_ids(ids, batch_size)))
+    return embeds, failed, {t for t, n in zip(texts, lengths) if n > model.manifest.context_length}
 
 
-def score_chunk(
-    model: LongCLIP, images: list[object], texts: list[object], image_root: Path | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Scores and reasons (``""`` when scored) for parallel lists; each distinct image and text is encoded once."""
-    image_embeds, image_row, image_failed = _embed_unique_images(model, images, image_root)
-    text_embeds, text_row, text_failed = _embed_unique_texts(model, texts)
-    errors = [image_failed.get(_key(i)) or text_failed.get(_key(t)) or "" for i, t in zip(images, texts)]
+def score_chunk(model: LongCLIP, images: list[object], texts: list[object], image_root: Path | None = None,
+                batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> ChunkResult:
+    """Score parallel lists of image values and texts; each distinct image and text is encoded once."""
+    image_embeds, image_failed = _embed_images(model, images, image_root, batch_size, max_pixels)
+    text_embeds, text_failed, cut = _embed_texts(model, texts, batch_size)
+    image_keys, text_keys = [_key(v) for v in images], [_key(v) for v in texts]
+    errors = [image_failed.get(i) or text_failed.get(t) or "" for i, t in zip(image_keys, text_keys)]
     good = [n for n, reason in enumerate(errors) if not reason]
     scores = np.full(len(images), np.nan, dtype=np.float32)
     if good:
-        pairs_i = [image_row[_key(images[n])] for n in good]
-        pairs_t = [text_row[_key(texts[n])] for n in good]
-        scores[good] = score_rows(image_embeds[pairs_i], text_embeds[pairs_t])
-    return scores, errors
+        scores[good] = score_rows(np.stack([image_embeds[image_keys[n]] for n in good]),
+                                  np.stack([text_embeds[text_keys[n]] for n in good]))
+    truncated = np.array([k in cut for k in text_keys], dtype=bool)
+    return ChunkResult(scores, errors, truncated)
 
 
 def score_frame(
@@ -115,23 +140,28 @@ def score_frame(
     output_key: str = "longclip_score",
     image_root: str | os.PathLike[str] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    batch_size: int = 32,
 ) -> pd.DataFrame:
     """A copy of ``frame`` (index, order and columns kept) plus ``output_key`` and ``<output_key>_error``.
 
     Rows that cannot be scored get ``NaN`` and a reason; good rows get ``""`` as their error.
     """
-    check_columns(frame, image_key, text_key)
+    check_columns(list(frame.columns), image_key, text_key)
     root = Path(image_root) if image_root is not None else None
     scores = np.full(len(frame), np.nan, dtype=np.float32)
     errors: list[str] = []
     images, texts = frame[image_key].tolist(), frame[text_key].tolist()
     for start in range(0, len(frame), chunk_rows):
-        chunk_scores, chunk_errors = score_chunk(
-            model, images[start : start + chunk_rows], texts[start : start + chunk_rows], root
-        )
-        scores[start : start + len(chunk_scores)] = chunk_scores
-        errors.extend(chunk_errors)
+        stop = start + chunk_rows
+        result = score_chunk(model, images[start:stop], texts[start:stop], root, batch_size)
+        scores[start : start + len(result.scores)] = result.scores
+        errors.extend(result.errors)
+    return with_scores(frame, scores, errors, output_key)
+
+
+def with_scores(frame: pd.DataFrame, scores: np.ndarray, errors: list[str], output_key: str) -> pd.DataFrame:
+    """``frame`` plus the score (float64, ``NaN`` when unscored) and ``<output_key>_error`` columns."""
     out = frame.copy()
-    out[output_key] = scores.astype(np.float64)
+    out[output_key] = np.asarray(scores, dtype=np.float64)
     out[f"{output_key}_error"] = errors
     return out

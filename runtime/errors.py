@@ -31,9 +31,18 @@ class InputError(LongCLIPError):
     """A run-level input problem (bad file, unknown column, malformed line)."""
 
 
-class ImageError(LongCLIPError):
-    """One image cannot be read or decoded; row-level, reported per row."""
+class RowError(LongCLIPError):
+    """A problem with one row: reported in its error column as ``"<code>: <detail>"``, never stopping a run."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
 
 
-class TextError(LongCLIPError):
-    """One text cannot be encoded (null, empty, not a string); row-level, reported per row."""
+class ImageError(RowError):
+    """One image cannot be read: null_path, bad_path, missing_file, directory, empty_file, not_an_image,
+    too_many_pixels, undecodable."""
+
+
+class TextError(RowError):
+    """One text cannot be encoded: null_text, not_text, empty_text, too_long."""

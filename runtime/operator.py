@@ -46,7 +46,7 @@ class ImageLongCLIPEvaluator:
     ) -> list[str]:
         """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once."""
         frame: pd.DataFrame = storage.read("dataframe")
-        check_columns(frame, input_image_key, input_text_key)
+        check_columns(list(frame.columns), input_image_key, input_text_key)
         scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None)
         storage.write(scored)
         return [output_key]

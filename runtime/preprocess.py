@@ -7,11 +7,12 @@ Every step is plain float32 arithmetic in the same order as torchvision, so pixe
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .constants import IMAGE_MEAN, IMAGE_STD
 from .errors import ImageError
@@ -19,23 +20,36 @@ from .errors import ImageError
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+"""Images with more pixels are refused from their header, before decoding (decompression bombs)."""
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file, first frame, converted to RGB (alpha dropped, no EXIF transpose).
 
-    Raises :class:`ImageError` naming the path and the problem.
+    Raises :class:`ImageError` whose code says what is wrong and whose message names the path.
     """
+    name = os.fspath(path)
     try:
-        with Image.open(path) as image:
-            image.seek(0)
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise ImageError("too_many_pixels", f"{name!r} is {image.width}x{image.height}, over the "
+                                     f"{max_pixels} pixel cap (raise it with --max-pixels if this is intended)")
+                return image.convert("RGB")
     except FileNotFoundError:
-        raise ImageError(f"image not found: {os.fspath(path)!r}") from None
+        raise ImageError("missing_file", f"image not found: {name!r}") from None
     except IsADirectoryError:
-        raise ImageError(f"image path is a directory: {os.fspath(path)!r}") from None
+        raise ImageError("directory", f"image path is a directory: {name!r}") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large to decode safely: {os.fspath(path)!r} ({exc})") from None
+        raise ImageError("too_many_pixels", f"{name!r}: {exc}") from None
+    except UnidentifiedImageError:
+        if os.path.isfile(name) and os.path.getsize(name) == 0:
+            raise ImageError("empty_file", f"image file is empty: {name!r}") from None
+        raise ImageError("not_an_image", f"not an image file: {name!r}") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"cannot decode image {os.fspath(path)!r}: {exc}") from None
+        raise ImageError("undecodable", f"cannot decode image {name!r}: {exc}") from None
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -104,31 +104,38 @@ class Tokenizer:
         [3306, 267, 1002, 256]
         """
         if not isinstance(text, str):
-            raise TextError(f"text must be a str, got {type(text).__name__} ({text!r:.60}): pass a string")
+            raise TextError("not_text", f"text must be a str, got {type(text).__name__} ({text!r:.60})")
         ids: list[int] = []
         for token in _PATTERN.findall(clean(text)):
             ids.extend(self._bpe("".join(self._byte_encoder[b] for b in token.encode("utf-8"))))
         return ids
 
+    def batch(
+        self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids (N, context_length) int64, lengths (N,) int64)``; ``lengths`` counts SOT/EOT before any cut,
+        so ``lengths > context_length`` marks the texts that were truncated."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = np.zeros((len(texts), context_length), dtype=np.int64)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [SOT_TOKEN, *self.encode(text), EOT_TOKEN]
+            lengths[row] = len(ids)
+            if len(ids) > context_length:
+                if not truncate:
+                    raise TextError("too_long", f"text of {len(ids)} tokens is too long for context length "
+                                    f"{context_length} ({text!r:.60}): pass truncate=True")
+                ids = ids[:context_length]
+                ids[-1] = EOT_TOKEN
+            out[row, : len(ids)] = ids
+        return out, lengths
+
     def __call__(
         self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = True
     ) -> np.ndarray:
         """``(N, context_length) int64`` ids, as the official ``longclip.tokenize``."""
-        if isinstance(texts, str):
-            texts = [texts]
-        out = np.zeros((len(texts), context_length), dtype=np.int64)
-        for row, text in enumerate(texts):
-            ids = [SOT_TOKEN, *self.encode(text), EOT_TOKEN]
-            if len(ids) > context_length:
-                if not truncate:
-                    raise TextError(
-                        f"text of {len(ids)} tokens is too long for context length {context_length} "
-                        f"({text!r:.60}): pass truncate=True"
-                    )
-                ids = ids[:context_length]
-                ids[-1] = EOT_TOKEN
-            out[row, : len(ids)] = ids
-        return out
+        return self.batch(texts, context_length, truncate)[0]
 
 
 @functools.lru_cache(maxsize=1)

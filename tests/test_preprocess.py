@@ -41,15 +41,35 @@ def test_pil_input_equals_path_input():
     np.testing.assert_array_equal(preprocess_images([Image.open(path)], 48)[0], preprocess_image(path, 48))
 
 
-def test_errors_name_the_path(tmp_path):
-    with pytest.raises(ImageError, match="not found"):
-        load_image(tmp_path / "missing.png")
-    with pytest.raises(ImageError, match="directory"):
-        load_image(tmp_path)
+def _png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR claims ``width`` x ``height``, with almost no pixel data: a bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_errors_have_codes_and_name_the_path(tmp_path):
+    def code_of(path, **kw):
+        with pytest.raises(ImageError) as err:
+            load_image(path, **kw)
+        assert str(path) in str(err.value)
+        return err.value.code
+
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(ImageError, match="notes.txt"):
-        load_image(tmp_path / "notes.txt")
+    (tmp_path / "empty.png").write_bytes(b"")
     data = (GOLDENS / "images" / "small_41x97.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match="cut.jpg"):
-        load_image(tmp_path / "cut.jpg")
+    (tmp_path / "bomb.png").write_bytes(_png_header(30_000, 30_000))
+    assert code_of(tmp_path / "missing.png") == "missing_file"
+    assert code_of(tmp_path) == "directory"
+    assert code_of(tmp_path / "notes.txt") == "not_an_image"
+    assert code_of(tmp_path / "empty.png") == "empty_file"
+    assert code_of(tmp_path / "cut.jpg") == "undecodable"
+    assert code_of(tmp_path / "bomb.png") == "too_many_pixels"  # refused from the header, nothing decoded
+    assert code_of(GOLDENS / "images" / "small_41x97.jpg", max_pixels=41 * 97 - 1) == "too_many_pixels"
+    assert load_image(GOLDENS / "images" / "small_41x97.jpg", max_pixels=41 * 97).size == (41, 97)
