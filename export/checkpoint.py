@@ -11,33 +11,26 @@ import torch
 
 from longclip.runtime.constants import CONTEXT_LENGTH
 from longclip.runtime.errors import CheckpointError
+from longclip.runtime.resolve import pick_checkpoint
 
 from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".pt", ".bin", ".ckpt", ".safetensors")
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 _IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in OpenAI's archives
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or the one chosen from a directory: names containing "longclip" first, then sorted."""
+    """A checkpoint file, or the one chosen from a folder: names containing "longclip" first, then sorted."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist: pass a .pt/.bin/.ckpt file or a folder")
-    found = sorted(
-        (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
-        key=lambda p: ("longclip" not in p.name.lower(), str(p.relative_to(path))),
-    )
-    if not found:
-        raise CheckpointError(f"no {'/'.join(SUFFIXES)} file under {str(path)!r}: pass the checkpoint file itself")
-    if len(found) > 1:
-        log.info("%d checkpoints under %s; using %s", len(found), path, found[0])
-    log.info("checkpoint: %s", found[0])
-    return found[0]
+    chosen = pick_checkpoint(path)
+    log.info("checkpoint: %s", chosen)
+    return chosen
 
 
 def _read(path: Path) -> object:

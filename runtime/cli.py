@@ -1,52 +1,60 @@
-"""``longclip-run INPUT -m MODEL -o OUTPUT``: score a JSON Lines file of image/text rows."""
+"""``longclip-run INPUT -m MODEL -o OUTPUT``: score a table of image/text rows."""
 
 from __future__ import annotations
 
-import time
-
 import click
-import numpy as np
 
 from .console import configure_logging
+from .dataset import CHUNK_ROWS
 from .errors import LongCLIPError
+from .preprocess import MAX_PIXELS
 from .session import DEVICES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
-@click.option("-m", "--model", "model_dir", required=True, help="Exported model folder (from longclip-export).")
-@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output .jsonl.")
+@click.option("-m", "--model", "model_name", required=True,
+              help="Exported model folder, checkpoint file/folder (exported once, cached), or Hugging Face repo id.")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format).")
 @click.option("--image-key", default="image_path", show_default=True, help="Column holding image paths.")
 @click.option("--text-key", default="text", show_default=True, help="Column holding texts.")
-@click.option("--output-key", default="longclip_score", show_default=True, help="Score column to add.")
+@click.option("--output-key", default="longclip_score", show_default=True,
+              help="Score column to add; reasons go to <output-key>_error.")
 @click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICES)} (cuda:N too).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-def main(input_path: str, model_dir: str, output_path: str, image_key: str, text_key: str, output_key: str,
-         device: str, quiet: bool) -> None:
-    """Score every INPUT row with LongCLIP: adds OUTPUT_KEY in [0, 1] and OUTPUT_KEY_error (empty when scored).
-
-    Relative image paths resolve against the current directory.
-    """
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images/texts per forward.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Folder that relative image paths resolve against [default: the current directory].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
+@click.option("--chunk-rows", default=CHUNK_ROWS, show_default=True, type=click.IntRange(1),
+              help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")
+@click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Refuse larger images from their header (decompression bombs).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
+def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
+         device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int, max_pixels: int,
+         quiet: bool) -> None:
+    """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
+    [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
-    from .dataset import check_columns, score_frame
+    from .dataset import check_columns
+    from .job import RunOptions, run_file
     from .model import LongCLIP
-    from .tables import read_table, write_table
+    from .resolve import resolve_model_dir
+    from .tables import TableReader, TableWriter
 
+    opts = RunOptions(image_key, text_key, output_key, image_root, batch_size, chunk_rows, max_pixels)
     try:
-        start = time.perf_counter()
-        frame = read_table(input_path)
-        check_columns(list(frame.columns), image_key, text_key)
-        model = LongCLIP(model_dir, device=None if device == "auto" else device)
-        scored = score_frame(model, frame, image_key, text_key, output_key)
-        write_table(scored, output_path)
+        # input, columns and output are checked before the model loads: a mistake costs seconds, not a model load
+        check_columns(TableReader(input_path).columns, image_key, text_key)
+        TableWriter(output_path).abort()
+        model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
+        summary = run_file(model, input_path, output_path, opts, resume=resume, progress=None if not quiet else False)
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
     if not quiet:
-        failed = int(np.isnan(scored[output_key].to_numpy()).sum())
-        seconds = time.perf_counter() - start
-        click.echo(f"{len(scored)} rows, {len(scored) - failed} scored, {failed} failed, "
-                   f"{len(scored) / max(seconds, 1e-9):.1f} rows/s on {model.provider} -> {output_path}", err=True)
+        click.echo(summary.report(), err=True)
 
 
 if __name__ == "__main__":

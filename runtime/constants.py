@@ -26,5 +26,8 @@ VISION_INPUT = "pixel_values"  # (N, 3, n, n) float32
 VISION_OUTPUT = "image_embeds"  # (N, D) float32, not normalized
 TEXT_INPUT = "input_ids"  # (N, L) int64, L <= 248
 TEXT_OUTPUT = "text_embeds"  # (N, D) float32, not normalized
+CHECKPOINT_SUFFIXES = (".pt", ".bin", ".ckpt", ".safetensors")
+"""Files taken as checkpoints when a folder is searched (the spec names .pt/.bin/.ckpt)."""
+
 OPSET = 18
 """ONNX opset the exporter writes by default (each manifest records the one used)."""

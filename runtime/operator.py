@@ -10,6 +10,7 @@ import pandas as pd
 
 from .dataset import check_columns, score_frame
 from .model import LongCLIP
+from .resolve import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ class Storage(Protocol):
 class ImageLongCLIPEvaluator:
     """Score ``image_path`` + ``text`` rows with LongCLIP: ``(cos + 1) / 2`` in ``[0, 1]``.
 
-    ``model_name`` is an exported model folder (``longclip-export CHECKPOINT -o DIR``); ``device`` is ``None``
-    (best provider that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
+    ``model_name``: an exported model folder, a checkpoint file or a folder holding one (exported once into a
+    cache), or a Hugging Face repo id found in the local cache or downloaded. ``device``: ``None`` (best provider
+    that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
 
     >>> evaluator = ImageLongCLIPEvaluator("models/tiny")            # doctest: +SKIP
     >>> evaluator.run(storage.step())                                # doctest: +SKIP
@@ -34,7 +36,7 @@ class ImageLongCLIPEvaluator:
     """
 
     def __init__(self, model_name: str | os.PathLike[str] = "BeichenZhang/LongCLIP-L-336px", device: str | None = None):
-        self.model = LongCLIP(model_name, device=device)
+        self.model = LongCLIP(resolve_model_dir(model_name), device=device)
         log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
 
     def run(

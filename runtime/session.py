@@ -82,5 +82,5 @@ def create_session(
                 "libraries onnxruntime-gpu needs, or pass device='cpu'"
             )
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
-    log.info("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
+    log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
     return session

@@ -1,4 +1,9 @@
-"""Reading and writing the row files ``longclip-run`` takes (JSON Lines for now), atomically."""
+"""Row files in and out, chosen by extension: ``.jsonl``, ``.json``, ``.csv``, ``.parquet``.
+
+Readers check the whole input before any work (a malformed line is named up front) and then hand out chunks of
+a fixed number of rows, the same chunks on every pass. Writers stream chunk by chunk into a temporary file
+beside the output and move it into place only when complete, so a killed run never leaves a partial file.
+"""
 
 from __future__ import annotations
 
@@ -6,64 +11,237 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .errors import InputError
 
-SUPPORTED = (".jsonl",)
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def _check_suffix(path: Path) -> None:
-    if path.suffix.lower() not in SUPPORTED:
-        raise InputError(f"{str(path)!r}: unsupported file type {path.suffix!r}; use one of {', '.join(SUPPORTED)}")
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"{str(path)!r}: unsupported file type {suffix or '(none)'!r}; use {', '.join(FORMATS)}")
+    return suffix
 
 
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Rows of a ``.jsonl`` file, values exactly as written (no type guessing); blank lines skipped."""
-    path = Path(path)
-    _check_suffix(path)
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
+class TableReader:
+    """A checked input file: ``columns``, ``n_rows``, and ``chunks(n)`` yielding DataFrames of ``n`` rows."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.format = _format(self.path)
+        if not self.path.is_file():
+            raise InputError(f"input {str(self.path)!r} does not exist or is not a file")
+        self.columns: list[str] = []
+        self._seen: set[str] = set()
+        self.n_rows = 0
+        self._records: list[dict[str, Any]] | None = None
+        try:
+            getattr(self, f"_scan_{self.format[1:]}")()
+        except InputError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas / pyarrow parse errors are ValueErrors
+            raise InputError(f"cannot read {str(self.path)!r}: {str(exc).splitlines()[0]}") from None
+
+    def _add_columns(self, keys: Any) -> None:
+        for key in keys:
+            if key not in self._seen:
+                self._seen.add(key)
+                self.columns.append(key)
+
+    def _scan_jsonl(self) -> None:
+        for _, row in self._jsonl_rows():
+            self._add_columns(row)
+            self.n_rows += 1
+
+    def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        with open(self.path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except ValueError as exc:
-                    raise InputError(f"{str(path)!r} line {number} is not valid JSON: {exc}") from None
+                    raise InputError(f"{str(self.path)!r} line {number} is not valid JSON: {exc}") from None
                 if not isinstance(row, dict):
-                    raise InputError(f"{str(path)!r} line {number} is a {type(row).__name__}, not a JSON object")
-                rows.append(row)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {str(path)!r}: {exc}") from None
-    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+                    raise InputError(f"{str(self.path)!r} line {number} is a JSON {type(row).__name__}, not an object")
+                yield number, row
+
+    def _scan_json(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except ValueError as exc:
+                raise InputError(f"{str(self.path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise InputError(f"{str(self.path)!r} must hold a JSON array of objects (one per row)")
+        for row in data:
+            self._add_columns(row)
+        self._records, self.n_rows = data, len(data)
+
+    def _scan_csv(self) -> None:
+        for chunk in self._csv_chunks(65536):
+            if not self.columns:
+                self.columns = [str(c) for c in chunk.columns]
+            self.n_rows += len(chunk)
+        if not self.columns:
+            self.columns = [str(c) for c in pd.read_csv(self.path, nrows=0).columns]
+
+    def _csv_chunks(self, n: int) -> Iterator[pd.DataFrame]:
+        # Strings exactly as written: no type guessing, an empty cell stays "" (and fails as empty text / path).
+        yield from pd.read_csv(self.path, dtype=str, keep_default_na=False, chunksize=n)
+
+    def _scan_parquet(self) -> None:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(self.path)
+        self.columns, self.n_rows = list(meta.schema_arrow.names), meta.metadata.num_rows
+
+    def chunks(self, n: int) -> Iterator[pd.DataFrame]:
+        """Consecutive DataFrames of ``n`` rows (the last may be shorter), with every column of the file."""
+        if self.format == ".parquet":
+            import pyarrow.parquet as pq
+
+            batches = pq.ParquetFile(self.path).iter_batches(batch_size=n)
+            yield from _rechunk((b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), n)
+        elif self.format == ".csv":
+            yield from self._csv_chunks(n)
+        else:
+            rows = self._records if self._records is not None else (r for _, r in self._jsonl_rows())
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) == n:
+                    yield self._frame(batch)
+                    batch = []
+            if batch:
+                yield self._frame(batch)
+
+    def _frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        # object dtype keeps every value as parsed (ints stay ints); a key absent from a row reads as NaN
+        return pd.DataFrame(rows, columns=self.columns, dtype=object)
 
 
-def _json_value(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None  # JSON has no NaN: an unscored row reads as null, with its reason beside it
-    return value.item() if hasattr(value, "item") else value
+def _rechunk(frames: Iterator[pd.DataFrame], n: int) -> Iterator[pd.DataFrame]:
+    """Exactly ``n`` rows per frame, whatever sizes the source yields (parquet row groups)."""
+    pending: list[pd.DataFrame] = []
+    size = 0
+    for frame in frames:
+        pending.append(frame)
+        size += len(frame)
+        while size >= n:
+            merged = pd.concat(pending, ignore_index=True)
+            yield merged.iloc[:n].reset_index(drop=True)
+            pending, size = [merged.iloc[n:]], size - n
+    if size:
+        yield pd.concat(pending, ignore_index=True)
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write ``frame`` as ``.jsonl`` through a temporary file: a killed run never leaves a partial file."""
-    path = Path(path)
-    _check_suffix(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InputError(f"cannot write {str(path)!r}: {exc}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            columns = [str(c) for c in frame.columns]
-            for values in frame.itertuples(index=False, name=None):
-                row = {c: _json_value(v) for c, v in zip(columns, values)}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _json_cell(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class TableWriter:
+    """Stream DataFrames into ``path`` through a temporary sibling; ``commit()`` moves it into place."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.format = _format(self.path)
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise InputError(f"cannot write {str(self.path)!r}: folder {str(parent)!r} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent)
+        except OSError as exc:
+            raise InputError(f"cannot write {str(self.path)!r}: {exc.strerror}") from None
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._count = 0
+        self._parts: list[Path] = []
+        self._file = open(self._tmp, "w", encoding="utf-8", newline="") if self.format != ".parquet" else None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.format in (".jsonl", ".json"):
+            self._write_json(frame)
+        elif self.format == ".csv":
+            frame.to_csv(self._file, header=self._count == 0, index=False)
+        else:
+            self._write_parquet_part(frame)
+        self._count += len(frame)
+
+    def _write_json(self, frame: pd.DataFrame) -> None:
+        assert self._file is not None
+        columns = [str(c) for c in frame.columns]
+        # In object columns (JSON input) NaN means "key absent from this row": leave it out, as it came in.
+        absent = [frame[c].dtype == object for c in frame.columns]
+        for values in frame.itertuples(index=False, name=None):
+            row = {c: _json_cell(v) for c, v, a in zip(columns, values, absent)
+                   if not (a and isinstance(v, float) and math.isnan(v))}
+            line = json.dumps(row, ensure_ascii=False, default=str)
+            if self.format == ".jsonl":
+                self._file.write(line + "\n")
+            else:
+                self._file.write(("[\n" if not self._file.tell() else ",\n") + line)
+
+    def _write_parquet_part(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(f"cannot write {str(self.path)!r} as parquet: {exc}; write .jsonl or .csv instead") from None
+        part = self._tmp.with_name(f"{self._tmp.name}.{len(self._parts):06d}")
+        pq.write_table(table, part)
+        self._parts.append(part)
+
+    def _merge_parquet(self) -> None:
+        """Parts may infer different types (an all-null chunk); unify them, then stream into one file."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schemas = [pq.read_schema(p) for p in self._parts]
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+        with pq.ParquetWriter(self._tmp, schema) as writer:
+            for part in self._parts:
+                writer.write_table(pq.read_table(part).cast(schema))
+
+    def commit(self) -> None:
+        """Finish the file and move it to ``path`` atomically."""
+        if self._file is not None:
+            if self.format == ".json":
+                self._file.write("[]\n" if not self._file.tell() else "\n]\n")
+            self._file.close()
+        else:
+            self._merge_parquet()
+        os.replace(self._tmp, self.path)
+        self._cleanup_parts()
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self._file is not None:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+        self._cleanup_parts()
+
+    def _cleanup_parts(self) -> None:
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A whole file as one DataFrame (small files, tests)."""
+    reader = TableReader(path)
+    frames = list(reader.chunks(max(reader.n_rows, 1)))
+    return frames[0] if frames else pd.DataFrame(columns=reader.columns)

@@ -1,9 +1,3 @@
-import json
-import math
-import shutil
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,28 +68,3 @@ def test_custom_keys_and_unknown_column(tiny_model_dir, frame):
     assert {"s", "s_error"} <= set(storage.written[0].columns)
     with pytest.raises(InputError, match=r"column 'image_path' not in the input; columns are \['img', 'caption'"):
         evaluator.run(MemoryStorage(renamed))
-
-
-def test_longclip_run_jsonl(tmp_path, tiny_model_dir):
-    shutil.copy(IMG / "small_41x97.jpg", tmp_path / "1.jpg")
-    rows = [{"image_path": "1.jpg", "text": "a man and a woman in a car", "id": 1},
-            {"image_path": "gone.jpg", "text": "x", "id": 2}]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir), "-o", "out.jsonl"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in out] == [1, 2]
-    assert 0 <= out[0]["longclip_score"] <= 1 and out[0]["longclip_score_error"] == ""
-    assert out[1]["longclip_score"] is None and "image not found" in out[1]["longclip_score_error"]
-    assert "2 rows, 1 scored, 1 failed" in proc.stderr
-
-
-@pytest.mark.parametrize(("content", "message"), [('{"image_path": "a"}\nnot json\n', "line 2 is not valid JSON"),
-                                                  ('{"img": "a", "text": "b"}\n', "column 'image_path' not in")])
-def test_longclip_run_input_errors(tmp_path, tiny_model_dir, content, message):
-    (tmp_path / "in.jsonl").write_text(content)
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir), "-o", "out.jsonl"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "out.jsonl").exists()

@@ -1,0 +1,163 @@
+"""``longclip-run``'s engine: stream a table through the model in fixed chunks, resumably, atomically.
+
+Pass 1 scores chunk after chunk and keeps each chunk's result (scores, reasons, truncation) as a small file in a
+work folder beside the output. Pass 2 streams the input again, joins the results and writes the output through a
+temporary file. A run killed at any point resumes (``resume=True``) from its finished chunks; because chunks are
+the same on every pass and pass 2 is the same code either way, the final file equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .dataset import CHUNK_ROWS, ChunkResult, check_columns, score_chunk, with_scores
+from .errors import InputError
+from .model import LongCLIP
+from .preprocess import MAX_PIXELS
+from .tables import TableReader, TableWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image_key: str = "image_path"
+    text_key: str = "text"
+    output_key: str = "longclip_score"
+    image_root: str | None = None  # relative image paths resolve against it; None: the current directory
+    batch_size: int = 32
+    chunk_rows: int = CHUNK_ROWS
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class RunSummary:
+    rows: int = 0
+    scored: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+    resumed_rows: int = 0
+    seconds: float = 0.0
+    provider: str = ""
+
+    def add(self, result: ChunkResult) -> None:
+        self.rows += len(result.errors)
+        self.failed.update(e.split(":", 1)[0] for e in result.errors if e)
+        self.scored += sum(1 for e in result.errors if not e)
+        self.truncated += int(result.truncated.sum())
+
+    def report(self) -> str:
+        fresh = self.rows - self.resumed_rows
+        rate = fresh / self.seconds if self.seconds > 0 else 0.0
+        failed = ", ".join(f"{code} {n}" for code, n in self.failed.most_common()) or "none"
+        lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})",
+                 f"texts cut at 248 tokens: {self.truncated}",
+                 f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}"]
+        if self.resumed_rows:
+            lines.append(f"resumed: {self.resumed_rows} rows were already scored")
+        return "\n".join(lines)
+
+
+def work_dir_for(output: Path) -> Path:
+    return output.parent / f".{output.name}.longclip-run"
+
+
+def _fingerprint(reader: TableReader, model: LongCLIP, opts: RunOptions) -> dict[str, object]:
+    stat = reader.path.stat()
+    graphs = model.manifest.raw["graphs"]
+    return {
+        "input": str(reader.path.resolve()),
+        "input_size": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns,
+        "model": [graphs["vision"]["sha256"], graphs["text"]["sha256"]],
+        "options": asdict(opts),
+    }
+
+
+def _save_part(path: Path, result: ChunkResult) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, scores=result.scores, errors=np.array(result.errors, dtype=str), truncated=result.truncated)
+    os.replace(tmp, path)
+
+
+def _load_part(path: Path) -> ChunkResult:
+    with np.load(path, allow_pickle=False) as data:
+        return ChunkResult(data["scores"], [str(e) for e in data["errors"]], data["truncated"])
+
+
+def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> None:
+    state_file = work / "state.json"
+    if resume and state_file.is_file():
+        previous = json.loads(state_file.read_text())
+        changed = [k for k in state if previous.get(k) != state[k]]
+        if changed:
+            raise InputError(f"cannot resume: {', '.join(changed)} changed since the interrupted run; "
+                             "run again without --resume to start over")
+        return
+    if work.exists():
+        log.info("starting over: removing the unfinished run in %s", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    state_file.write_text(json.dumps(state, indent=1))
+
+
+def _check_writable(output: Path) -> None:
+    TableWriter(output).abort()  # raises InputError now, before hours of scoring, if OUTPUT cannot be written
+    for stale in output.parent.glob(f".{output.name}.*.partial*"):
+        stale.unlink(missing_ok=True)  # left by a run killed while writing its output
+
+
+def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
+             opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None) -> RunSummary:
+    """Score every row of ``input_path`` into ``output_path`` (formats by extension); see the module doc."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    reader = TableReader(input_path)
+    check_columns(reader.columns, opts.image_key, opts.text_key)
+    output = Path(output_path)
+    _check_writable(output)
+    work = work_dir_for(output)
+    _prepare_work_dir(work, _fingerprint(reader, model, opts), resume)
+    root = Path(opts.image_root) if opts.image_root is not None else None
+    summary = RunSummary(provider=model.provider)
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
+        for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
+            part = work / f"chunk-{index:07d}.npz"
+            if part.is_file():
+                result = _load_part(part)
+                summary.resumed_rows += len(result.errors)
+            else:
+                result = score_chunk(model, chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist(), root,
+                                     opts.batch_size, opts.max_pixels)
+                _save_part(part, result)
+            summary.add(result)
+            bar.update(len(chunk))
+    writer = TableWriter(output)
+    try:
+        for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
+            result = _load_part(work / f"chunk-{index:07d}.npz")
+            writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
+        if reader.n_rows == 0:  # still write the header / schema
+            writer.write(with_scores(pd.DataFrame(columns=reader.columns), np.empty(0), [], opts.output_key))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    shutil.rmtree(work)
+    summary.seconds = time.perf_counter() - start
+    return summary

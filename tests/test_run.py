@@ -1,0 +1,200 @@
+"""longclip-run: formats, row-level reasons, run-level refusals, atomic output, SIGKILL + --resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import GOLDENS, needs_torch
+from longclip.runtime import LongCLIP
+from longclip.runtime.job import RunOptions, run_file, work_dir_for
+from longclip.runtime.tables import TableReader, read_table
+
+pytestmark = needs_torch
+IMG = GOLDENS / "images"
+NAMES = ["rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png", "gray_64x50.png", "animated_50x70.gif"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return LongCLIP(tiny_model_dir, device="cpu")
+
+
+def _rows(n):
+    return [{"image_path": NAMES[i % len(NAMES)], "text": f"caption number {i % 7} about a scene", "id": i,
+             "tags": ["a", "b"][: i % 3]} for i in range(n)]
+
+
+def _write(path, rows):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".csv":
+        pd.DataFrame(rows).drop(columns="tags").to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+def _cli(*args, cwd, timeout=120):
+    cmd = [sys.executable, "-m", "longclip.runtime.cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("src", [".jsonl", ".json", ".csv", ".parquet"])
+@pytest.mark.parametrize("dst", [".jsonl", ".json", ".csv", ".parquet"])
+def test_every_format_pair_keeps_rows_and_columns(tmp_path, model, src, dst):
+    rows = _rows(23)
+    _write(tmp_path / f"in{src}", rows)
+    summary = run_file(model, tmp_path / f"in{src}", tmp_path / f"out{dst}",
+                       RunOptions(image_root=str(IMG), chunk_rows=5), progress=False)
+    assert (summary.rows, summary.scored) == (23, 23)
+    out = read_table(tmp_path / f"out{dst}")
+    inp = read_table(tmp_path / f"in{src}")
+    assert list(out.columns) == list(inp.columns) + ["longclip_score", "longclip_score_error"]
+    assert [str(v) for v in out["id"]] == [str(r["id"]) for r in rows]
+    assert out["image_path"].tolist() == [r["image_path"] for r in rows]
+    want = model.score([IMG / r["image_path"] for r in rows], [r["text"] for r in rows])
+    np.testing.assert_allclose(out["longclip_score"].astype(float), want, rtol=1e-6)
+    assert (out["longclip_score_error"] == "").all()
+    assert not list(tmp_path.glob(".out*"))  # no temporary or work files left behind
+
+
+def test_jsonl_round_trip_is_exact(tmp_path, model):
+    rows = [{"image_path": NAMES[0], "text": "a", "n": 1, "nested": {"x": [1, 2]}},
+            {"image_path": NAMES[1], "text": "b", "only_here": None},
+            {"text": "c", "image_path": NAMES[2], "n": 2.5}]
+    _write(tmp_path / "in.jsonl", rows)
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), progress=False)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for got, want in zip(out, rows):
+        extra = {k: got.pop(k) for k in ("longclip_score", "longclip_score_error")}
+        assert got == want and 0 <= extra["longclip_score"] <= 1  # absent keys stay absent, null stays null
+
+
+def test_chunking_and_dedup(tmp_path, model, monkeypatch):
+    rows = _rows(40)
+    _write(tmp_path / "in.jsonl", rows)
+    seen = []
+    original = model.vision.run
+    monkeypatch.setattr(model.vision, "run", lambda out, feeds: seen.append(len(feeds["pixel_values"])) or
+                        original(out, feeds), raising=False)
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "a.jsonl", RunOptions(image_root=str(IMG), chunk_rows=20),
+             progress=False)
+    assert sum(seen) == 2 * len(NAMES)  # two chunks, each distinct image encoded once per chunk
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "b.jsonl", RunOptions(image_root=str(IMG), chunk_rows=7),
+             progress=False)
+    a, b = read_table(tmp_path / "a.jsonl"), read_table(tmp_path / "b.jsonl")
+    np.testing.assert_allclose(a["longclip_score"].astype(float), b["longclip_score"].astype(float), rtol=1e-6)
+
+
+def test_row_level_problems_never_stop_the_run(tmp_path, model):
+    from test_preprocess import _png_header
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    data = (IMG / "small_41x97.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "bomb.png").write_bytes(_png_header(40_000, 40_000))
+    shutil.copy(IMG / "small_41x97.jpg", tmp_path / "ok.jpg")
+    cases = [("ok.jpg", "fine", ""), ("missing.png", "x", "missing_file"), ("empty.png", "x", "empty_file"),
+             ("text.png", "x", "not_an_image"), ("cut.jpg", "x", "undecodable"), (".", "x", "directory"),
+             ("bomb.png", "x", "too_many_pixels"), (None, "x", "null_path"), (7, "x", "bad_path"),
+             ("ok.jpg", None, "null_text"), ("ok.jpg", "", "empty_text"), ("ok.jpg", " \n\t", "empty_text"),
+             ("ok.jpg", 3, "not_text")]
+    _write(tmp_path / "in.jsonl", [{"image_path": i, "text": t} for i, t, _ in cases])
+    summary = run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(tmp_path)),
+                       progress=False)
+    out = read_table(tmp_path / "out.jsonl")
+    assert [e.split(":")[0] for e in out["longclip_score_error"]] == [c for *_, c in cases]
+    assert np.isfinite(out["longclip_score"].iloc[0]) and out["longclip_score"].iloc[1:].isna().all()
+    assert summary.scored == 1 and summary.failed["empty_text"] == 2 and sum(summary.failed.values()) == 12
+
+
+def test_cli_summary_and_image_root_default(tmp_path, tiny_model_dir):
+    shutil.copy(IMG / "small_41x97.jpg", tmp_path / "1.png")
+    _write(tmp_path / "in.jsonl", [{"image_path": "1.png", "text": "a man and a woman in a car"},
+                                   {"image_path": "gone.png", "text": "word " * 300}])
+    proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "rows 2: scored 1, failed 1 (missing_file 1)" in proc.stderr
+    assert "texts cut at 248 tokens: 1" in proc.stderr and "rows/s" in proc.stderr and "CPUExecutionProvider" in proc.stderr
+    assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert out["longclip_score_error"].tolist()[0] == "" and "missing_file" in out["longclip_score_error"][1]
+
+
+def test_progress_bar_when_asked(tmp_path, model, capsys):
+    _write(tmp_path / "in.jsonl", _rows(4))
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), progress=True)
+    assert "4/4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("content", "args", "message"), [
+    ('{"image_path": "a", "text": "b"}\nnot json\n', (), "in.jsonl' line 2 is not valid JSON"),
+    ('[1, 2]\n', (), "line 1 is a JSON list, not an object"),
+    ('{"img": "a", "text": "b"}\n', (), "column 'image_path' not in the input; columns are ['img', 'text']"),
+    ('{"image_path": "a", "text": "b"}\n', ("-m", "no-such-model"), "model 'no-such-model' does not exist"),
+    ('{"image_path": "a", "text": "b"}\n', ("-o", "missing/out.jsonl"), "folder 'missing' does not exist"),
+    ('{"image_path": "a", "text": "b"}\n', ("-o", "out.txt"), "unsupported file type '.txt'"),
+])
+def test_run_level_problems_exit_with_one_line(tmp_path, tiny_model_dir, content, args, message):
+    (tmp_path / "in.jsonl").write_text(content)
+    opts = {"-m": str(tiny_model_dir), "-o": "out.jsonl"}
+    opts.update(dict(zip(args[::2], args[1::2])))
+    proc = _cli("in.jsonl", *[x for kv in opts.items() for x in kv], cwd=tmp_path)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_sigkill_then_resume_gives_the_same_file(tmp_path, tiny_model_dir):
+    rows = _rows(900)
+    _write(tmp_path / "in.jsonl", rows)
+    common = ["-m", tiny_model_dir, "--image-root", IMG, "--chunk-rows", "10", "--device", "cpu"]
+    reference = _cli("in.jsonl", "-o", "ref.parquet", *common, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-o", "out.parquet", *map(str, common)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = work_dir_for(tmp_path / "out.parquet")
+    deadline = time.time() + 60
+    while len(list(work.glob("chunk-*.npz"))) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(work.glob("chunk-*.npz")))
+    assert 5 <= done < 90, "the run should have been killed part-way"
+    assert not (tmp_path / "out.parquet").exists()  # never a partial output
+    resumed = _cli("in.jsonl", "-o", "out.parquet", *common, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed: {done * 10} rows were already scored" in resumed.stderr
+    assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "ref.parquet").read_bytes()
+    assert not work.exists()
+
+
+def test_resume_refuses_a_changed_input(tmp_path, model):
+    _write(tmp_path / "in.jsonl", _rows(6))
+    work = work_dir_for(tmp_path / "out.jsonl")
+    work.mkdir()
+    (work / "state.json").write_text(json.dumps({"input": "elsewhere"}))
+    from longclip.runtime.errors import InputError
+
+    with pytest.raises(InputError, match="cannot resume: input"):
+        run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), resume=True,
+                 progress=False)
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), progress=False)
+    assert len(read_table(tmp_path / "out.jsonl")) == 6
+
+
+def test_reader_counts_rows_and_columns(tmp_path):
+    _write(tmp_path / "in.jsonl", [{"a": 1}, {"b": 2}, {"a": 3, "c": 4}])
+    reader = TableReader(tmp_path / "in.jsonl")
+    assert (reader.columns, reader.n_rows) == (["a", "b", "c"], 3)
+    assert [len(c) for c in reader.chunks(2)] == [2, 1]
