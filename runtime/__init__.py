@@ -1,5 +1,7 @@
 """Torch-free LongCLIP scoring on ONNX Runtime: tokenizer, preprocessing, sessions, the spec'd operator."""
 
+from typing import Any
+
 from .errors import (
     CheckpointError,
     DeviceUnavailableError,
@@ -11,7 +13,6 @@ from .errors import (
     TextError,
 )
 from .model import LongCLIP
-from .operator import ImageLongCLIPEvaluator
 from .preprocess import preprocess_images
 from .tokenizer import tokenize
 
@@ -29,3 +30,13 @@ __all__ = [
     "preprocess_images",
     "tokenize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Resolved on first use: a DataFlow operator when DataFlow is installed, so importing this package never
+    # imports DataFlow.
+    if name == "ImageLongCLIPEvaluator":
+        from .operator import evaluator_class
+
+        return evaluator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Protocol
@@ -23,6 +24,9 @@ class Storage(Protocol):
     def write(self, data: Any) -> Any: ...
 
 
+DEFAULT_MODEL = "BeichenZhang/LongCLIP-L-336px"
+
+
 class ImageLongCLIPEvaluator:
     """Score ``image_path`` + ``text`` rows with LongCLIP: ``(cos + 1) / 2`` in ``[0, 1]``.
 
@@ -35,7 +39,7 @@ class ImageLongCLIPEvaluator:
     ['longclip_score']
     """
 
-    def __init__(self, model_name: str | os.PathLike[str] = "BeichenZhang/LongCLIP-L-336px", device: str | None = None):
+    def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None):
         self.model = LongCLIP(resolve_model_dir(model_name), device=device)
         log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
 
@@ -52,3 +56,13 @@ class ImageLongCLIPEvaluator:
         scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None)
         storage.write(scored)
         return [output_key]
+
+
+@functools.lru_cache(maxsize=1)
+def evaluator_class() -> type[ImageLongCLIPEvaluator]:
+    """The DataFlow operator (``OperatorABC``, registered) when DataFlow is installed, else the plain class."""
+    try:
+        from .dataflow_operator import ImageLongCLIPEvaluator as DataFlowEvaluator
+    except ImportError:  # no DataFlow, or an unrelated package named "dataflow"
+        return ImageLongCLIPEvaluator
+    return DataFlowEvaluator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,20 @@ def tiny_checkpoint(tmp_path_factory, tiny_state) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
-    """``longclip-export`` of the tiny checkpoint, done once for the whole session."""
+def tiny_model_dir(request, tmp_path_factory) -> Path:
+    """``longclip-export`` of the tiny checkpoint, done once for the whole session.
+
+    A torch-free environment (the DataFlow one in .ci/run) passes a folder exported elsewhere instead.
+    """
+    given = os.environ.get("LONGCLIP_TEST_MODEL_DIR")
+    if given:
+        return Path(given)
+    if not HAS_TORCH:
+        pytest.skip("needs the export extra (torch) or LONGCLIP_TEST_MODEL_DIR")
     from longclip.export import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny"
-    export_model(tiny_checkpoint, out)
+    export_model(request.getfixturevalue("tiny_checkpoint"), out)
     return out
 
 

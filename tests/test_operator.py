@@ -2,10 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import GOLDENS, needs_torch
+from conftest import GOLDENS
 from longclip.runtime import ImageLongCLIPEvaluator, InputError, LongCLIP
 
-pytestmark = needs_torch
 IMG = GOLDENS / "images"
 
 

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import GOLDENS, needs_torch
+from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.job import RunOptions, run_file, work_dir_for
 from longclip.runtime.tables import TableReader, read_table
 
-pytestmark = needs_torch
 IMG = GOLDENS / "images"
 NAMES = ["rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png", "gray_64x50.png", "animated_50x70.gif"]
 

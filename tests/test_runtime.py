@@ -34,7 +34,6 @@ def test_scores_match_pytorch_reference(tiny_model_dir, tiny_reference):
     np.testing.assert_allclose(np.linalg.norm(model.encode_texts(TEXTS), axis=1), 1.0, rtol=1e-6)
 
 
-@needs_torch
 def test_bucketed_text_batches_equal_one_by_one(tiny_model_dir):
     model = LongCLIP(tiny_model_dir, device="cpu")
     texts = ["short", "word " * 300, "a medium length caption about a dog", "x", "y z " * 20]
@@ -43,13 +42,11 @@ def test_bucketed_text_batches_equal_one_by_one(tiny_model_dir):
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
-@needs_torch
 def test_pil_images_and_paths_agree(tiny_model_dir):
     model = LongCLIP(tiny_model_dir)
     np.testing.assert_array_equal(model.encode_images([Image.open(IMAGES[0])]), model.encode_images(IMAGES[:1]))
 
 
-@needs_torch
 @pytest.mark.parametrize("device", ["cuda", "tensorrt", "cuda:1"])
 def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
     import onnxruntime as ort
@@ -60,7 +57,6 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
         create_session(tiny_model_dir / "vision.onnx", device)
 
 
-@needs_torch
 def test_auto_picks_a_provider_that_runs(tiny_model_dir):
     model = LongCLIP(tiny_model_dir, device=None)
     assert model.provider in model.vision.get_providers()
@@ -84,7 +80,6 @@ def test_model_dir_errors(tmp_path):
         LongCLIP(tmp_path)
 
 
-@needs_torch
 def test_runtime_never_imports_torch(tiny_model_dir):
     code = (
         "import sys\n"
