@@ -46,10 +46,11 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     opts = RunOptions(image_key, text_key, output_key, image_root, batch_size, chunk_rows, max_pixels)
     try:
         # input, columns and output are checked before the model loads: a mistake costs seconds, not a model load
-        check_columns(TableReader(input_path).columns, image_key, text_key)
+        reader = TableReader(input_path)
+        check_columns(reader.columns, image_key, text_key)
         TableWriter(output_path).abort()
         model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
-        summary = run_file(model, input_path, output_path, opts, resume=resume, progress=None if not quiet else False)
+        summary = run_file(model, reader, output_path, opts, resume=resume, progress=None if not quiet else False)
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None

@@ -120,13 +120,14 @@ def _check_writable(output: Path) -> None:
         stale.unlink(missing_ok=True)  # left by a run killed while writing its output
 
 
-def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
+def run_file(model: LongCLIP, input_path: str | os.PathLike[str] | TableReader, output_path: str | os.PathLike[str],
              opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None) -> RunSummary:
-    """Score every row of ``input_path`` into ``output_path`` (formats by extension); see the module doc."""
+    """Score every row of ``input_path`` (a path, or a reader already opened on it) into ``output_path``; formats
+    by extension. See the module doc."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    reader = TableReader(input_path)
+    reader = input_path if isinstance(input_path, TableReader) else TableReader(input_path)
     check_columns(reader.columns, opts.image_key, opts.text_key)
     output = Path(output_path)
     _check_writable(output)
