@@ -32,8 +32,9 @@ from longclip.runtime.manifest import sha256_file, write_manifest
 
 from .checkpoint import load_reference
 from .model import LongCLIP
-from .onnx_export import export_tower, graph_specs
-from .parity import ParityReport, run_parity
+from .onnx_export import EXTERNAL_DATA_BYTES, export_tower, graph_specs, tower_bytes
+from .parity import TOLERANCES, ParityReport, reference_outputs, run_parity
+from .precision import PRECISIONS, convert
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,13 @@ class ExportResult:
     checkpoint: Path
     variant: str
     report: ParityReport
+    accuracy: ParityReport | None  # the precision's own gate; None for fp32
+    precision: str
     seconds: float
 
 
-def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int) -> dict[str, object]:
+def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int, precision: str,
+              accuracy: ParityReport | None) -> dict[str, object]:
     cfg = model.config
     graphs = {}
     for tower, spec in graph_specs(model).items():
@@ -63,7 +67,7 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
         }
     return {
         "variant": cfg.variant,
-        "precision": "fp32",
+        "precision": precision,
         "opset": opset,
         "embed_dim": cfg.embed_dim,
         "config": cfg.to_dict(),
@@ -87,17 +91,24 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
         "graphs": graphs,
         "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "parity": report.to_dict(),
+        "accuracy": None if accuracy is None else {
+            "precision": precision, "against": "fp32 PyTorch reference",
+            "max_score_delta_limit": TOLERANCES[precision].max_score_delta, **accuracy.to_dict()},
         "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
 
 
 def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, opset: int = OPSET,
-                 overwrite: bool = False) -> ExportResult:
+                 overwrite: bool = False, precision: str = "fp32") -> ExportResult:
     """Export ``checkpoint`` (file or folder) to ``out_dir`` with ``vision.onnx``, ``text.onnx``, ``manifest.json``.
 
-    Raises :class:`CheckpointError` for a bad checkpoint and :class:`ParityError` when the graphs disagree with
-    the reference; in both cases ``out_dir`` is left as it was.
+    The fp32 graphs always pass the parity gate first; ``precision="fp16"``/``"int8"`` then converts them and
+    gates the result against the same reference with that precision's tolerance. Raises
+    :class:`CheckpointError` for a bad checkpoint and :class:`ParityError` when a gate fails; in both cases
+    ``out_dir`` is left as it was.
     """
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -110,11 +121,17 @@ def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[
     try:
         vision = export_tower(model, "vision", work, opset)
         text = export_tower(model, "text", work, opset)
-        report = run_parity(model, vision, text)
-        write_manifest(work, _manifest(model, ckpt, work, report, opset))
+        reference = reference_outputs(model)
+        report = run_parity(reference, vision, text)
+        accuracy = None
+        if precision != "fp32":
+            for tower, path in (("vision", vision), ("text", text)):
+                convert(path, precision, external_data=tower_bytes(model, tower) // 2 > EXTERNAL_DATA_BYTES)
+            accuracy = run_parity(reference, vision, text, TOLERANCES[precision], f"{precision} graphs")
+        write_manifest(work, _manifest(model, ckpt, work, report, opset, precision, accuracy))
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, ckpt, model.config.variant, report, time.perf_counter() - start)
+    return ExportResult(out, ckpt, model.config.variant, report, accuracy, precision, time.perf_counter() - start)

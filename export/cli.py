@@ -14,9 +14,11 @@ from longclip.runtime.errors import LongCLIPError, ParityError
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write vision.onnx, text.onnx and manifest.json into.")
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(17), help="ONNX opset (>= 17).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: CPU (dynamic quantization, gate |Δscore| <= 0.01); fp16: GPU (gate 2e-3).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-def main(checkpoint: str, out_dir: str, opset: int, overwrite: bool, quiet: bool) -> None:
+def main(checkpoint: str, out_dir: str, opset: int, precision: str, overwrite: bool, quiet: bool) -> None:
     """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
     graphs and a manifest, and prove them against the PyTorch reference before saying done."""
     configure_logging(quiet)
@@ -28,7 +30,7 @@ def main(checkpoint: str, out_dir: str, opset: int, overwrite: bool, quiet: bool
         raise SystemExit(1) from None
 
     try:
-        result = export_model(checkpoint, out_dir, opset=opset, overwrite=overwrite)
+        result = export_model(checkpoint, out_dir, opset=opset, overwrite=overwrite, precision=precision)
     except ParityError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(1) from None
@@ -37,7 +39,9 @@ def main(checkpoint: str, out_dir: str, opset: int, overwrite: bool, quiet: bool
         raise SystemExit(1) from None
     if not quiet:
         click.echo(result.report.table())
-        click.echo(f"done: {result.variant} from {result.checkpoint} -> {result.model_dir} "
+        if result.accuracy is not None:
+            click.echo(f"\n{result.precision} accuracy gate\n{result.accuracy.table()}")
+        click.echo(f"done: {result.variant} {result.precision} from {result.checkpoint} -> {result.model_dir} "
                    f"(parity passed, {result.seconds:.1f} s)")
 
 

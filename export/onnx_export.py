@@ -115,14 +115,19 @@ def _quiet_loggers(names: tuple[str, ...] = ("torch", "onnxscript", "onnx_ir")) 
             lg.setLevel(level)
 
 
+def tower_bytes(model: LongCLIP, tower: str) -> int:
+    """Bytes of the parameters that go into one tower's graph."""
+    visual = {id(p) for p in model.visual.parameters()}
+    params = [p for p in model.parameters() if (id(p) in visual) == (tower == "vision")]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
 def export_tower(model: LongCLIP, tower: str, out_dir: Path, opset: int = OPSET) -> Path:
     """Export one tower to ``out_dir/<spec.file>`` and check its declared I/O."""
     spec = graph_specs(model)[tower]
     example, dims = _example(model, tower)
     wrapper = _Tower(model, tower).eval()
-    visual = {id(p) for p in model.visual.parameters()}
-    params = [p for p in model.parameters() if (id(p) in visual) == (tower == "vision")]
-    n_bytes = sum(p.numel() * p.element_size() for p in params)
+    n_bytes = tower_bytes(model, tower)
     path = out_dir / spec.file
     log.info("exporting %s tower (%.0f MB) to %s", tower, n_bytes / 1e6, path)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from .errors import ImageError, InputError, RowError, TextError
 from .model import LongCLIP
+from .prefetch import input_pool, prefetch
 from .preprocess import MAX_PIXELS, load_image, preprocess_image
 from .scoring import score_rows
 
@@ -78,30 +80,58 @@ class ChunkResult:
     truncated: np.ndarray  # (N,) bool: the text passed 248 tokens and was cut
 
 
+def _decoder(model: LongCLIP, image_root: Path | None, max_pixels: int
+             ) -> Callable[[tuple[Hashable, object]], tuple[Hashable, np.ndarray | None, str]]:
+    m = model.manifest
+
+    def decode(item: tuple[Hashable, object]) -> tuple[Hashable, np.ndarray | None, str]:
+        key, value = item
+        try:
+            image = load_image(resolve_image_path(value, image_root), max_pixels)
+            return key, preprocess_image(image, m.image_size, m.mean, m.std), ""
+        except RowError as exc:
+            return key, None, str(exc)
+
+    return decode
+
+
 def _embed_images(model: LongCLIP, values: list[object], image_root: Path | None, batch_size: int,
-                  max_pixels: int) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, str]]:
-    """Each distinct image once, decoded ``batch_size`` at a time so memory follows the batch, not the chunk."""
-    distinct = _distinct(values)
-    keys = list(distinct)
+                  max_pixels: int, pool: Executor | None) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, str]]:
+    """Each distinct image once. Decoding runs up to two batches ahead on ``pool`` while the model embeds the
+    current batch; memory follows the batch size, not the chunk."""
     embeds: dict[Hashable, np.ndarray] = {}
     failed: dict[Hashable, str] = {}
-    for start in range(0, len(keys), batch_size):
-        batch_keys, pixels = [], []
-        for key in keys[start : start + batch_size]:
-            try:
-                image = load_image(resolve_image_path(distinct[key], image_root), max_pixels)
-                pixels.append(preprocess_image(image, model.image_size, model.manifest.mean, model.manifest.std))
-                batch_keys.append(key)
-            except RowError as exc:
-                failed[key] = str(exc)
+    keys: list[Hashable] = []
+    pixels: list[np.ndarray] = []
+
+    def flush() -> None:
         if pixels:
-            embeds.update(zip(batch_keys, model.embed_pixels(np.stack(pixels), batch_size)))
+            embeds.update(zip(keys, model.embed_pixels(np.stack(pixels), batch_size)))
+            keys.clear()
+            pixels.clear()
+
+    decode = _decoder(model, image_root, max_pixels)
+    for key, image, reason in prefetch(pool, decode, _distinct(values).items(), depth=2 * batch_size):
+        if reason:
+            failed[key] = reason
+            continue
+        keys.append(key)
+        pixels.append(image)  # type: ignore[arg-type]
+        if len(pixels) == batch_size:
+            flush()
+    flush()
     return embeds, failed
 
 
-def _embed_texts(model: LongCLIP, values: list[object], batch_size: int
-                 ) -> tuple[dict[Hashable, np.ndarray], dict[Hashable, str], set[Hashable]]:
-    """Each distinct text once: ``(embeddings, failures, keys of texts cut at 248 tokens)``."""
+@dataclass
+class _Tokens:
+    texts: list[str]
+    ids: np.ndarray
+    lengths: np.ndarray
+    failed: dict[Hashable, str]
+
+
+def _tokenize(model: LongCLIP, values: list[object]) -> _Tokens:
     texts: list[str] = []
     failed: dict[Hashable, str] = {}
     for key, value in _distinct(values).items():
@@ -109,20 +139,23 @@ def _embed_texts(model: LongCLIP, values: list[object], batch_size: int
             texts.append(check_text(value))
         except RowError as exc:
             failed[key] = str(exc)
-    if not texts:
-        return {}, failed, set()
     ids, lengths = model.tokenizer.batch(texts, model.manifest.context_length)
-    embeds = dict(zip(texts, model.embed_ids(ids, batch_size)))
-    return embeds, failed, {t for t, n in zip(texts, lengths) if n > model.manifest.context_length}
+    return _Tokens(texts, ids, lengths, failed)
 
 
 def score_chunk(model: LongCLIP, images: list[object], texts: list[object], image_root: Path | None = None,
-                batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> ChunkResult:
-    """Score parallel lists of image values and texts; each distinct image and text is encoded once."""
-    image_embeds, image_failed = _embed_images(model, images, image_root, batch_size, max_pixels)
-    text_embeds, text_failed, cut = _embed_texts(model, texts, batch_size)
+                batch_size: int = 32, max_pixels: int = MAX_PIXELS, pool: Executor | None = None) -> ChunkResult:
+    """Score parallel lists of image values and texts; each distinct image and text is encoded once.
+
+    With a ``pool``, tokenization and image decoding run on its threads, overlapped with inference.
+    """
+    tokens_future = pool.submit(_tokenize, model, texts) if pool is not None else None
+    image_embeds, image_failed = _embed_images(model, images, image_root, batch_size, max_pixels, pool)
+    tokens = tokens_future.result() if tokens_future is not None else _tokenize(model, texts)
+    text_embeds = dict(zip(tokens.texts, model.embed_ids(tokens.ids, batch_size))) if tokens.texts else {}
+    cut = {t for t, n in zip(tokens.texts, tokens.lengths) if n > model.manifest.context_length}
     image_keys, text_keys = [_key(v) for v in images], [_key(v) for v in texts]
-    errors = [image_failed.get(i) or text_failed.get(t) or "" for i, t in zip(image_keys, text_keys)]
+    errors = [image_failed.get(i) or tokens.failed.get(t) or "" for i, t in zip(image_keys, text_keys)]
     good = [n for n, reason in enumerate(errors) if not reason]
     scores = np.full(len(images), np.nan, dtype=np.float32)
     if good:
@@ -151,11 +184,12 @@ def score_frame(
     scores = np.full(len(frame), np.nan, dtype=np.float32)
     errors: list[str] = []
     images, texts = frame[image_key].tolist(), frame[text_key].tolist()
-    for start in range(0, len(frame), chunk_rows):
-        stop = start + chunk_rows
-        result = score_chunk(model, images[start:stop], texts[start:stop], root, batch_size)
-        scores[start : start + len(result.scores)] = result.scores
-        errors.extend(result.errors)
+    with input_pool() as pool:
+        for start in range(0, len(frame), chunk_rows):
+            stop = start + chunk_rows
+            result = score_chunk(model, images[start:stop], texts[start:stop], root, batch_size, pool=pool)
+            scores[start : start + len(result.scores)] = result.scores
+            errors.extend(result.errors)
     return with_scores(frame, scores, errors, output_key)
 
 

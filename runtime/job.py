@@ -25,6 +25,7 @@ import pandas as pd
 from .dataset import CHUNK_ROWS, ChunkResult, check_columns, score_chunk, with_scores
 from .errors import InputError
 from .model import LongCLIP
+from .prefetch import input_pool
 from .preprocess import MAX_PIXELS
 from .tables import TableReader, TableWriter
 
@@ -121,7 +122,8 @@ def _check_writable(output: Path) -> None:
 
 
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str] | TableReader, output_path: str | os.PathLike[str],
-             opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None) -> RunSummary:
+             opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None,
+             workers: int | None = None) -> RunSummary:
     """Score every row of ``input_path`` (a path, or a reader already opened on it) into ``output_path``; formats
     by extension. See the module doc."""
     from tqdm import tqdm
@@ -136,7 +138,8 @@ def run_file(model: LongCLIP, input_path: str | os.PathLike[str] | TableReader, 
     root = Path(opts.image_root) if opts.image_root is not None else None
     summary = RunSummary(provider=model.provider)
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
+    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
+            input_pool(workers) as pool:
         for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
             part = work / f"chunk-{index:07d}.npz"
             if part.is_file():
@@ -144,7 +147,7 @@ def run_file(model: LongCLIP, input_path: str | os.PathLike[str] | TableReader, 
                 summary.resumed_rows += len(result.errors)
             else:
                 result = score_chunk(model, chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist(), root,
-                                     opts.batch_size, opts.max_pixels)
+                                     opts.batch_size, opts.max_pixels, pool)
                 _save_part(part, result)
             summary.add(result)
             bar.update(len(chunk))

@@ -1,0 +1,201 @@
+"""Side-by-side speed of longclip-run against the PyTorch ways to score, in one run on one machine.
+
+    python benchmarks/speed.py --preset b16 --rows 64 --out docs/benchmarks.md
+
+Every contender is a whole process (start-up, model load, decode, preprocess, tokenize, forward, score) over
+the same rows: unique 640x480 JPEGs and captions of mixed length (a third ~12 tokens, a third ~60, a third cut
+at 248), measured in turn, best of --repeats. Also: text cost by caption length, and the image tower's FLOP/s
+as a fraction of a large fp32 GEMM's, both measured here, now. Random weights in the official layout: speed
+does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ("a photo of the red house with two windows near a quiet river under grey clouds at dusk while "
+         "children play football on the wet grass and an old man walks his dog").split()
+
+
+def caption(rng: np.random.Generator, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS, n_words))
+
+
+def make_rows(folder: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        path = folder / "images" / f"{i:05d}.jpg"
+        if not path.exists():
+            small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((640, 480), Image.Resampling.BILINEAR).save(path, quality=85)
+        words = (10, 58, 300)[i % 3]  # ~12, ~60 and >248 tokens
+        lines.append(json.dumps({"image_path": f"images/{i:05d}.jpg", "text": caption(rng, words)}))
+    rows = folder / "rows.jsonl"
+    rows.write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def ensure_model(work: Path, preset: str, precision: str) -> tuple[Path, Path]:
+    checkpoint = work / f"longclip-{preset}.pt"
+    if not checkpoint.exists():
+        subprocess.run([sys.executable, "-m", "longclip.export.random_checkpoint", preset, str(checkpoint)], check=True)
+    out = work / f"{preset}-{precision}"
+    if not (out / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "longclip.export.cli", str(checkpoint), "-o", str(out), "--precision",
+                        precision, "--overwrite", "-q"], check=True)
+    return checkpoint, out
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def text_length_cost(model_dir: Path, repeats: int) -> tuple[float, float]:
+    from longclip.runtime import LongCLIP
+
+    model = LongCLIP(model_dir, device="cpu")
+    rng = np.random.default_rng(1)
+    short = [caption(rng, 10) for _ in range(96)]
+    long = [caption(rng, 300) for _ in range(96)]
+    model.encode_texts(short[:8])
+
+    def best(texts: list[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.encode_texts(texts)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(short), best(long)
+
+
+def gemm_and_tower_flops(model_dir: Path, repeats: int) -> tuple[float, float]:
+    """(large fp32 GEMM FLOP/s via ONNX Runtime's own MatMul, image tower FLOP/s at batch 32)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from longclip.runtime.manifest import read_manifest
+    from longclip.runtime.session import create_session
+
+    n = 4096
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    gemm = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                .SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.random.rand(n, n).astype(np.float32)
+    feeds = {"a": a, "b": a}
+    gemm.run(None, feeds)
+    gemm_time = min(_time(lambda: gemm.run(None, feeds)) for _ in range(repeats))
+    cfg = read_manifest(model_dir).raw["config"]
+    w, layers, p, size = cfg["vision_width"], cfg["vision_layers"], cfg["patch_size"], cfg["image_size"]
+    tokens = (size // p) ** 2 + 1
+    flops_per_image = 2 * (layers * (tokens * 12 * w * w + 2 * tokens * tokens * w) + (tokens - 1) * w * 3 * p * p)
+    vision = create_session(read_manifest(model_dir).vision_graph, "cpu")
+    x = np.random.randn(32, 3, size, size).astype(np.float32)
+    vision.run(None, {"pixel_values": x})
+    tower_time = min(_time(lambda: vision.run(None, {"pixel_values": x})) for _ in range(repeats))
+    return 2 * n**3 / gemm_time, 32 * flops_per_image / tower_time
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+            f"torch {torch.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="b16")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--work", default=str(ROOT / "models" / "bench"))
+    parser.add_argument("--out", default=None, help="Markdown file to write the table to (e.g. docs/benchmarks.md).")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint, fp32 = ensure_model(work, args.preset, "fp32")
+    _, int8 = ensure_model(work, args.preset, "int8")
+    rows = make_rows(work / f"data-{args.rows}", args.rows)
+    run = [sys.executable, "-m", "longclip.runtime.cli", str(rows), "--device", "cpu", "-q"]
+    ref = [sys.executable, str(ROOT / "benchmarks" / "torch_reference.py"), str(checkpoint), str(rows)]
+    contenders = {
+        "longclip-run fp32": run + ["-m", str(fp32), "-o", str(rows.parent / "out-fp32.jsonl")],
+        "longclip-run int8": run + ["-m", str(int8), "-o", str(rows.parent / "out-int8.jsonl")],
+        "PyTorch fp32, batched (32)": ref + ["--mode", "batched"],
+        "PyTorch fp32, row by row (status quo)": ref + ["--mode", "row-by-row"],
+    }
+    seconds = {name: float("inf") for name in contenders}
+    for _ in range(args.repeats):
+        for name, cmd in contenders.items():
+            seconds[name] = min(seconds[name], timed(cmd, rows.parent))
+            print(f"{name}: {args.rows / seconds[name]:.2f} rows/s", file=sys.stderr, flush=True)
+    short, long = text_length_cost(fp32, args.repeats)
+    gemm, tower = gemm_and_tower_flops(fp32, args.repeats)
+    base = seconds["PyTorch fp32, batched (32)"]
+    lines = [
+        f"## {args.preset} on CPU — {datetime.date.today()}",
+        "",
+        f"Machine: {machine()}. {args.rows} rows of unique 640x480 JPEGs and captions of ~12 / ~60 / >248 tokens; "
+        f"whole process each, best of {args.repeats}, measured in turn in one run.",
+        "",
+        "| contender | rows/s | vs PyTorch batched | vs row by row |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, s in seconds.items():
+        lines.append(f"| {name} | {args.rows / s:.2f} | {base / s:.2f}x | "
+                     f"{seconds['PyTorch fp32, row by row (status quo)'] / s:.2f}x |")
+    lines += [
+        "",
+        f"- int8 vs fp32 export: {seconds['longclip-run fp32'] / seconds['longclip-run int8']:.2f}x",
+        f"- 96 captions: ~12 tokens {short * 1e3:.0f} ms, 248 tokens {long * 1e3:.0f} ms "
+        f"(long/short = {long / short:.1f}x; the text graph runs at each batch's own length)",
+        f"- image tower (fp32, batch 32): {tower / 1e9:.0f} GFLOP/s = {tower / gemm:.0%} of a 4096² fp32 GEMM "
+        f"({gemm / 1e9:.0f} GFLOP/s, ONNX Runtime MatMul, same run)",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        previous = out.read_text() if out.exists() else "# Benchmarks\n\nProduced by `benchmarks/speed.py`; newest first.\n\n"
+        head, _, rest = previous.partition("\n## ")
+        out.write_text(head.rstrip() + "\n\n" + report + ("\n## " + rest if rest else ""))
+
+
+if __name__ == "__main__":
+    main()

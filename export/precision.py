@@ -1,0 +1,56 @@
+"""fp16 and int8 variants of the fp32 graphs, each with its own accuracy gate (see ``parity.TOLERANCES``).
+
+- ``int8`` (CPU): dynamic quantization of every MatMul, weights int8 per output channel, activations uint8 with
+  a scale computed per call. The patch Conv stays fp32 (about 1% of the FLOPs).
+- ``fp16`` (GPU): every float op in half precision except LayerNormalization and Softmax, which stay fp32; the
+  graphs keep fp32 inputs and outputs, and the EOT argmax runs on the int64 ids as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FP32_OPS = ["LayerNormalization", "Softmax"]
+
+
+def to_int8(path: Path) -> None:
+    """Quantize ``path`` in place (int8 graphs are a quarter of the size: always one file)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name(f"{path.stem}.int8.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises pre-processing on the root logger, every time
+    try:
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)
+    tmp.replace(path)
+
+
+def to_fp16(path: Path, external_data: bool) -> None:
+    """Convert ``path`` in place to fp16 (fp32 I/O, LayerNorm and Softmax kept fp32)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=FP32_OPS)
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)
+    onnx.save(model, str(path), save_as_external_data=external_data, location=f"{path.name}.data")
+
+
+def convert(path: Path, precision: str, external_data: bool) -> None:
+    """Rewrite the fp32 graph ``path`` in place as ``precision``; its file name is the public contract."""
+    log.info("converting %s to %s", path.name, precision)
+    if precision == "int8":
+        to_int8(path)
+    elif precision == "fp16":
+        to_fp16(path, external_data)
+    else:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
