@@ -124,6 +124,10 @@ def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[
         reference = reference_outputs(model)
         report = run_parity(reference, vision, text)
         accuracy = None
+        if precision == "int8":  # re-export with fused attention, prove it at fp32, then quantize
+            vision = export_tower(model, "vision", work, opset, contrib_ops=True)
+            text = export_tower(model, "text", work, opset, contrib_ops=True)
+            run_parity(reference, vision, text, what="graphs with fused attention")
         if precision != "fp32":
             for tower, path in (("vision", vision), ("text", text)):
                 convert(path, precision, external_data=tower_bytes(model, tower) // 2 > EXTERNAL_DATA_BYTES)

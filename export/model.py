@@ -57,7 +57,14 @@ class QuickGELU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``."""
+    """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``.
+
+    ``contrib_op`` is set only while exporting the int8 CPU graphs (``onnx_export.contrib_attention``): the
+    tracer then records ONNX Runtime's fused ``com.microsoft.Attention`` (which quantizes to ``QAttention``)
+    instead of the explicit math. It computes nothing in eager mode.
+    """
+
+    contrib_op = False
 
     def __init__(self, width: int):
         super().__init__()
@@ -67,7 +74,13 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x: (N, L, width); mask: (L, L) additive, or None
+        # x: (N, L, width); mask: (L, L) additive causal mask, or None
+        if self.contrib_op:
+            y = torch.onnx.ops.symbolic(
+                "com.microsoft::Attention", (x, self.in_proj_weight.t(), self.in_proj_bias),
+                {"num_heads": self.heads, "unidirectional": int(mask is not None)},
+                dtype=x.dtype, shape=x.shape, version=1)
+            return self.out_proj(y)
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (N, H, L, 64)
         scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (N, H, L, L)

@@ -27,7 +27,7 @@ from longclip.runtime.constants import (
 )
 from longclip.runtime.errors import ExportError
 
-from .model import LongCLIP
+from .model import Attention, LongCLIP
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,32 @@ def tower_bytes(model: LongCLIP, tower: str) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def export_tower(model: LongCLIP, tower: str, out_dir: Path, opset: int = OPSET) -> Path:
-    """Export one tower to ``out_dir/<spec.file>`` and check its declared I/O."""
+@contextlib.contextmanager
+def contrib_attention(model: LongCLIP) -> Iterator[None]:
+    """Trace attention as ONNX Runtime's fused ``com.microsoft.Attention`` (int8 CPU graphs only)."""
+    blocks = [m for m in model.modules() if isinstance(m, Attention)]
+    for block in blocks:
+        block.contrib_op = True
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.contrib_op = False
+
+
+def export_tower(model: LongCLIP, tower: str, out_dir: Path, opset: int = OPSET, contrib_ops: bool = False) -> Path:
+    """Export one tower to ``out_dir/<spec.file>`` and check its declared I/O.
+
+    ``contrib_ops``: fuse attention into ``com.microsoft.Attention`` (ONNX Runtime only; the int8 path).
+    """
     spec = graph_specs(model)[tower]
     example, dims = _example(model, tower)
     wrapper = _Tower(model, tower).eval()
     n_bytes = tower_bytes(model, tower)
     path = out_dir / spec.file
     log.info("exporting %s tower (%.0f MB) to %s", tower, n_bytes / 1e6, path)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+    fused = contrib_attention(model) if contrib_ops else contextlib.nullcontext()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers(), fused:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (example,), input_names=[spec.input_name], output_names=[spec.output_name],

@@ -1,7 +1,9 @@
 """fp16 and int8 variants of the fp32 graphs, each with its own accuracy gate (see ``parity.TOLERANCES``).
 
-- ``int8`` (CPU): dynamic quantization of every MatMul, weights int8 per output channel, activations uint8 with
-  a scale computed per call. The patch Conv stays fp32 (about 1% of the FLOPs).
+- ``int8`` (CPU): exported with attention fused into ONNX Runtime's ``com.microsoft.Attention``, then dynamic
+  quantization of it (to ``QAttention``) and of every weight MatMul: weights int8 per output channel,
+  activations uint8 with a scale computed per call. The patch Conv stays fp32 (about 1% of the FLOPs). These
+  graphs need ONNX Runtime (contrib ops); fp32 and fp16 graphs are plain ONNX.
 - ``fp16`` (GPU): every float op in half precision except LayerNormalization and Softmax, which stay fp32; the
   graphs keep fp32 inputs and outputs, and the EOT argmax runs on the int64 ids as before.
 """
@@ -28,8 +30,8 @@ def to_int8(path: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer advises pre-processing on the root logger, every time
     try:
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Attention"], extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
     path.with_name(f"{path.name}.data").unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""--precision int8 / fp16: each passes its own accuracy gate, and the graphs are what they claim."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import GOLDENS, needs_torch
+from longclip.runtime import LongCLIP
+from longclip.runtime.errors import ParityError
+
+pytestmark = needs_torch
+IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "gray_64x50.png")]
+TEXTS = ["a photo of a cat", "stripes " * 40, "word " * 300]
+
+
+@pytest.fixture(scope="module", params=["int8", "fp16"])
+def exported(request, tmp_path_factory, tiny_checkpoint):
+    from longclip.export import export_model
+
+    out = tmp_path_factory.mktemp(request.param) / "model"
+    export_model(tiny_checkpoint, out, precision=request.param)
+    return request.param, out
+
+
+def _ops(path):
+    import onnx
+
+    return onnx.load(str(path)).graph.node
+
+
+def test_manifest_records_precision_and_gate(exported):
+    precision, folder = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == precision and manifest["parity"]["passed"]
+    accuracy = manifest["accuracy"]
+    assert accuracy["precision"] == precision and accuracy["passed"]
+    delta = next(c["value"] for c in accuracy["checks"] if c["name"] == "max |Δscore|, reference vs graphs")
+    assert 0 < delta <= {"int8": 1e-2, "fp16": 2e-3}[precision]
+
+
+def test_scores_stay_close_to_fp32(exported, tiny_model_dir):
+    precision, folder = exported
+    got = LongCLIP(folder, device="cpu").score(IMAGES, TEXTS)
+    want = LongCLIP(tiny_model_dir, device="cpu").score(IMAGES, TEXTS)
+    assert np.abs(got - want).max() <= {"int8": 1e-2, "fp16": 2e-3}[precision]
+    assert not np.array_equal(got, want)  # it really is another precision
+
+
+def test_graph_contents(exported):
+    import onnx
+
+    precision, folder = exported
+    nodes = _ops(folder / "text.onnx")
+    kinds = {n.op_type for n in nodes}
+    if precision == "int8":
+        assert {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"} <= kinds
+        assert "Softmax" not in kinds  # attention is fused
+    else:
+        graph = onnx.load(str(folder / "text.onnx")).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+        types.update({i.name: i.data_type for i in graph.initializer})
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+        for node in nodes:
+            if node.op_type in ("LayerNormalization", "Softmax"):
+                assert types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
+            if node.op_type == "ArgMax":
+                assert types[node.input[0]] == onnx.TensorProto.INT64
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_int8_gate_refuses_and_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+    from longclip.export import build, parity
+
+    monkeypatch.setitem(parity.TOLERANCES, "int8", parity.Tolerance(1e-7, 0.99))
+    with pytest.raises(ParityError, match="int8 graphs disagree"):
+        build.export_model(tiny_checkpoint, tmp_path / "out", precision="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
