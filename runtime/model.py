@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
 from .scoring import l2_normalize, score_rows
-from .session import create_session
+from .resolve import cache_root
+from .session import TrtProfile, create_session, run_one
 from .tokenizer import default_tokenizer, eot_positions
 from .constants import TEXT_INPUT, VISION_INPUT
+
+
+def trt_cache_root() -> Path:
+    """Where TensorRT engines and timing caches live: ``<longclip cache>/tensorrt``."""
+    return cache_root() / "tensorrt"
 
 
 class LongCLIP:
@@ -23,10 +30,18 @@ class LongCLIP:
     array([0.62], dtype=float32)
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int | None = None):
+    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
+                 max_batch: int = 64):
         self.manifest: Manifest = read_manifest(model_dir)
-        self.vision = create_session(self.manifest.vision_graph, device, threads)
-        self.text = create_session(self.manifest.text_graph, device, threads)
+        m, graphs, cache = self.manifest, self.manifest.raw["graphs"], trt_cache_root()
+        n, batch = m.image_size, max(1, max_batch)
+        vision_trt = TrtProfile(VISION_INPUT, (1, 3, n, n), (min(32, batch), 3, n, n), (batch, 3, n, n),
+                                graphs["vision"]["sha256"], cache)
+        text_trt = TrtProfile(TEXT_INPUT, (1, 1), (min(32, batch), 77), (batch, m.context_length),
+                              graphs["text"]["sha256"], cache)
+        self.max_batch = batch
+        self.vision = create_session(m.vision_graph, device, threads, vision_trt)
+        self.text = create_session(m.text_graph, device, threads, text_trt)
         self.tokenizer = default_tokenizer()
 
     @property
@@ -46,9 +61,10 @@ class LongCLIP:
     def embed_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """``(N, 3, n, n) float32`` -> unnormalized ``(N, D) float32``."""
         out = np.empty((len(pixels), self.manifest.embed_dim), dtype=np.float32)
+        batch_size = min(batch_size, self.max_batch)  # TensorRT engines are built for batches up to max_batch
         for start in range(0, len(pixels), batch_size):
             chunk = np.ascontiguousarray(pixels[start : start + batch_size], dtype=np.float32)
-            out[start : start + len(chunk)] = self.vision.run(None, {VISION_INPUT: chunk})[0]
+            out[start : start + len(chunk)] = run_one(self.vision, VISION_INPUT, chunk)
         return out
 
     def embed_ids(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -58,13 +74,14 @@ class LongCLIP:
         pooling, tokens after EOT cannot change the embedding, so this is exact and short texts stay cheap.
         """
         out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
+        batch_size = min(batch_size, self.max_batch)
         eot = eot_positions(ids)
         order = np.argsort(eot, kind="stable")
         for start in range(0, len(ids), batch_size):
             rows = order[start : start + batch_size]
             length = int(eot[rows].max()) + 1
             batch = np.ascontiguousarray(ids[rows, :length], dtype=np.int64)
-            out[rows] = self.text.run(None, {TEXT_INPUT: batch})[0]
+            out[rows] = run_one(self.text, TEXT_INPUT, batch)
         return out
 
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from .errors import DeviceUnavailableError
@@ -31,14 +35,56 @@ def parse_device(device: str | None) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def provider_chain(kind: str, device_id: int = 0) -> list[str | tuple[str, dict[str, str]]]:
-    """Providers to ask ORT for, best first, always ending on CPU."""
+@dataclass(frozen=True)
+class TrtProfile:
+    """TensorRT's shape range for one graph input, plus where its engines are cached.
+
+    Engines are specific to the graph and to the shape range, so the cache folder is keyed by both.
+    """
+
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    graph_sha256: str
+    cache_root: Path
+
+    @property
+    def cache_dir(self) -> Path:
+        shapes = "_".join("x".join(map(str, s)) for s in (self.min_shape, self.opt_shape, self.max_shape))
+        key = hashlib.sha256(f"{self.graph_sha256}:{shapes}:ort{ort.__version__}".encode()).hexdigest()[:24]
+        return self.cache_root / key
+
+    def options(self) -> dict[str, str]:
+        def spec(shape: tuple[int, ...]) -> str:
+            return f"{self.input_name}:{'x'.join(map(str, shape))}"
+
+        cache = str(self.cache_dir)
+        return {
+            "trt_fp16_enable": "True",
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": cache,
+            "trt_profile_min_shapes": spec(self.min_shape),
+            "trt_profile_opt_shapes": spec(self.opt_shape),
+            "trt_profile_max_shapes": spec(self.max_shape),
+        }
+
+
+def provider_chain(kind: str, device_id: int = 0, trt: TrtProfile | None = None
+                   ) -> list[str | tuple[str, dict[str, str]]]:
+    """Providers to ask ORT for, best first, always ending on CPU.
+
+    >>> provider_chain("cuda", 1)[0]
+    ('CUDAExecutionProvider', {'device_id': '1'})
+    """
     gpu_opts = {"device_id": str(device_id)}
     if kind == "cpu":
         return [CPU]
     if kind == "cuda":
         return [(CUDA, gpu_opts), CPU]
-    trt_opts = {**gpu_opts, "trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True"}
+    trt_opts = {**gpu_opts, **(trt.options() if trt is not None else {})}
     return [(TENSORRT, trt_opts), (CUDA, gpu_opts), CPU]
 
 
@@ -52,7 +98,8 @@ def _options(threads: int | None) -> ort.SessionOptions:
 
 
 def create_session(
-    path: str | os.PathLike[str], device: str | None = None, threads: int | None = None
+    path: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
+    trt: TrtProfile | None = None,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for ``path``.
 
@@ -72,7 +119,9 @@ def create_session(
                 f"device {device!r} needs {primary}, but this onnxruntime offers {available}: "
                 "install onnxruntime-gpu (see README, 'GPU') or pass device='cpu'"
             )
-    chain = provider_chain(wanted, device_id)
+    chain = provider_chain(wanted, device_id, trt)
+    if trt is not None and wanted == "tensorrt":
+        trt.cache_dir.mkdir(parents=True, exist_ok=True)
     session = ort.InferenceSession(str(path), sess_options=_options(threads), providers=chain)
     active = session.get_providers()
     if active[0] != primary:
@@ -84,3 +133,15 @@ def create_session(
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
     log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
     return session
+
+
+def run_one(session: ort.InferenceSession, input_name: str, array: np.ndarray) -> np.ndarray:
+    """``session``'s single output for one input. On CUDA the output is bound with IO binding so ORT copies it
+    to the host once, synchronously, without an intermediate allocation on the default stream."""
+    if session.get_providers()[0] != CUDA:
+        return session.run(None, {input_name: array})[0]
+    binding = session.io_binding()
+    binding.bind_cpu_input(input_name, array)
+    binding.bind_output(session.get_outputs()[0].name, "cuda")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]

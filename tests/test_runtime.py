@@ -93,3 +93,39 @@ def test_runtime_never_imports_torch(tiny_model_dir):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_tensorrt_options_profiles_and_cache_key(tmp_path):
+    from longclip.runtime.session import TrtProfile, provider_chain
+
+    profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
+    (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
+    assert (name, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2"}
+    assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:32x77"
+    assert opts["trt_profile_max_shapes"] == "input_ids:64x248"
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(profile.cache_dir)
+    assert profile.cache_dir.parent == tmp_path
+    other_graph = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "cd" * 32, tmp_path)
+    other_shapes = TrtProfile("input_ids", (1, 1), (32, 77), (128, 248), "ab" * 32, tmp_path)
+    assert len({profile.cache_dir, other_graph.cache_dir, other_shapes.cache_dir}) == 3
+
+
+def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tmp_path):
+    from longclip.runtime import model as model_module
+
+    seen = {}
+
+    def fake_session(path, device, threads, trt):
+        seen[path.name] = trt
+        return None
+
+    monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
+    monkeypatch.setattr(model_module, "create_session", fake_session)
+    model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=16)
+    vision, text = seen["vision.onnx"], seen["text.onnx"]
+    assert (vision.min_shape, vision.opt_shape, vision.max_shape) == ((1, 3, 32, 32), (16, 3, 32, 32), (16, 3, 32, 32))
+    assert (text.min_shape, text.max_shape) == ((1, 1), (16, 248))
+    assert vision.cache_dir.parent == tmp_path / "tensorrt"
