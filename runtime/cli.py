@@ -30,16 +30,20 @@ from .session import DEVICES
               help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Refuse larger images from their header (decompression bombs).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int, max_pixels: int,
-         quiet: bool) -> None:
+         report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
     from .dataset import check_columns
     from .job import RunOptions, run_file
     from .model import LongCLIP
+    from .report import check_report_path, write_report
+    from .report_data import ReportOptions
     from .resolve import resolve_model_dir
     from .tables import TableReader, TableWriter
 
@@ -49,13 +53,19 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
         reader = TableReader(input_path)
         check_columns(reader.columns, image_key, text_key)
         TableWriter(output_path).abort()
+        if report_path is not None:
+            check_report_path(report_path)
         model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
         summary = run_file(model, reader, output_path, opts, resume=resume, progress=None if not quiet else False)
+        if not quiet:
+            click.echo(summary.report(), err=True)
+        if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
+            write_report(output_path, report_path, ReportOptions(image_key, text_key, output_key, image_root))
+            if not quiet:
+                click.echo(f"report: {report_path}", err=True)
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
-    if not quiet:
-        click.echo(summary.report(), err=True)
 
 
 if __name__ == "__main__":
