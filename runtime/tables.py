@@ -229,6 +229,7 @@ class TableWriter:
             self._file.close()
         else:
             self._merge_parquet()
+        os.chmod(self._tmp, 0o644)  # mkstemp made it private; the output is an ordinary file
         os.replace(self._tmp, self.path)
         self._cleanup_parts()
 

@@ -64,6 +64,7 @@ def test_every_format_pair_keeps_rows_and_columns(tmp_path, model, src, dst):
     np.testing.assert_allclose(out["longclip_score"].astype(float), want, rtol=1e-6)
     assert (out["longclip_score_error"] == "").all()
     assert not list(tmp_path.glob(".out*"))  # no temporary or work files left behind
+    assert (tmp_path / f"out{dst}").stat().st_mode & 0o777 == 0o644
 
 
 def test_jsonl_round_trip_is_exact(tmp_path, model):
