@@ -17,6 +17,25 @@ from .tokenizer import default_tokenizer, eot_positions
 from .constants import TEXT_INPUT, VISION_INPUT
 
 
+LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 248)
+"""A text batch never mixes lengths from two buckets: short captions never run at a long caption's length."""
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped by length bucket (shortest first), at most ``batch_size`` rows a group.
+
+    >>> [b.tolist() for b in length_batches(np.array([200, 5, 7, 12]), 2)]
+    [[1, 2], [3], [0]]
+    """
+    order = np.argsort(lengths, kind="stable")
+    buckets = np.searchsorted(LENGTH_BUCKETS, lengths[order])
+    groups: list[np.ndarray] = []
+    for bucket in np.unique(buckets):
+        rows = order[buckets == bucket]
+        groups.extend(rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
+    return groups
+
+
 def trt_cache_root() -> Path:
     """Where TensorRT engines and timing caches live: ``<longclip cache>/tensorrt``."""
     return cache_root() / "tensorrt"
@@ -70,15 +89,13 @@ class LongCLIP:
     def embed_ids(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """``(N, 248) int64`` ids -> unnormalized ``(N, D) float32``.
 
-        Rows are grouped by EOT position and each batch runs at its own length: with a causal mask and EOT
-        pooling, tokens after EOT cannot change the embedding, so this is exact and short texts stay cheap.
+        Rows are grouped into length buckets and each batch runs at its own longest length: with a causal mask
+        and EOT pooling, tokens after EOT cannot change the embedding, so this is exact and short texts stay
+        cheap even beside long ones.
         """
         out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
-        batch_size = min(batch_size, self.max_batch)
         eot = eot_positions(ids)
-        order = np.argsort(eot, kind="stable")
-        for start in range(0, len(ids), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_batches(eot + 1, min(batch_size, self.max_batch)):
             length = int(eot[rows].max()) + 1
             batch = np.ascontiguousarray(ids[rows, :length], dtype=np.int64)
             out[rows] = run_one(self.text, TEXT_INPUT, batch)

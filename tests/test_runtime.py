@@ -129,3 +129,17 @@ def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tm
     assert (vision.min_shape, vision.opt_shape, vision.max_shape) == ((1, 3, 32, 32), (16, 3, 32, 32), (16, 3, 32, 32))
     assert (text.min_shape, text.max_shape) == ((1, 1), (16, 248))
     assert vision.cache_dir.parent == tmp_path / "tensorrt"
+
+
+def test_short_texts_never_run_at_a_long_texts_length(tiny_model_dir, monkeypatch):
+    from longclip.runtime import model as model_module
+
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    lengths = []
+    real = model_module.run_one
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch: lengths.append(batch.shape) or real(s, name, batch))
+    texts = ["a cat", "a dog on grass", "word " * 300, "a red car", "stripes " * 50]
+    together = model.encode_texts(texts, batch_size=64)
+    assert sorted(lengths) == [(1, 52), (1, 248), (3, 6)]  # three buckets, each at its own longest length
+    alone = np.concatenate([model.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
