@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import click
 
 from .console import configure_logging
 from .dataset import CHUNK_ROWS
-from .errors import LongCLIPError
+from .errors import InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
 from .session import DEVICES
+from .tables import FORMATS
+
+if TYPE_CHECKING:
+    from .job import RunOptions, RunSummary
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT")
 @click.option("-m", "--model", "model_name", required=True,
               help="Exported model folder, checkpoint file/folder (exported once, cached), or Hugging Face repo id.")
-@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format).")
+@click.option("-o", "--output", "output_path", required=True,
+              help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format); with --engine ray "
+                   "also a folder of parquet shards (ends with /, or no suffix).")
 @click.option("--image-key", default="image_path", show_default=True, help="Column holding image paths.")
 @click.option("--text-key", default="text", show_default=True, help="Column holding texts.")
 @click.option("--output-key", default="longclip_score", show_default=True,
@@ -30,12 +39,20 @@ from .session import DEVICES
               help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Refuse larger images from their header (decompression bombs).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, one file. ray: Ray Data workers (needs the ray extra); INPUT may also be a "
+                   "folder, a glob or an s3:// / gs:// URI.")
+@click.option("--ray-address", default=None,
+              help="With --engine ray: join this cluster (HOST:PORT, ray://HOST:PORT, auto) [default: start a local "
+                   "Ray for the run].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="With --engine ray: workers, one model each [default: one per GPU, else one per CPU but one].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int, max_pixels: int,
-         report_path: str | None, quiet: bool) -> None:
+         engine: str, ray_address: str | None, workers: int | None, report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
@@ -47,16 +64,24 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     from .resolve import resolve_model_dir
     from .tables import TableReader, TableWriter
 
+    if engine == "local" and (ray_address or workers):
+        raise click.UsageError("--ray-address and --workers need --engine ray")
     opts = RunOptions(image_key, text_key, output_key, image_root, batch_size, chunk_rows, max_pixels)
     try:
-        # input, columns and output are checked before the model loads: a mistake costs seconds, not a model load
-        reader = TableReader(input_path)
-        check_columns(reader.columns, image_key, text_key)
-        TableWriter(output_path).abort()
         if report_path is not None:
             check_report_path(report_path)
-        model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
-        summary = run_file(model, reader, output_path, opts, resume=resume, progress=None if not quiet else False)
+            if Path(output_path).suffix.lower() not in FORMATS:
+                raise InputError(f"--report needs OUTPUT to be one file ({', '.join(FORMATS)}), not {output_path!r}; "
+                                 "run longclip-report on the scored file instead")
+        if engine == "ray":
+            summary = _run_ray(input_path, model_name, output_path, opts, device, resume, ray_address, workers, quiet)
+        else:
+            # input, columns and output are checked before the model loads: a mistake costs seconds, not a model load
+            reader = TableReader(input_path)
+            check_columns(reader.columns, image_key, text_key)
+            TableWriter(output_path).abort()
+            model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
+            summary = run_file(model, reader, output_path, opts, resume=resume, progress=None if not quiet else False)
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
@@ -66,6 +91,19 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
+
+
+def _run_ray(input_path: str, model_name: str, output_path: str, opts: RunOptions, device: str, resume: bool,
+             ray_address: str | None, workers: int | None, quiet: bool) -> RunSummary:
+    from .errors import EngineError
+    from .ray_engine import RayOptions, run_ray
+
+    if resume:
+        raise EngineError("--resume is for the local engine: a Ray run that stops leaves no partial output; run it "
+                          "again, or use --engine local for a resumable run")
+    ray_opts = RayOptions(ray_address, workers, log_level=logging.ERROR if quiet else logging.WARNING)
+    return run_ray(model_name, input_path, output_path, opts, device, ray_opts,
+                   progress=False if quiet else None)
 
 
 if __name__ == "__main__":

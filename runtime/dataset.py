@@ -193,9 +193,18 @@ def score_frame(
     return with_scores(frame, scores, errors, output_key)
 
 
+def error_key(output_key: str) -> str:
+    """The column holding each row's reason, beside the score column ``output_key``.
+
+    >>> error_key("longclip_score")
+    'longclip_score_error'
+    """
+    return f"{output_key}_error"
+
+
 def with_scores(frame: pd.DataFrame, scores: np.ndarray, errors: list[str], output_key: str) -> pd.DataFrame:
     """``frame`` plus the score (float64, ``NaN`` when unscored) and ``<output_key>_error`` columns."""
     out = frame.copy()
     out[output_key] = np.asarray(scores, dtype=np.float64)
-    out[f"{output_key}_error"] = errors
+    out[error_key(output_key)] = errors
     return out

@@ -31,6 +31,10 @@ class InputError(LongCLIPError):
     """A run-level input problem (bad file, unknown column, malformed line)."""
 
 
+class EngineError(LongCLIPError):
+    """A run engine cannot start or finish: Ray Data missing, a cluster unreachable or too small, a failed job."""
+
+
 class RowError(LongCLIPError):
     """A problem with one row: reported in its error column as ``"<code>: <detail>"``, never stopping a run."""
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,24 +49,33 @@ class RunSummary:
     rows: int = 0
     scored: int = 0
     failed: Counter[str] = field(default_factory=Counter)
-    truncated: int = 0
+    truncated: int | None = 0  # None: not counted (the Ray engine sees only the output columns)
     resumed_rows: int = 0
     seconds: float = 0.0
     provider: str = ""
 
     def add(self, result: ChunkResult) -> None:
-        self.rows += len(result.errors)
-        self.failed.update(e.split(":", 1)[0] for e in result.errors if e)
-        self.scored += sum(1 for e in result.errors if not e)
-        self.truncated += int(result.truncated.sum())
+        self.add_codes(Counter(e.split(":", 1)[0] for e in result.errors))
+        if self.truncated is not None:
+            self.truncated += int(result.truncated.sum())
+
+    def add_codes(self, codes: Mapping[str, int]) -> None:
+        """Count rows by error code, ``""`` meaning scored: ``{"": 10, "missing_file": 2}``."""
+        for code, n in codes.items():
+            self.rows += n
+            if code:
+                self.failed[code] += n
+            else:
+                self.scored += n
 
     def report(self) -> str:
         fresh = self.rows - self.resumed_rows
         rate = fresh / self.seconds if self.seconds > 0 else 0.0
         failed = ", ".join(f"{code} {n}" for code, n in self.failed.most_common()) or "none"
-        lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})",
-                 f"texts cut at 248 tokens: {self.truncated}",
-                 f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}"]
+        lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})"]
+        if self.truncated is not None:
+            lines.append(f"texts cut at 248 tokens: {self.truncated}")
+        lines.append(f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}")
         if self.resumed_rows:
             lines.append(f"resumed: {self.resumed_rows} rows were already scored")
         return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""``longclip-run --engine ray``: the same job on Ray Data, for inputs one machine cannot finish in time.
+
+The driver checks the input's columns, the output, the model and the device, starts (or joins) Ray and streams
+``read -> map_batches(Scorer) -> write``. Each ``Scorer`` actor builds one ``LongCLIP`` and scores the batches it
+gets with the local engine's own ``score_chunk`` and ``with_scores``, so rows, reasons and scores are the same.
+Images are decoded inside the actors: only paths and texts travel (see benchmarks/ray_engine.py for why).
+``preserve_order`` keeps the output in input order: shards in path order, rows in file order.
+
+Ray is imported only here, only when this engine runs; ``pip install "longclip[ray]"`` adds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import errors
+from .dataset import check_columns, error_key, score_chunk, with_scores
+from .errors import EngineError, LongCLIPError
+from .job import RunOptions, RunSummary
+from .manifest import read_manifest
+from .model import LongCLIP
+from .resolve import resolve_model_dir
+from .session import parse_device
+from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
+
+log = logging.getLogger(__name__)
+
+RAY_EXTRA = 'pip install "longclip[ray]"'
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # HOST:PORT, ray://HOST:PORT or auto; None: start a local Ray for this run
+    workers: int | None = None  # actors, one model each; None: one per GPU, else one per CPU but one
+    object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
+    shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
+    log_level: int = logging.WARNING  # Ray's own loggers
+
+
+def import_ray() -> ModuleType:
+    """``ray``, with Ray Data, or :class:`EngineError` naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise EngineError(f"--engine ray needs Ray Data ({exc}): {RAY_EXTRA}") from None
+    return ray
+
+
+class Scorer:
+    """One Ray actor: one model, built once; a pandas batch in, the same batch plus score and reason out."""
+
+    def __init__(self, model_dir: str, device: str | None, opts: RunOptions):
+        # One intra-op thread: Ray gives the actor one CPU, and N actors share a node's cores.
+        self.model = LongCLIP(model_dir, device=device, threads=1)
+        self.opts = opts
+        self.root = Path(opts.image_root) if opts.image_root else None
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        o = self.opts
+        result = score_chunk(self.model, _values(batch, o.image_key), _values(batch, o.text_key), self.root,
+                             o.batch_size, o.max_pixels)
+        return with_scores(batch, result.scores, result.errors, o.output_key)
+
+
+def _values(batch: pd.DataFrame, key: str) -> list[object]:
+    # A shard without the column at all reads like rows without the key: nulls, each with its reason.
+    return batch[key].tolist() if key in batch.columns else [None] * len(batch)
+
+
+def plan_workers(resources: Mapping[str, float], gpu: bool, workers: int | None) -> int:
+    """Actors for a cluster with ``resources``: each holds one CPU (and one GPU when ``gpu``), and one CPU stays
+    free for reading and writing, which would otherwise wait forever behind a pool that holds every CPU."""
+    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+    if gpu and gpus < 1:
+        raise EngineError("the Ray cluster has no GPUs: start its nodes on GPU machines, or pass --device cpu")
+    n = workers or (gpus if gpu else cpus - 1)
+    if gpu and n > gpus:
+        raise EngineError(f"--workers {n}: each worker takes a GPU and the Ray cluster has {gpus}")
+    if n < 1 or n + 1 > cpus:
+        raise EngineError(f"--workers {n}: each worker takes a CPU, and reading and writing need one more; the Ray "
+                          f"cluster has {cpus} CPUs: use --workers {max(cpus - 1, 1)} or fewer, or a larger cluster")
+    return n
+
+
+def _check_reachable(address: str) -> None:
+    # ray.init retries an unreachable address for minutes; a refused or unknown host should cost seconds.
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"--ray-address {address!r}: expected HOST:PORT (the head's `ray start --head "
+                          "--port=6379`), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise EngineError(f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}): start one with "
+                          "`ray start --head --port=6379`, or leave out --ray-address to run on this machine") from None
+
+
+@contextmanager
+def ray_session(ray: ModuleType, opts: RayOptions) -> Iterator[None]:
+    """Join ``opts.address``, or start a bounded local Ray; either way disconnect at the end. A Ray the caller
+    already started (a notebook, a test) is used as it is and left running."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(opts.log_level)
+    if ray.is_initialized():
+        log.info("using the Ray this process already joined%s", f" (not {opts.address})" if opts.address else "")
+        yield
+        return
+    try:
+        if opts.address:
+            _check_reachable(opts.address)
+            ray.init(address=opts.address, logging_level=opts.log_level)
+        else:
+            ray.init(num_cpus=(opts.workers or os.cpu_count() or 1) + 1, object_store_memory=opts.object_store_bytes,
+                     include_dashboard=False, logging_level=opts.log_level)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:  # Ray's own, many kinds
+        where = f"join the Ray cluster at {opts.address!r}" if opts.address else "start a local Ray"
+        raise EngineError(f"cannot {where}: {str(exc).strip().splitlines()[-1]}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _read(ray: ModuleType, shards: Shards, columns: list[str]) -> Any:
+    """A Ray Dataset over the shards, in their order; CSV cells are strings as written, like the local engine."""
+    common: dict[str, Any] = {"filesystem": shards.filesystem, "partitioning": None, "file_extensions": None}
+    if shards.format == ".parquet":
+        return ray.data.read_parquet(shards.paths, **common)
+    if shards.format == ".csv":
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        strings = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, strings_can_be_null=False)
+        return ray.data.read_csv(shards.paths, convert_options=strings, **common)
+    return ray.data.read_json(shards.paths, **common)
+
+
+_OUR_ERROR = re.compile(r"longclip\.runtime\.errors\.(\w+): (.+)")
+_EXCEPTION = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception|Invalid)): (.+)")
+
+
+def job_error(exc: BaseException) -> LongCLIPError:
+    """A failed Ray job as one of our errors: ours re-raised by name (an actor's ``ModelDirError``), else
+    :class:`EngineError` naming the last exception that is not Ray's own wrapper."""
+    text = str(exc)
+    for name, message in reversed(_OUR_ERROR.findall(text)):
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, LongCLIPError) and not issubclass(cls, errors.RowError):
+            return cls(message)
+    causes = [m for m in map(_EXCEPTION.fullmatch, map(str.strip, text.splitlines()))
+              if m and not m.group(1).startswith("ray.")]
+    detail = causes[-1].group(0) if causes else (text.strip().splitlines() or [type(exc).__name__])[-1]
+    return EngineError(f"the Ray job failed: {detail} (the worker logs above say more)")
+
+
+def _codes(errors_: Any) -> Counter[str]:
+    """Rows by error code, ``""`` when scored, from an error column (a pandas or arrow column)."""
+    return Counter(str(e).split(":", 1)[0] for e in errors_)
+
+
+def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, summary: RunSummary) -> None:
+    """Gather the batches on the driver, in order, into one file through the local engine's writer."""
+    from .tables import TableWriter
+
+    writer = TableWriter(target.path)
+    try:
+        for frame in ds.iter_batches(batch_format="pandas", batch_size=None):
+            writer.write(frame)
+            summary.add_codes(_codes(frame[error_key(opts.output_key)]))
+        if summary.rows == 0:  # still write the header / schema
+            writer.write(with_scores(pd.DataFrame(columns=columns), np.empty(0), [], opts.output_key))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _write_folder(ds: Any, target: Target, opts: RunOptions, shard_rows: int, summary: RunSummary) -> None:
+    """Parquet shards written by the workers; ``part-<task>-<uuid>.parquet`` names sort in row order."""
+    import pyarrow.dataset as pads
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:08d}-{write_uuid}.parquet"
+
+    staging = Staging(target)
+    try:
+        ds.write_parquet(staging.path, filesystem=target.filesystem, filename_provider=ShardNames(),
+                         min_rows_per_file=shard_rows)
+        written = pads.dataset(staging.path, filesystem=target.filesystem, format="parquet")
+        for batch in written.to_batches(columns=[error_key(opts.output_key)]):
+            summary.add_codes(_codes(batch.column(0).to_pylist()))
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+
+
+def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: RunOptions = RunOptions(),
+            device: str | None = None, ray_opts: RayOptions = RayOptions(), progress: bool | None = None) -> RunSummary:
+    """Score every row of ``source`` (a file, a folder or glob of shards, or a URI) into ``destination`` (a local
+    file, or a folder of parquet shards) on Ray Data; ``model`` is any form ``resolve_model_dir`` takes, resolved
+    once here: workers get the folder's path, which must be readable at that path on every node.
+
+    >>> run_ray("models/tiny", "shards/", "scored/")              # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    shards = find_shards(source)
+    columns = shard_columns(shards)
+    check_columns(columns, opts.image_key, opts.text_key)
+    target = output_target(destination)
+    if not target.folder:
+        from .tables import TableWriter
+
+        TableWriter(target.path).abort()  # an unwritable output fails now, not after the run
+    # resolved and read here, so a bad name or a broken folder fails on the driver, before any worker starts
+    model_dir = os.path.abspath(read_manifest(resolve_model_dir(model)).root)
+    kind, index = parse_device(device)
+    if index or (device and ":" in device):
+        raise EngineError(f"--device {device}: with --engine ray each worker gets its own GPU from Ray; "
+                          f"pass --device {kind}")
+    # Workers do not share the driver's current directory: relative image paths resolve against an absolute root.
+    opts = replace(opts, image_root=os.path.abspath(opts.image_root or os.getcwd()))
+    ray = import_ray()
+    with ray_session(ray, ray_opts):
+        resources = ray.cluster_resources()
+        gpu = kind in ("cuda", "tensorrt") or (kind == "auto" and resources.get("GPU", 0) >= 1)
+        workers = plan_workers(resources, gpu, ray_opts.workers)
+        actor_device = "cpu" if not gpu else (None if kind == "auto" else kind)
+        pool = f"{workers} worker{'s' if workers > 1 else ''} on {'GPU' if gpu else 'CPU'}"
+        summary = RunSummary(truncated=None, provider=f"Ray Data, {pool}")
+        log.info("Ray Data: %s, %d %s shard(s)", pool, len(shards.paths), shards.format)
+        try:
+            ds = _read(ray, shards, columns)
+            ds.context.execution_options.preserve_order = True
+            if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
+                ds.context.enable_progress_bars = progress
+            scored = ds.map_batches(
+                Scorer, fn_constructor_args=(model_dir, actor_device, opts), batch_format="pandas",
+                batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                num_gpus=1 if gpu else 0)
+            if target.folder:
+                _write_folder(scored, target, opts, ray_opts.shard_rows, summary)
+            else:
+                _write_file(scored, target, columns, opts, summary)
+        except ray.exceptions.RayError as exc:
+            error = job_error(exc)
+            if shards.format in (".jsonl", ".json") and isinstance(error, EngineError) and "JSON" in str(error):
+                error = EngineError(f"{error}; Ray Data reads JSON with Arrow, one type per column: a column that "
+                                    "mixes types (numbers and strings) cannot be read; fix it, or use --engine local")
+            raise error from None
+    summary.seconds = time.perf_counter() - start
+    return summary
