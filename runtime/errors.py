@@ -43,6 +43,15 @@ class RowError(LongCLIPError):
         self.code = code
 
 
+def error_code(reason: str) -> str:
+    """The code of a row's reason as written in its error column (``""`` for a scored row).
+
+    >>> error_code("missing_file: image not found: 'a.png'")
+    'missing_file'
+    """
+    return reason.split(":", 1)[0]
+
+
 class ImageError(RowError):
     """One image cannot be read: null_path, bad_path, missing_file, directory, empty_file, not_an_image,
     too_many_pixels, undecodable."""

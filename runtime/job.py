@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import CHUNK_ROWS, ChunkResult, check_columns, score_chunk, with_scores
-from .errors import InputError
+from .errors import InputError, error_code
 from .model import LongCLIP
 from .prefetch import input_pool
 from .preprocess import MAX_PIXELS
@@ -55,7 +55,7 @@ class RunSummary:
     provider: str = ""
 
     def add(self, result: ChunkResult) -> None:
-        self.add_codes(Counter(e.split(":", 1)[0] for e in result.errors))
+        self.add_codes(Counter(error_code(e) for e in result.errors))
         if self.truncated is not None:
             self.truncated += int(result.truncated.sum())
 

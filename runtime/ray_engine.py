@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import errors
 from .dataset import check_columns, error_key, score_chunk, with_scores
-from .errors import EngineError, LongCLIPError
+from .errors import EngineError, LongCLIPError, error_code
 from .job import RunOptions, RunSummary
 from .manifest import read_manifest
 from .model import LongCLIP
@@ -172,7 +172,7 @@ def job_error(exc: BaseException) -> LongCLIPError:
 
 def _codes(errors_: Any) -> Counter[str]:
     """Rows by error code, ``""`` when scored, from an error column (a pandas or arrow column)."""
-    return Counter(str(e).split(":", 1)[0] for e in errors_)
+    return Counter(error_code(str(e)) for e in errors_)
 
 
 def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, summary: RunSummary) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, error_code
 from .tables import TableReader
 
 BINS = 10_000
@@ -249,7 +249,7 @@ class _Collector:
         return out
 
     def _code(self, error: str) -> str:
-        code = (error.split(":", 1)[0].strip() if error else "no_score") or "unknown"
+        code = (error_code(error).strip() if error else "no_score") or "unknown"
         return code if code in self.failures or len(self.failures) < MAX_CODES else "other"
 
     def result(self, path: Path) -> ReportData:
