@@ -73,21 +73,33 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x: (N, L, width); mask: (L, L) additive causal mask, or None
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (N, L, width)``, ``mask (L, L)`` additive causal mask or None -> ``(N, L, width)``.
+
+        With ``rows (N,)`` only the query at ``x[n, rows[n]]`` is computed and the result is ``(N, width)``:
+        keys and values still cover every token, so that row's output is unchanged.
+        """
         if self.contrib_op:
             y = torch.onnx.ops.symbolic(
                 "com.microsoft::Attention", (x, self.in_proj_weight.t(), self.in_proj_bias),
                 {"num_heads": self.heads, "unidirectional": int(mask is not None)},
                 dtype=x.dtype, shape=x.shape, version=1)
-            return self.out_proj(y)
+            return self.out_proj(y if rows is None else pick(y, rows))
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (N, H, L, 64)
-        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (N, H, L, L)
+        if rows is not None:
+            q = pick(q, rows)[:, None]  # (N, 1, width)
+            mask = None if mask is None else mask[rows][:, None, None]  # (N, 1, 1, L): the query row's mask
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (N, H, L or 1, 64)
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (N, H, L or 1, L)
         if mask is not None:
             scores = scores + mask
-        y = scores.softmax(dim=-1) @ v  # (N, H, L, 64)
-        return self.out_proj(y.transpose(1, 2).flatten(2))  # (N, L, width)
+        y = (scores.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)  # (N, L or 1, width)
+        return self.out_proj(y if rows is None else y[:, 0])
+
+
+def pick(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[n, rows[n]]`` for each ``n``: ``(N, L, ...)`` -> ``(N, ...)``."""
+    return x[torch.arange(x.shape[0], device=x.device), rows]
 
 
 class MLP(nn.Module):
@@ -109,8 +121,10 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, L, width)`` -> ``(N, L, width)``, or ``(N, width)`` for the token ``rows[n]`` of each sequence."""
+        h = self.attn(self.ln_1(x), mask, rows)
+        x = x + h if rows is None else pick(x, rows) + h
         return x + self.mlp(self.ln_2(x))
 
 
@@ -119,10 +133,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``(N, L, width)`` -> ``(N, L, width)``; with ``rows (N,)``, only the pooled token: ``(N, width)``.
+
+        Pooling needs one token of the last block's output, and every op after its attention is per token, so
+        the last block computes that token's query, attention row and MLP only (about 1/16 of a B/16 tower).
+        """
+        *body, last = self.resblocks
+        for block in body:
             x = block(x, mask)
-        return x
+        return last(x, mask, rows)
 
 
 class VisionTransformer(nn.Module):
@@ -141,8 +162,8 @@ class VisionTransformer(nn.Module):
         x = self.conv1(pixel_values).flatten(2).transpose(1, 2)  # (N, grid*grid, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, width)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (N, grid*grid+1, width)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0, :]) @ self.proj  # (N, embed_dim)
+        cls = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)  # the class token is pooled
+        return self.ln_post(self.transformer(self.ln_pre(x), rows=cls)) @ self.proj  # (N, embed_dim)
 
 
 class LongCLIP(nn.Module):
@@ -173,9 +194,8 @@ class LongCLIP(nn.Module):
         # LongCLIP adds pe * mask1 + pe_res * mask2: exactly pe below position 20 and pe_res from 20 on.
         positions = torch.where(self.use_first_table, self.positional_embedding, self.positional_embedding_res)
         x = self.token_embedding(input_ids) + positions[:length]  # (N, L, width)
-        x = self.transformer(x, self.causal_mask[:length, :length])
         eot = input_ids.argmax(dim=-1)  # (N,) on integers
-        pooled = x[torch.arange(x.shape[0]), eot]  # (N, width); LayerNorm is per token, so pool first
+        pooled = self.transformer(x, self.causal_mask[:length, :length], rows=eot)  # (N, width) at EOT
         return self.ln_final(pooled) @ self.text_projection  # (N, embed_dim)
 
 

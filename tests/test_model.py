@@ -50,3 +50,21 @@ def test_own_length_equals_padding(tiny_reference):
         full = tiny_reference.encode_text(ids)
         short = tiny_reference.encode_text(ids[:, :10])
     torch.testing.assert_close(full, short, rtol=1e-5, atol=1e-5)  # equal up to float rounding of the GEMMs
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_pooled_last_block_equals_full_block(tiny_reference, tower):
+    """The last block computes only the pooled token: the same values as the full block's row there."""
+    import torch
+
+    if tower == "text":
+        block, mask = tiny_reference.transformer.resblocks[-1], tiny_reference.causal_mask[:10, :10]
+    else:
+        block, mask = tiny_reference.visual.transformer.resblocks[-1], None
+    width = block.ln_1.normalized_shape[0]
+    x = torch.randn(3, 10, width, generator=torch.Generator().manual_seed(2))
+    rows = torch.tensor([9, 0, 4])
+    with torch.no_grad():
+        full, pooled = block(x, mask), block(x, mask, rows)
+    assert pooled.shape == (3, width)
+    torch.testing.assert_close(pooled, full[torch.arange(3), rows], rtol=1e-5, atol=1e-5)
