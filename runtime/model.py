@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,13 @@ class LongCLIP:
         text_trt = TrtProfile(TEXT_INPUT, (1, 1), (min(32, batch), 77), (batch, m.context_length),
                               graphs["text"]["sha256"], cache)
         self.max_batch = batch
-        self.vision = create_session(m.vision_graph, device, threads, vision_trt)
-        self.text = create_session(m.text_graph, device, threads, text_trt)
-        self.tokenizer = default_tokenizer()
+        # Loading is start-up latency that every process pays: ONNX Runtime builds the two sessions without the
+        # GIL, so both, and the tokenizer's vocabulary, load at once.
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="longclip-load") as pool:
+            vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt)
+            text = pool.submit(create_session, m.text_graph, device, threads, text_trt)
+            tokenizer = pool.submit(default_tokenizer)
+            self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
 
     @property
     def provider(self) -> str:
