@@ -108,7 +108,10 @@ def gemm_and_tower_flops(model_dir: Path, repeats: int) -> tuple[float, float]:
     cfg = read_manifest(model_dir).raw["config"]
     w, layers, p, size = cfg["vision_width"], cfg["vision_layers"], cfg["patch_size"], cfg["image_size"]
     tokens = (size // p) ** 2 + 1
-    flops_per_image = 2 * (layers * (tokens * 12 * w * w + 2 * tokens * tokens * w) + (tokens - 1) * w * 3 * p * p)
+    # Useful FLOPs: full blocks, then the last block for the class token only (keys and values for every token).
+    block = tokens * 12 * w * w + 2 * tokens * tokens * w
+    last = tokens * 3 * w * w + 2 * tokens * w + 9 * w * w
+    flops_per_image = 2 * ((layers - 1) * block + last + (tokens - 1) * w * 3 * p * p)
     vision = create_session(read_manifest(model_dir).vision_graph, "cpu")
     x = np.random.randn(32, 3, size, size).astype(np.float32)
     vision.run(None, {"pixel_values": x})
@@ -228,10 +231,14 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.out:
-        out = Path(args.out)
-        previous = out.read_text() if out.exists() else "# Benchmarks\n\nProduced by `benchmarks/speed.py`; newest first.\n\n"
-        head, _, rest = previous.partition("\n## ")
-        out.write_text(head.rstrip() + "\n\n" + report + ("\n## " + rest if rest else ""))
+        prepend_section(Path(args.out), report)
+
+
+def prepend_section(out: Path, section: str) -> None:
+    """Put ``section`` (a ``## `` heading and its body) first among the sections of ``out``, newest first."""
+    previous = out.read_text() if out.exists() else "# Benchmarks\n\nNewest first.\n\n"
+    head, _, rest = previous.partition("\n## ")
+    out.write_text(head.rstrip() + "\n\n" + section + ("\n## " + rest if rest else ""))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The PyTorch ways to score that ``longclip-run`` is measured against (whole process, CPU).
+"""The PyTorch ways to score that ``longclip-run`` is measured against (whole process, CPU; ``gpu.py`` puts the
+same model on a GPU in fp16).
 
 Built like the released LongCLIP code: ``nn.MultiheadAttention`` (so PyTorch's fused fast path runs),
 seq-first layout, texts padded to 248 as ``longclip.tokenize`` returns them. Preprocessing and tokenization use
@@ -32,7 +33,8 @@ class OfficialBlock(nn.Module):
     def __init__(self, block: nn.Module, mask: torch.Tensor | None):
         super().__init__()
         width = block.ln_1.normalized_shape[0]
-        self.ln_1, self.ln_2, self.mlp, self.mask = block.ln_1, block.ln_2, block.mlp, mask
+        self.ln_1, self.ln_2, self.mlp = block.ln_1, block.ln_2, block.mlp
+        self.register_buffer("mask", mask, persistent=False)  # follows .to(device / dtype); None stays None
         self.attn = nn.MultiheadAttention(width, width // 64)
         self.attn.in_proj_weight, self.attn.in_proj_bias = block.attn.in_proj_weight, block.attn.in_proj_bias
         self.attn.out_proj = block.attn.out_proj
@@ -54,7 +56,7 @@ class OfficialLongCLIP(nn.Module):
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         v = self.ref.visual
         x = v.conv1(x).flatten(2).transpose(1, 2)
-        x = torch.cat([v.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1) + v.positional_embedding
+        x = torch.cat([v.class_embedding + x.new_zeros(x.shape[0], 1, x.shape[-1]), x], dim=1) + v.positional_embedding
         x = self.visual_blocks(v.ln_pre(x).permute(1, 0, 2)).permute(1, 0, 2)
         return v.ln_post(x[:, 0, :]) @ v.proj
 

@@ -1,0 +1,241 @@
+"""GPU throughput of the towers: ONNX Runtime CUDA fp16 and fp32 against PyTorch fp16 eager, one GPU, one run.
+
+    python benchmarks/gpu.py --preset l14-336 --work /tmp/gpu --json $OUT/gpu.json --out docs/benchmarks.md
+
+Writes a random-weight checkpoint of the preset, exports it at fp32 and fp16 (each with its parity gate), then
+runs each contender in a process of its own, in turn: images/s and texts/s at each batch size (host arrays in,
+host embeddings out, so the copies are counted for everyone), the GPU memory the process holds at the end (both
+ORT's arena and PyTorch's caching allocator keep their peak), and embeddings of one fixed set of pairs. Score
+drift is then computed against ORT fp32. PyTorch fp16 eager is the released code's way: ``nn.MultiheadAttention``
+blocks in half precision with LayerNorm kept fp32 (CLIP's ``convert_weights``), texts padded to 248.
+
+``--device cpu --preset tiny`` runs the same path on a CPU (PyTorch in fp32 there), which is how it is tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIFT_ROWS = 64
+
+
+def gpu_memory_used_mib() -> float | None:
+    """Memory in use on GPU 0 (MiB), or None without nvidia-smi."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def inputs(image_size: int, batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized-looking pixels and ids of ``length`` tokens (SOT ... EOT), the same for every contender."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.standard_normal((batch, 3, image_size, image_size), dtype=np.float32)
+    ids = rng.integers(1000, 40000, (batch, length), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    return pixels, ids
+
+
+def rate(fn, items: int, min_seconds: float) -> float:
+    """Items per second of ``fn`` after two warm-up calls, timed over at least ``min_seconds`` and 3 calls."""
+    fn()
+    fn()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < min_seconds:
+        fn()
+        calls += 1
+    return items * calls / (time.perf_counter() - start)
+
+
+def ort_worker(args: argparse.Namespace) -> dict:
+    import onnxruntime
+
+    from longclip.runtime import LongCLIP
+
+    if args.device != "cpu":
+        onnxruntime.preload_dlls()  # CUDA / cuDNN from the nvidia-* wheels, where no system CUDA is on the path
+    model = LongCLIP(args.model, device=args.device, max_batch=max(args.batches))
+    out: dict = {"provider": model.provider, "images_per_s": {}, "texts_per_s": {}}
+    n = model.image_size
+    for batch in args.batches:
+        pixels, ids = inputs(n, batch, args.text_length)
+        out["images_per_s"][batch] = rate(lambda: model.embed_pixels(pixels, batch), batch, args.min_seconds)
+        out["texts_per_s"][batch] = rate(lambda: model.embed_ids(ids, batch), batch, args.min_seconds)
+    pixels, ids = inputs(n, DRIFT_ROWS, args.text_length, seed=1)
+    np.savez(args.embeddings, image=model.embed_pixels(pixels), text=model.embed_ids(ids))
+    return out
+
+
+def torch_worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from torch_reference import OfficialLongCLIP
+
+    from longclip.export.checkpoint import load_reference
+    from longclip.export.model import LayerNorm
+
+    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    half = device.type == "cuda"
+    model = OfficialLongCLIP(load_reference(args.checkpoint)[0]).eval().to(device)
+    if half:  # CLIP's convert_weights: everything in half precision but LayerNorm
+        model.half()
+        for module in model.modules():
+            if isinstance(module, LayerNorm):
+                module.float()
+    dtype = torch.float16 if half else torch.float32
+    sync = torch.cuda.synchronize if half else (lambda: None)
+    n = model.ref.config.image_size
+
+    def images(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = model.encode_image(torch.from_numpy(pixels).to(device, dtype)).float().cpu().numpy()
+        sync()
+        return x
+
+    def texts(ids: np.ndarray) -> np.ndarray:
+        padded = np.zeros((len(ids), 248), dtype=np.int64)  # the released tokenize() always pads to 248
+        padded[:, : ids.shape[1]] = ids
+        with torch.inference_mode():
+            x = model.encode_text(torch.from_numpy(padded).to(device)).float().cpu().numpy()
+        sync()
+        return x
+
+    out: dict = {"provider": f"torch {torch.__version__} {device.type} {str(dtype).removeprefix('torch.')}",
+                 "images_per_s": {}, "texts_per_s": {}}
+    for batch in args.batches:
+        pixels, ids = inputs(n, batch, args.text_length)
+        out["images_per_s"][batch] = rate(lambda: images(pixels), batch, args.min_seconds)
+        out["texts_per_s"][batch] = rate(lambda: texts(ids), batch, args.min_seconds)
+    pixels, ids = inputs(n, DRIFT_ROWS, args.text_length, seed=1)
+    np.savez(args.embeddings, image=images(pixels), text=texts(ids))
+    if half:
+        out["torch_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def scores(path: Path) -> np.ndarray:
+    e = np.load(path)
+    image = e["image"] / np.linalg.norm(e["image"], axis=1, keepdims=True)
+    text = e["text"] / np.linalg.norm(e["text"], axis=1, keepdims=True)
+    return (np.sum(image * text, axis=1) + 1) / 2
+
+
+def ensure_models(work: Path, preset: str) -> tuple[Path, dict[str, Path]]:
+    checkpoint = work / f"longclip-{preset}.pt"
+    if not checkpoint.exists():
+        from longclip.export.random_checkpoint import save_random_checkpoint
+
+        save_random_checkpoint(checkpoint, preset)
+    models = {}
+    for precision in ("fp32", "fp16"):
+        models[precision] = work / f"{preset}-{precision}"
+        if not (models[precision] / "manifest.json").exists():
+            subprocess.run([sys.executable, "-m", "longclip.export.cli", str(checkpoint), "-o", str(models[precision]),
+                            "--precision", precision, "--overwrite", "-q"], check=True)
+    return checkpoint, models
+
+
+def run_worker(kind: str, args: argparse.Namespace, embeddings: Path, **extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--device", args.device, "--embeddings", str(embeddings),
+           "--text-length", str(args.text_length), "--min-seconds", str(args.min_seconds),
+           "--batches", ",".join(map(str, args.batches))]
+    for key, value in extra.items():
+        cmd += [f"--{key}", value]
+    base = gpu_memory_used_mib()
+    start = time.perf_counter()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - start
+    if base is not None and result.get("memory_used_mib") is not None:
+        result["gpu_memory_mib"] = result["memory_used_mib"] - base
+    print(f"{kind}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], drift: dict[str, float], base: str) -> str:
+    device = results[base].get("device_name") or platform.processor() or "CPU"
+    lines = [f"## {args.preset} on {device} — {datetime.date.today()}", "",
+             f"`benchmarks/gpu.py`, one process per contender, in turn. Texts of {args.text_length} tokens (PyTorch "
+             "pads to 248 as the released `tokenize` does; the ONNX graphs run at the batch's own length). "
+             "Host arrays in, host embeddings out. Random weights in the official layout.", "",
+             "| contender | tower | " + " | ".join(f"batch {b}" for b in args.batches) + f" | vs {base} at batch "
+             f"{args.batches[-1]} | GPU memory (MiB) |",
+             "| --- | --- | " + " | ".join("---:" for _ in args.batches) + " | ---: | ---: |"]
+    for name, r in results.items():
+        for tower, key in (("images/s", "images_per_s"), ("texts/s", "texts_per_s")):
+            speeds = [r[key][str(b)] for b in args.batches]
+            ratio = speeds[-1] / results[base][key][str(args.batches[-1])]
+            memory = r.get("gpu_memory_mib")
+            lines.append(f"| {name} | {tower} | " + " | ".join(f"{s:,.1f}" for s in speeds) +
+                         f" | {ratio:.2f}x | {'' if memory is None else f'{memory:,.0f}'} |")
+    lines += ["", "Score drift on 64 fixed pairs, max |Δscore| against ORT fp32:"]
+    lines += [f"- {name}: {value:.2e}" for name, value in drift.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="l14-336")
+    parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a dry run of the script)")
+    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 32, 128])
+    parser.add_argument("--text-length", type=int, default=248)
+    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--work", default=str(ROOT / "models" / "gpu-bench"))
+    parser.add_argument("--json", help="write all results here too")
+    parser.add_argument("--out", help="Markdown file to put the table in (e.g. docs/benchmarks.md)")
+    parser.add_argument("--worker", choices=["ort", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--embeddings", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = ort_worker(args) if args.worker == "ort" else torch_worker(args)
+        result["memory_used_mib"] = gpu_memory_used_mib()
+        if args.device != "cpu":
+            import torch
+
+            result["device_name"] = torch.cuda.get_device_name(0)
+        print(json.dumps(result))
+        return
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint, models = ensure_models(work, args.preset)
+    on_gpu = args.device != "cpu"
+    label, base = ("CUDA", "PyTorch fp16 eager") if on_gpu else ("CPU", "PyTorch fp32 eager")
+    results = {
+        f"ORT {label} fp16": run_worker("ort", args, work / "ort-fp16.npz", model=str(models["fp16"])),
+        f"ORT {label} fp32": run_worker("ort", args, work / "ort-fp32.npz", model=str(models["fp32"])),
+        base: run_worker("torch", args, work / "torch.npz", checkpoint=str(checkpoint)),
+    }
+    reference = scores(work / "ort-fp32.npz")
+    drift = {name: float(np.abs(scores(work / f) - reference).max())
+             for name, f in (("ORT fp16", "ort-fp16.npz"), ("PyTorch eager", "torch.npz"))}
+    text = report(args, results, drift, base)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "drift": drift, "preset": args.preset,
+                                               "text_length": args.text_length}, indent=1))
+    if args.out:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from speed import prepend_section
+
+        prepend_section(Path(args.out), text)
+
+
+if __name__ == "__main__":
+    main()
