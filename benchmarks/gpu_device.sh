@@ -21,8 +21,9 @@ ls -l /tmp/w
 cat /tmp/w/ort.part0 /tmp/w/ort.part1 /tmp/w/ort.part2 /tmp/w/ort.part3 /tmp/w/ort.part4 > "/tmp/$WHEEL"
 echo "$SHA256  /tmp/$WHEEL" | sha256sum -c -
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "/tmp/$WHEEL" .whl/deps/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# longclip itself from this checkout, without a build (the machine's setuptools may predate pyproject's license field)
+mkdir -p /tmp/shim/longclip && ln -sfn "$PWD/runtime" /tmp/shim/longclip/runtime && ln -sfn "$PWD/export" /tmp/shim/longclip/export
+export PYTHONPATH=/tmp/site:/tmp/shim PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 - <<'EOF' | tee -a "$OUT/gpu.txt"
 import onnx
