@@ -128,7 +128,8 @@ def create_session(
         if kind != "auto":
             raise DeviceUnavailableError(
                 f"device {device!r}: {primary} did not initialize (session runs on {active}); check the CUDA/cuDNN "
-                "libraries onnxruntime-gpu needs, or pass device='cpu'"
+                "libraries onnxruntime-gpu needs (installed by pip, they load after onnxruntime.preload_dlls() "
+                "or `import torch`), or pass device='cpu'"
             )
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
     log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
