@@ -4,7 +4,7 @@
 # The onnxruntime-gpu wheel is larger than one call may carry, so it travels in five parts (git-ignored):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #       -d .whl onnxruntime-gpu==1.31.1 ftfy wcwidth
-#   (cd .whl && mkdir -p deps && mv ftfy-* wcwidth-* deps/ && split -b 60M -d -a 1 onnxruntime_gpu-*.whl ort.part \
+#   (cd .whl && mkdir -p deps && mv ftfy-* wcwidth-* deps/ && split -b 56M -d -a 1 onnxruntime_gpu-*.whl ort.part \
 #       && for i in 0 1 2 3 4; do mkdir -p p$((i+1)); mv ort.part$i p$((i+1))/; done && rm onnxruntime_gpu-*.whl)
 # Then, while the machine stays warm, one call per part and the run in the last:
 #   bash benchmarks/gpu_device.sh stage      (carry .whl/p1; then .whl/p2, .whl/p3, .whl/p4)
