@@ -140,12 +140,14 @@ def ensure_models(work: Path, preset: str) -> tuple[Path, dict[str, Path]]:
         from longclip.export.random_checkpoint import save_random_checkpoint
 
         save_random_checkpoint(checkpoint, preset)
-    models = {}
-    for precision in ("fp32", "fp16"):
-        models[precision] = work / f"{preset}-{precision}"
-        if not (models[precision] / "manifest.json").exists():
-            subprocess.run([sys.executable, "-m", "longclip.export.cli", str(checkpoint), "-o", str(models[precision]),
-                            "--precision", precision, "--overwrite", "-q"], check=True)
+    models = {precision: work / f"{preset}-{precision}" for precision in ("fp32", "fp16")}
+    # Both exports at once: tracing is mostly one Python thread, and device time is short.
+    exports = [subprocess.Popen([sys.executable, "-m", "longclip.export.cli", str(checkpoint), "-o", str(out),
+                                 "--precision", precision, "--overwrite", "-q"])
+               for precision, out in models.items() if not (out / "manifest.json").exists()]
+    failed = [e.args for e in exports if e.wait() != 0]
+    if failed:
+        raise SystemExit(f"export failed: {failed}")
     return checkpoint, models
 
 

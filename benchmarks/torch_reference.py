@@ -65,7 +65,7 @@ class OfficialLongCLIP(nn.Module):
         pos = torch.where(r.use_first_table, r.positional_embedding, r.positional_embedding_res)
         x = self.text_blocks((r.token_embedding(ids) + pos).permute(1, 0, 2)).permute(1, 0, 2)
         x = r.ln_final(x)
-        return x[torch.arange(x.shape[0]), ids.argmax(dim=-1)] @ r.text_projection
+        return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ r.text_projection
 
 
 def main() -> None:
