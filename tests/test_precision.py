@@ -77,3 +77,17 @@ def test_int8_gate_refuses_and_leaves_nothing(tmp_path, tiny_checkpoint, monkeyp
     with pytest.raises(ParityError, match="int8 graphs disagree"):
         build.export_model(tiny_checkpoint, tmp_path / "out", precision="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
+    """int8 text batches of short captions take batch_size * 64 tokens' worth of rows; other precisions batch_size."""
+    from longclip.runtime import model as model_module
+
+    precision, folder = exported
+    model = LongCLIP(folder, device="cpu")
+    shapes = []
+    real = model_module.run_one
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, b: shapes.append(b.shape) or real(s, name, b))
+    texts = ["a cat"] * 40  # 4 tokens with SOT and EOT: the 8-token bucket
+    model.encode_texts(texts, batch_size=4)
+    assert shapes == ([(32, 4), (8, 4)] if precision == "int8" else [(4, 4)] * 10)
