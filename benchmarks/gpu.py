@@ -128,10 +128,11 @@ def torch_worker(args: argparse.Namespace) -> dict:
 
 
 def scores(path: Path) -> np.ndarray:
-    e = np.load(path)
-    image = e["image"] / np.linalg.norm(e["image"], axis=1, keepdims=True)
-    text = e["text"] / np.linalg.norm(e["text"], axis=1, keepdims=True)
-    return (np.sum(image * text, axis=1) + 1) / 2
+    """The spec's scores of the saved pairs (image i with text i)."""
+    from longclip.runtime.scoring import score_rows
+
+    saved = np.load(path)
+    return score_rows(saved["image"], saved["text"])
 
 
 def ensure_models(work: Path, preset: str) -> tuple[Path, dict[str, Path]]:

@@ -162,8 +162,8 @@ class VisionTransformer(nn.Module):
         x = self.conv1(pixel_values).flatten(2).transpose(1, 2)  # (N, grid*grid, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (N, 1, width)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (N, grid*grid+1, width)
-        cls = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)  # the class token is pooled
-        return self.ln_post(self.transformer(self.ln_pre(x), rows=cls)) @ self.proj  # (N, embed_dim)
+        pooled = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)  # row 0, the class token, is pooled
+        return self.ln_post(self.transformer(self.ln_pre(x), rows=pooled)) @ self.proj  # (N, embed_dim)
 
 
 class LongCLIP(nn.Module):
