@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 @click.option("--output-key", default="longclip_score", show_default=True,
               help="Score column to add; reasons go to <output-key>_error.")
 @click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICES)} (cuda:N too).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images/texts per forward.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
               help="Folder that relative image paths resolve against [default: the current directory].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
