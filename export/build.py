@@ -34,7 +34,7 @@ from .checkpoint import load_reference
 from .model import LongCLIP
 from .onnx_export import EXTERNAL_DATA_BYTES, export_tower, graph_specs, tower_bytes
 from .parity import TOLERANCES, ParityReport, reference_outputs, run_parity
-from .precision import PRECISIONS, convert
+from .precision import ATTENTION, PRECISIONS, convert
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,22 @@ class ExportResult:
     seconds: float
 
 
+def fused_attention(precision: str, attention: str = "auto") -> bool:
+    """Whether ``precision``'s graphs trace attention as ONNX Runtime's ``com.microsoft.Attention``.
+
+    ``auto`` fuses for int8 (it quantizes to ``QAttention``) and fp16 (fused kernels on CUDA: flash or
+    memory-efficient attention, softmax accumulated in fp32), and keeps fp32 plain ONNX.
+
+    >>> fused_attention("fp16"), fused_attention("fp32"), fused_attention("fp16", "explicit")
+    (True, False, False)
+    """
+    if attention not in ATTENTION:
+        raise ExportError(f"attention {attention!r}: use one of {', '.join(ATTENTION)}")
+    return attention == "fused" or (attention == "auto" and precision != "fp32")
+
+
 def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int, precision: str,
-              accuracy: ParityReport | None) -> dict[str, object]:
+              accuracy: ParityReport | None, fused: bool) -> dict[str, object]:
     cfg = model.config
     graphs = {}
     for tower, spec in graph_specs(model).items():
@@ -68,6 +82,7 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
     return {
         "variant": cfg.variant,
         "precision": precision,
+        "attention": "fused" if fused else "explicit",
         "opset": opset,
         "embed_dim": cfg.embed_dim,
         "config": cfg.to_dict(),
@@ -99,16 +114,19 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
 
 
 def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, opset: int = OPSET,
-                 overwrite: bool = False, precision: str = "fp32") -> ExportResult:
+                 overwrite: bool = False, precision: str = "fp32", attention: str = "auto") -> ExportResult:
     """Export ``checkpoint`` (file or folder) to ``out_dir`` with ``vision.onnx``, ``text.onnx``, ``manifest.json``.
 
     The fp32 graphs always pass the parity gate first; ``precision="fp16"``/``"int8"`` then converts them and
-    gates the result against the same reference with that precision's tolerance. Raises
+    gates the result against the same reference with that precision's tolerance. ``attention`` (see
+    :func:`fused_attention`): graphs with fused attention are re-exported and proven at fp32 before any
+    conversion. Raises
     :class:`CheckpointError` for a bad checkpoint and :class:`ParityError` when a gate fails; in both cases
     ``out_dir`` is left as it was.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    fused = fused_attention(precision, attention)
     start = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -124,7 +142,7 @@ def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[
         reference = reference_outputs(model)
         report = run_parity(reference, vision, text)
         accuracy = None
-        if precision == "int8":  # re-export with fused attention, prove it at fp32, then quantize
+        if fused:  # re-export with fused attention, prove it at fp32, then convert
             vision = export_tower(model, "vision", work, opset, contrib_ops=True)
             text = export_tower(model, "text", work, opset, contrib_ops=True)
             run_parity(reference, vision, text, what="graphs with fused attention")
@@ -132,7 +150,7 @@ def export_model(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[
             for tower, path in (("vision", vision), ("text", text)):
                 convert(path, precision, external_data=tower_bytes(model, tower) // 2 > EXTERNAL_DATA_BYTES)
             accuracy = run_parity(reference, vision, text, TOLERANCES[precision], f"{precision} graphs")
-        write_manifest(work, _manifest(model, ckpt, work, report, opset, precision, accuracy))
+        write_manifest(work, _manifest(model, ckpt, work, report, opset, precision, accuracy, fused))
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)

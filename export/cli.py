@@ -16,9 +16,13 @@ from longclip.runtime.errors import LongCLIPError, ParityError
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(17), help="ONNX opset (>= 17).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="int8: CPU (dynamic quantization, gate |Δscore| <= 0.01); fp16: GPU (gate 2e-3).")
+@click.option("--attention", type=click.Choice(["auto", "fused", "explicit"]), default="auto", show_default=True,
+              help="auto: fused into ONNX Runtime's Attention op for int8 and fp16, plain ONNX for fp32; "
+                   "explicit: plain ONNX (TensorRT).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-def main(checkpoint: str, out_dir: str, opset: int, precision: str, overwrite: bool, quiet: bool) -> None:
+def main(checkpoint: str, out_dir: str, opset: int, precision: str, attention: str, overwrite: bool,
+         quiet: bool) -> None:
     """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
     graphs and a manifest, and prove them against the PyTorch reference before saying done."""
     configure_logging(quiet)
@@ -30,7 +34,8 @@ def main(checkpoint: str, out_dir: str, opset: int, precision: str, overwrite: b
         raise SystemExit(1) from None
 
     try:
-        result = export_model(checkpoint, out_dir, opset=opset, overwrite=overwrite, precision=precision)
+        result = export_model(checkpoint, out_dir, opset=opset, overwrite=overwrite, precision=precision,
+                              attention=attention)
     except ParityError as exc:
         click.echo(str(exc), err=True)
         raise SystemExit(1) from None

@@ -59,8 +59,8 @@ class QuickGELU(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``.
 
-    ``contrib_op`` is set only while exporting the int8 CPU graphs (``onnx_export.contrib_attention``): the
-    tracer then records ONNX Runtime's fused ``com.microsoft.Attention`` (which quantizes to ``QAttention``)
+    ``contrib_op`` is set only while exporting graphs with fused attention (``onnx_export.contrib_attention``):
+    the tracer then records ONNX Runtime's ``com.microsoft.Attention`` (which int8 quantizes to ``QAttention``)
     instead of the explicit math. It computes nothing in eager mode.
     """
 

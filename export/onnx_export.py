@@ -124,7 +124,7 @@ def tower_bytes(model: LongCLIP, tower: str) -> int:
 
 @contextlib.contextmanager
 def contrib_attention(model: LongCLIP) -> Iterator[None]:
-    """Trace attention as ONNX Runtime's fused ``com.microsoft.Attention`` (int8 CPU graphs only)."""
+    """Trace attention as ONNX Runtime's fused ``com.microsoft.Attention`` (``build.fused_attention``)."""
     blocks = [m for m in model.modules() if isinstance(m, Attention)]
     for block in blocks:
         block.contrib_op = True
@@ -138,7 +138,7 @@ def contrib_attention(model: LongCLIP) -> Iterator[None]:
 def export_tower(model: LongCLIP, tower: str, out_dir: Path, opset: int = OPSET, contrib_ops: bool = False) -> Path:
     """Export one tower to ``out_dir/<spec.file>`` and check its declared I/O.
 
-    ``contrib_ops``: fuse attention into ``com.microsoft.Attention`` (ONNX Runtime only; the int8 path).
+    ``contrib_ops``: fuse attention into ``com.microsoft.Attention`` (ONNX Runtime only; int8 and fp16).
     """
     spec = graph_specs(model)[tower]
     example, dims = _example(model, tower)

@@ -2,10 +2,14 @@
 
 - ``int8`` (CPU): exported with attention fused into ONNX Runtime's ``com.microsoft.Attention``, then dynamic
   quantization of it (to ``QAttention``) and of every weight MatMul: weights int8 per output channel,
-  activations uint8 with a scale computed per call. The patch Conv stays fp32 (about 1% of the FLOPs). These
-  graphs need ONNX Runtime (contrib ops); fp32 and fp16 graphs are plain ONNX.
-- ``fp16`` (GPU): every float op in half precision except LayerNormalization and Softmax, which stay fp32; the
-  graphs keep fp32 inputs and outputs, and the EOT argmax runs on the int64 ids as before.
+  activations uint8 with a scale computed per call. The patch Conv stays fp32 (about 1% of the FLOPs).
+- ``fp16`` (GPU): every float op in half precision except LayerNormalization (and Softmax, where attention is
+  explicit), which stays fp32; the graphs keep fp32 inputs and outputs, and the EOT argmax runs on the int64
+  ids as before. Attention is fused by default too: ONNX Runtime's CUDA kernels for it (flash or
+  memory-efficient attention) accumulate the softmax in fp32 and never write the score matrix out.
+
+Graphs with fused attention need ONNX Runtime (contrib ops); ``attention="explicit"`` keeps plain ONNX (for
+TensorRT, which has no kernel for ``com.microsoft.Attention``). fp32 graphs are plain ONNX by default.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import onnx
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
+ATTENTION = ("auto", "fused", "explicit")
 FP32_OPS = ["LayerNormalization", "Softmax"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +14,11 @@ from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
 from .scoring import l2_normalize, score_rows
 from .resolve import cache_root
-from .session import TENSORRT, TrtProfile, create_session, run_one
+from .session import TENSORRT, TrtProfile, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
 from .constants import TEXT_INPUT, VISION_INPUT
 
+log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 248)
 """A text batch never mixes lengths from two buckets: short captions never run at a long caption's length."""
@@ -75,6 +77,10 @@ class LongCLIP:
         text_trt = TrtProfile(TEXT_INPUT, (1, 1), (min(32, batch), 77), (batch, m.context_length),
                               graphs["text"]["sha256"], cache)
         self.max_batch = batch
+        if parse_device(device)[0] == "tensorrt" and m.raw.get("attention") == "fused":
+            log.warning("%s has attention fused into ONNX Runtime's Attention op, which TensorRT cannot build: "
+                        "those nodes run on CUDA between TensorRT engines; for TensorRT export with "
+                        "`longclip-export --attention explicit`", m.root)
         # Loading is start-up latency that every process pays: ONNX Runtime builds the two sessions without the
         # GIL, so both, and the tokenizer's vocabulary, load at once.
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="longclip-load") as pool:

@@ -14,13 +14,18 @@ IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg",
 TEXTS = ["a photo of a cat", "stripes " * 40, "word " * 300]
 
 
-@pytest.fixture(scope="module", params=["int8", "fp16"])
+VARIANTS = {"int8": ("int8", "auto"), "fp16": ("fp16", "auto"), "fp16-explicit": ("fp16", "explicit")}
+GATE = {"int8": 1e-2, "fp16": 2e-3}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def exported(request, tmp_path_factory, tiny_checkpoint):
     from longclip.export import export_model
 
+    precision, attention = VARIANTS[request.param]
     out = tmp_path_factory.mktemp(request.param) / "model"
-    export_model(tiny_checkpoint, out, precision=request.param)
-    return request.param, out
+    export_model(tiny_checkpoint, out, precision=precision, attention=attention)
+    return precision, out
 
 
 def _ops(path):
@@ -36,14 +41,14 @@ def test_manifest_records_precision_and_gate(exported):
     accuracy = manifest["accuracy"]
     assert accuracy["precision"] == precision and accuracy["passed"]
     delta = next(c["value"] for c in accuracy["checks"] if c["name"] == "max |Δscore|, reference vs graphs")
-    assert 0 < delta <= {"int8": 1e-2, "fp16": 2e-3}[precision]
+    assert 0 < delta <= GATE[precision]
 
 
 def test_scores_stay_close_to_fp32(exported, tiny_model_dir):
     precision, folder = exported
     got = LongCLIP(folder, device="cpu").score(IMAGES, TEXTS)
     want = LongCLIP(tiny_model_dir, device="cpu").score(IMAGES, TEXTS)
-    assert np.abs(got - want).max() <= {"int8": 1e-2, "fp16": 2e-3}[precision]
+    assert np.abs(got - want).max() <= GATE[precision]
     assert not np.array_equal(got, want)  # it really is another precision
 
 
@@ -51,12 +56,14 @@ def test_graph_contents(exported):
     import onnx
 
     precision, folder = exported
+    fused = json.loads((folder / "manifest.json").read_text())["attention"] == "fused"
     nodes = _ops(folder / "text.onnx")
     kinds = {n.op_type for n in nodes}
+    assert ("Softmax" in kinds) == (not fused)  # fused attention computes its own softmax
     if precision == "int8":
-        assert {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"} <= kinds
-        assert "Softmax" not in kinds  # attention is fused
+        assert fused and {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"} <= kinds
     else:
+        assert ("Attention" in kinds) == fused
         graph = onnx.load(str(folder / "text.onnx")).graph
         types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
         types.update({i.name: i.data_type for i in graph.initializer})
@@ -64,6 +71,8 @@ def test_graph_contents(exported):
         for node in nodes:
             if node.op_type in ("LayerNormalization", "Softmax"):
                 assert types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
+            if node.op_type == "Attention":  # in half precision, weights included: the CUDA kernels are fp16
+                assert {types[name] for name in node.input[:3]} == {onnx.TensorProto.FLOAT16}, node.name
             if node.op_type == "ArgMax":
                 assert types[node.input[0]] == onnx.TensorProto.INT64
         assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
@@ -91,3 +100,13 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
     texts = ["a cat"] * 40  # 4 tokens with SOT and EOT: the 8-token bucket
     model.encode_texts(texts, batch_size=4)
     assert shapes == ([(32, 4), (8, 4)] if precision == "int8" else [(4, 4)] * 10)
+
+
+def test_fused_graphs_warn_before_tensorrt(exported, caplog):
+    from longclip.runtime.errors import DeviceUnavailableError
+
+    precision, folder = exported
+    with pytest.raises(DeviceUnavailableError):  # no TensorRT here; the warning comes first
+        LongCLIP(folder, device="tensorrt")
+    fused = json.loads((folder / "manifest.json").read_text())["attention"] == "fused"
+    assert ("--attention explicit" in caplog.text) == fused

@@ -101,7 +101,7 @@ def test_tensorrt_options_profiles_and_cache_key(tmp_path):
     profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
     (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
     assert (name, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2"}
+    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2", "use_tf32": "0"}
     assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
     assert opts["trt_profile_min_shapes"] == "input_ids:1x1"
     assert opts["trt_profile_opt_shapes"] == "input_ids:32x77"
