@@ -14,6 +14,7 @@
 #                                          background, on the machine's CPU onnxruntime, while the parts travel
 #   bash benchmarks/gpu_device.sh stage    (carry .whl/p2, then .whl/p3)
 #   bash benchmarks/gpu_device.sh run      (carry .whl/p4): unpacks, proves CUDA, waits for the exports, measures
+# (`check` instead of `run` stops after proving CUDA; `stage` instead of `first` starts no exports.)
 set -euo pipefail
 SHA256=af332a5dce4c6d3c6e807cfceac872d2ae7085abc0907b830fdcae615135f09c
 WORK=${WORK:-/tmp/gpu}
@@ -35,8 +36,8 @@ first)
     sleep 5; cat /tmp/export.log; exit 0 ;;
 stage)
     tail -5 /tmp/export.log || true; exit 0 ;;
-run) ;;
-*) echo "usage: $0 first|stage|run [gpu.py options]" >&2; exit 2 ;;
+run|check) ;;
+*) echo "usage: $0 first|stage|check|run [gpu.py options]" >&2; exit 2 ;;
 esac
 
 cat /tmp/w/ort.txz.0 /tmp/w/ort.txz.1 /tmp/w/ort.txz.2 /tmp/w/ort.txz.3 > /tmp/ortsite.tar.xz
@@ -49,15 +50,16 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels that torch brought
 print(ort.__version__, ort.__file__, ort.get_available_providers())
 x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
 graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 onnx.save(model, "/tmp/relu.onnx")
-from longclip.runtime.session import create_session  # raises unless CUDAExecutionProvider really initializes
+# raises unless CUDAExecutionProvider really initializes (with the CUDA and cuDNN of the nvidia-* wheels)
+from longclip.runtime.session import create_session
 print("a session on", create_session("/tmp/relu.onnx", "cuda").get_providers())
 PY
+[ "$1" = check ] && exit 0
 # the background exports: wait for them (gpu.py exports again whatever they did not finish)
 while [ -f /tmp/export.pid ] && kill -0 "$(cat /tmp/export.pid)" 2>/dev/null; do sleep 2; done
 cp /tmp/export.log "$OUT/export.log" 2>/dev/null || true

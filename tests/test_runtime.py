@@ -57,6 +57,23 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
         create_session(tiny_model_dir / "vision.onnx", device)
 
 
+def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    calls = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(print("loading CUDA")), raising=False)
+    session.load_gpu_libraries.cache_clear()
+    create_session(tiny_model_dir / "vision.onnx", "cpu")
+    assert calls == []
+    session.load_gpu_libraries()
+    session.load_gpu_libraries()
+    out = capsys.readouterr()
+    assert calls == [None] and out.out == "" and "loading CUDA" in out.err  # stdout stays the data's
+    session.load_gpu_libraries.cache_clear()
+
+
 def test_auto_picks_a_provider_that_runs(tiny_model_dir):
     model = LongCLIP(tiny_model_dir, device=None)
     assert model.provider in model.vision.get_providers()
@@ -101,7 +118,7 @@ def test_tensorrt_options_profiles_and_cache_key(tmp_path):
     profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
     (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
     assert (name, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2", "use_tf32": "0"}
+    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2", "use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
     assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
     assert opts["trt_profile_min_shapes"] == "input_ids:1x1"
     assert opts["trt_profile_opt_shapes"] == "input_ids:32x77"
