@@ -82,24 +82,35 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def to_normalized_array(
-    image: Image.Image, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+    image: Image.Image, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(3, H, W) float32``: ``/255`` then ``(x - mean) / std``, in float32 like torchvision."""
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    """``(3, H, W) float32``: ``/255`` then ``(x - mean) / std``, in float32 like torchvision.
+
+    Channel by channel, straight into ``out`` (a ``(3, H, W) float32`` view, e.g. a row of the batch): the same
+    float32 operations in the same order, so the same bits, without broadcasting over a last axis of 3 (6x slower).
+    """
+    pixels = np.asarray(image, dtype=np.uint8)
+    if out is None:
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        channel = out[c]
+        np.divide(pixels[:, :, c], np.float32(255), out=channel, dtype=np.float32)
+        np.subtract(channel, np.float32(mean[c]), out=channel)
+        np.divide(channel, np.float32(std[c]), out=channel)
+    return out
 
 
 def preprocess_image(
-    image: ImageInput, size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
+    image: ImageInput, size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One image (path or PIL image) -> ``(3, size, size) float32`` model input."""
+    """One image (path or PIL image) -> ``(3, size, size) float32`` model input (written into ``out`` if given)."""
     if not isinstance(image, Image.Image):
         image = load_image(image)
     elif image.mode != "RGB":
         image = image.convert("RGB")
-    return to_normalized_array(center_crop(resize(image, size), size), mean, std)
+    return to_normalized_array(center_crop(resize(image, size), size), mean, std, out)
 
 
 def preprocess_images(
@@ -112,5 +123,5 @@ def preprocess_images(
     """
     batch = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, image in enumerate(images):
-        batch[i] = preprocess_image(image, size, mean, std)
+        preprocess_image(image, size, mean, std, out=batch[i])
     return batch
