@@ -147,11 +147,11 @@ def ensure_models(work: Path, preset: str) -> tuple[Path, dict[str, Path]]:
         save_random_checkpoint(checkpoint, preset)
     models = {name: work / f"{preset}-{name}" for name in EXPORTS}
     # All exports at once: tracing is mostly one Python thread, and device time is short.
+    start = time.perf_counter()
     exports = [subprocess.Popen([sys.executable, "-m", "longclip.export.cli", str(checkpoint), "-o", str(out),
                                  "--precision", EXPORTS[name][0], "--attention", EXPORTS[name][1], "--overwrite",
                                  "-q"])
                for name, out in models.items() if not (out / "manifest.json").exists()]
-    start = time.perf_counter()
     failed = [e.args for e in exports if e.wait() != 0]
     if failed:
         raise SystemExit(f"export failed: {failed}")

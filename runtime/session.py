@@ -79,9 +79,9 @@ def provider_chain(kind: str, device_id: int = 0, trt: TrtProfile | None = None
                    ) -> list[str | tuple[str, dict[str, str]]]:
     """Providers to ask ORT for, best first, always ending on CPU.
 
-    CUDA runs fp32 as fp32: ONNX Runtime would otherwise round fp32 MatMul inputs to TF32 (10-bit mantissa), which
-    moves fp32 scores by ~1e-3. The fp16 graphs are the fast path on a GPU. Its memory arena grows by what is asked
-    for, not to the next power of two: L/14-336 fp16 images at batch 128 hold 7.2 GB instead of 9.9 GB, at the same
+    CUDA runs fp32 as fp32: ONNX Runtime would otherwise round fp32 MatMul inputs to TF32 (a 10-bit mantissa), and an
+    fp32 model is the exact reference. The fp16 graphs are the fast path on a GPU. Its memory arena grows by what is
+    asked for, not to the next power of two: L/14-336 fp16 images at batch 128 hold 7.2 GB instead of 9.9 GB, at the same
     speed (H100).
 
     >>> provider_chain("cuda", 1)[0]
