@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +80,10 @@ def provider_chain(kind: str, device_id: int = 0, trt: TrtProfile | None = None
                    ) -> list[str | tuple[str, dict[str, str]]]:
     """Providers to ask ORT for, best first, always ending on CPU.
 
-    CUDA runs fp32 as fp32: ONNX Runtime would otherwise round fp32 MatMul inputs to TF32 (a 10-bit mantissa), and an
-    fp32 model is the exact reference. The fp16 graphs are the fast path on a GPU. Its memory arena grows by what is
-    asked for, not to the next power of two: L/14-336 fp16 images at batch 128 hold 7.2 GB instead of 9.9 GB, at the same
-    speed (H100).
+    CUDA runs fp32 as fp32: ONNX Runtime would otherwise round fp32 MatMul inputs to TF32 (a 10-bit mantissa), and
+    an fp32 model is the exact reference. The fp16 graphs are the fast path on a GPU. Its memory arena grows by what
+    is asked for, not to the next power of two: L/14-336 fp16 images at batch 128 hold 7.2 GB instead of 9.9 GB, at
+    the same speed (H100).
 
     >>> provider_chain("cuda", 1)[0]
     ('CUDAExecutionProvider', {'device_id': '1', 'use_tf32': '0', 'arena_extend_strategy': 'kSameAsRequested'})
@@ -97,11 +98,22 @@ def provider_chain(kind: str, device_id: int = 0, trt: TrtProfile | None = None
     return [(TENSORRT, trt_opts), cuda, CPU]
 
 
-@functools.cache
+_GPU_LIBRARIES = threading.Lock()
+
+
 def load_gpu_libraries() -> None:
     """Load the CUDA and cuDNN libraries that pip installed (``onnxruntime-gpu[cuda,cudnn]``, or a CUDA torch's),
     which ONNX Runtime does not find by itself. Runs once per process, only when a GPU provider is wanted;
-    libraries from the system are found without it, and anything it prints goes to stderr."""
+    libraries from the system are found without it, and anything it prints goes to stderr.
+
+    ``LongCLIP`` builds its two sessions on two threads: the lock lets one of them load while the other waits, so
+    the process-wide ``sys.stdout`` swap below is never interleaved (two of them could leave stdout on stderr)."""
+    with _GPU_LIBRARIES:
+        _preload_once()
+
+
+@functools.cache
+def _preload_once() -> None:
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
     if preload is None:
         return

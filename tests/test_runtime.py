@@ -62,16 +62,31 @@ def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monke
 
     from longclip.runtime import session
 
+    import sys
+    import threading
+    import time
+
     calls = []
-    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(print("loading CUDA")), raising=False)
-    session.load_gpu_libraries.cache_clear()
+
+    def preload():
+        calls.append(print("loading CUDA"))
+        time.sleep(0.05)  # long enough for a second thread to arrive while the first is loading
+
+    monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
+    session._preload_once.cache_clear()
     create_session(tiny_model_dir / "vision.onnx", "cpu")
     assert calls == []
-    session.load_gpu_libraries()
+    stdout = sys.stdout
+    threads = [threading.Thread(target=session.load_gpu_libraries) for _ in range(2)]  # as LongCLIP's two sessions
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     session.load_gpu_libraries()
     out = capsys.readouterr()
     assert calls == [None] and out.out == "" and "loading CUDA" in out.err  # stdout stays the data's
-    session.load_gpu_libraries.cache_clear()
+    assert sys.stdout is stdout
+    session._preload_once.cache_clear()
 
 
 def test_auto_picks_a_provider_that_runs(tiny_model_dir):
