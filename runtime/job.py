@@ -28,17 +28,13 @@ from .errors import InputError, error_code
 from .model import LongCLIP
 from .prefetch import input_pool
 from .preprocess import MAX_PIXELS
-from .tables import TableReader, TableWriter
+from .tables import Columns, TableReader, TableWriter
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    image_key: str = "image_path"
-    text_key: str = "text"
-    output_key: str = "longclip_score"
-    image_root: str | None = None  # relative image paths resolve against it; None: the current directory
+class RunOptions(Columns):
     batch_size: int = 32
     chunk_rows: int = CHUNK_ROWS
     max_pixels: int = MAX_PIXELS

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, error_code
-from .tables import TableReader
+from .tables import Columns, TableReader
 
 BINS = 10_000
 """Score grid: bin ``k`` holds ``k/BINS <= s < (k+1)/BINS``; bin ``BINS`` holds ``s >= 1``. Slider step ``1/BINS``."""
@@ -29,13 +29,9 @@ MAX_CODES = 100  # distinct failure codes counted one by one; the rest are count
 
 
 @dataclass(frozen=True)
-class ReportOptions:
+class ReportOptions(Columns):
     """Columns, where images live, and the sizes that bound the report's memory and file size."""
 
-    image_key: str = "image_path"
-    text_key: str = "text"
-    output_key: str = "longclip_score"
-    image_root: str | None = None  # relative image paths resolve against it; None: the current directory
     title: str | None = None
     extremes: int = 24  # lowest and highest pairs shown
     sample: int = 400  # pairs (with thumbnails) behind the threshold slider's boundary view

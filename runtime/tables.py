@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ import pandas as pd
 from .errors import InputError
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a row file keeps its image paths, texts and scores, and what relative image paths resolve against;
+    the first fields of ``job.RunOptions`` and ``report_data.ReportOptions``."""
+
+    image_key: str = "image_path"
+    text_key: str = "text"
+    output_key: str = "longclip_score"
+    image_root: str | None = None  # relative image paths resolve against it; None: the current directory
 
 
 def _format(path: Path) -> str:
