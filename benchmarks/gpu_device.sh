@@ -8,8 +8,9 @@
 #   tar -C /tmp/ortsite -cf - . | xz -T0 -6 > /tmp/ortsite.tar.xz   # 195 MiB; put its sha256 in SHA256 below
 #   split -b 49M -d -a 1 /tmp/ortsite.tar.xz .whl/ort.txz. && for i in 0 1 2 3; do mkdir -p .whl/p$((i+1)) && \
 #       mv .whl/ort.txz.$i .whl/p$((i+1))/; done
+#   mkdir -p .whl/deps && (cd /tmp/ortsite && tar -cf "$OLDPWD/.whl/deps/deps.tar" ftfy ftfy-*.dist-info wcwidth \
+#       wcwidth-*.dist-info)   # globs expand inside /tmp/ortsite
 # Then, while the machine stays warm (30 s between calls), one call per part:
-#   mkdir -p .whl/deps && tar -C /tmp/ortsite -cf .whl/deps/deps.tar ftfy ftfy-*.dist-info wcwidth wcwidth-*.dist-info
 #   bash benchmarks/gpu_device.sh first    (carry .whl/p1 and .whl/deps): also starts the exports, in the
 #                                          background, on the machine's CPU onnxruntime, while the parts travel
 #   bash benchmarks/gpu_device.sh stage    (carry .whl/p2, then .whl/p3)
