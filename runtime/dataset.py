@@ -202,6 +202,11 @@ def error_key(output_key: str) -> str:
     return f"{output_key}_error"
 
 
+def no_rows(columns: list[str], output_key: str) -> pd.DataFrame:
+    """An empty output: the input's columns plus the score and reason columns, so a header or schema is written."""
+    return with_scores(pd.DataFrame(columns=columns), np.empty(0), [], output_key)
+
+
 def with_scores(frame: pd.DataFrame, scores: np.ndarray, errors: list[str], output_key: str) -> pd.DataFrame:
     """``frame`` plus the score (float64, ``NaN`` when unscored) and ``<output_key>_error`` columns."""
     out = frame.copy()

@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from .dataset import CHUNK_ROWS, ChunkResult, check_columns, score_chunk, with_scores
+from .dataset import CHUNK_ROWS, ChunkResult, check_columns, no_rows, score_chunk, with_scores
 from .errors import InputError, error_code
 from .model import LongCLIP
 from .prefetch import input_pool
@@ -163,7 +162,7 @@ def run_file(model: LongCLIP, input_path: str | os.PathLike[str] | TableReader, 
             result = _load_part(work / f"chunk-{index:07d}.npz")
             writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
         if reader.n_rows == 0:  # still write the header / schema
-            writer.write(with_scores(pd.DataFrame(columns=reader.columns), np.empty(0), [], opts.output_key))
+            writer.write(no_rows(reader.columns, opts.output_key))
         writer.commit()
     except BaseException:
         writer.abort()

@@ -24,11 +24,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from . import errors
-from .dataset import check_columns, error_key, score_chunk, with_scores
+from .dataset import check_columns, error_key, no_rows, score_chunk, with_scores
 from .errors import EngineError, LongCLIPError, error_code
 from .job import RunOptions, RunSummary
 from .manifest import read_manifest
@@ -185,7 +184,7 @@ def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, s
             writer.write(frame)
             summary.add_codes(_codes(frame[error_key(opts.output_key)]))
         if summary.rows == 0:  # still write the header / schema
-            writer.write(with_scores(pd.DataFrame(columns=columns), np.empty(0), [], opts.output_key))
+            writer.write(no_rows(columns, opts.output_key))
         writer.commit()
     except BaseException:
         writer.abort()
