@@ -67,6 +67,15 @@ def test_every_format_pair_keeps_rows_and_columns(tmp_path, model, src, dst):
     assert (tmp_path / f"out{dst}").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.parametrize("dst", [".csv", ".parquet"])
+def test_input_without_rows_gives_an_output_with_the_columns(tmp_path, model, dst):
+    (tmp_path / "in.csv").write_text("image_path,text,id\n")
+    summary = run_file(model, tmp_path / "in.csv", tmp_path / f"out{dst}", progress=False)
+    assert summary.rows == 0
+    assert list(read_table(tmp_path / f"out{dst}").columns) == ["image_path", "text", "id", "longclip_score",
+                                                                 "longclip_score_error"]
+
+
 def test_jsonl_round_trip_is_exact(tmp_path, model):
     rows = [{"image_path": NAMES[0], "text": "a", "n": 1, "nested": {"x": [1, 2]}},
             {"image_path": NAMES[1], "text": "b", "only_here": None},
