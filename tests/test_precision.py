@@ -15,6 +15,7 @@ TEXTS = ["a photo of a cat", "stripes " * 40, "word " * 300]
 
 
 VARIANTS = {"int8": ("int8", "auto"), "fp16": ("fp16", "auto"), "fp16-explicit": ("fp16", "explicit")}
+FUSED = {"int8": True, "fp16": True, "fp16-explicit": False}  # what --attention auto / explicit must give
 GATE = {"int8": 1e-2, "fp16": 2e-3}
 
 
@@ -25,7 +26,7 @@ def exported(request, tmp_path_factory, tiny_checkpoint):
     precision, attention = VARIANTS[request.param]
     out = tmp_path_factory.mktemp(request.param) / "model"
     export_model(tiny_checkpoint, out, precision=precision, attention=attention)
-    return precision, out
+    return precision, out, FUSED[request.param]
 
 
 def _ops(path):
@@ -35,7 +36,7 @@ def _ops(path):
 
 
 def test_manifest_records_precision_and_gate(exported):
-    precision, folder = exported
+    precision, folder, fused = exported
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["precision"] == precision and manifest["parity"]["passed"]
     accuracy = manifest["accuracy"]
@@ -45,7 +46,7 @@ def test_manifest_records_precision_and_gate(exported):
 
 
 def test_scores_stay_close_to_fp32(exported, tiny_model_dir):
-    precision, folder = exported
+    precision, folder, fused = exported
     got = LongCLIP(folder, device="cpu").score(IMAGES, TEXTS)
     want = LongCLIP(tiny_model_dir, device="cpu").score(IMAGES, TEXTS)
     assert np.abs(got - want).max() <= GATE[precision]
@@ -55,8 +56,8 @@ def test_scores_stay_close_to_fp32(exported, tiny_model_dir):
 def test_graph_contents(exported):
     import onnx
 
-    precision, folder = exported
-    fused = json.loads((folder / "manifest.json").read_text())["attention"] == "fused"
+    precision, folder, fused = exported
+    assert json.loads((folder / "manifest.json").read_text())["attention"] == ("fused" if fused else "explicit")
     nodes = _ops(folder / "text.onnx")
     kinds = {n.op_type for n in nodes}
     assert ("Softmax" in kinds) == (not fused)  # fused attention computes its own softmax
@@ -92,7 +93,7 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
     """int8 text batches of short captions take batch_size * 64 tokens' worth of rows; other precisions batch_size."""
     from longclip.runtime import model as model_module
 
-    precision, folder = exported
+    precision, folder, fused = exported
     model = LongCLIP(folder, device="cpu")
     shapes = []
     real = model_module.run_one
@@ -105,8 +106,7 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
 def test_fused_graphs_warn_before_tensorrt(exported, caplog):
     from longclip.runtime.errors import DeviceUnavailableError
 
-    precision, folder = exported
+    precision, folder, fused = exported
     with pytest.raises(DeviceUnavailableError):  # no TensorRT here; the warning comes first
         LongCLIP(folder, device="tensorrt")
-    fused = json.loads((folder / "manifest.json").read_text())["attention"] == "fused"
     assert ("--attention explicit" in caplog.text) == fused
