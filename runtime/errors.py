@@ -52,10 +52,33 @@ def error_code(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+# Row reason codes: the text before the first ":" of a row's error column. One home for each; the README lists
+# them under "Each row problem".
+NULL_PATH = "null_path"  # the image cell is null
+BAD_PATH = "bad_path"  # not a usable path: not a string, blank, invalid unicode, a symlink loop, too long
+MISSING_FILE = "missing_file"
+DIRECTORY = "directory"
+NOT_A_FILE = "not_a_file"  # a FIFO, a device, a socket: never opened
+UNREADABLE = "unreadable"  # permission denied
+EMPTY_FILE = "empty_file"
+NOT_AN_IMAGE = "not_an_image"
+UNDECODABLE = "undecodable"  # truncated, corrupt, or any decoder failure
+TOO_MANY_PIXELS = "too_many_pixels"
+NULL_TEXT = "null_text"
+NOT_TEXT = "not_text"
+EMPTY_TEXT = "empty_text"
+BAD_TEXT = "bad_text"  # invalid unicode (lone surrogates)
+TOO_LONG = "too_long"  # tokenize(..., truncate=False) only
+BAD_ENCODING = "bad_encoding"  # a jsonl line that is not UTF-8
+
+IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADABLE, EMPTY_FILE, NOT_AN_IMAGE,
+               UNDECODABLE, TOO_MANY_PIXELS)
+TEXT_CODES = (NULL_TEXT, NOT_TEXT, EMPTY_TEXT, BAD_TEXT, TOO_LONG)
+
+
 class ImageError(RowError):
-    """One image cannot be read: null_path, bad_path, missing_file, directory, empty_file, not_an_image,
-    too_many_pixels, undecodable."""
+    """One image cannot be read; ``code`` is one of ``IMAGE_CODES``."""
 
 
 class TextError(RowError):
-    """One text cannot be encoded: null_text, not_text, empty_text, too_long."""
+    """One text cannot be encoded; ``code`` is one of ``TEXT_CODES``."""
