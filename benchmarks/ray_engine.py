@@ -38,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_scaling import make_inputs  # noqa: E402
 
 from longclip.runtime import LongCLIP  # noqa: E402
-# _embed_texts is private: this script measures an alternative, it is not a user of the API
-from longclip.runtime.dataset import _embed_texts, resolve_image_path, with_scores  # noqa: E402
+# _tokenize is private: this script measures an alternative, it is not a user of the API
+from longclip.runtime.engines.chunk import _tokenize  # noqa: E402
+from longclip.runtime.engines.local import RunOptions, run_file  # noqa: E402
+from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
 from longclip.runtime.errors import RowError  # noqa: E402
-from longclip.runtime.job import RunOptions, run_file  # noqa: E402
 from longclip.runtime.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
-from longclip.runtime.ray_engine import RayOptions, Scorer, run_ray  # noqa: E402
+from longclip.runtime.rows import resolve_image_path, with_scores  # noqa: E402
 from longclip.runtime.scoring import l2_normalize, score_rows  # noqa: E402
 
 
@@ -76,7 +77,9 @@ class EmbedActor:
         pixels = np.stack([to_normalized_array(batch["_pixels"].iloc[i], m.mean, m.std) for i in good])
         image_embeds = l2_normalize(self.model.embed_pixels(pixels))
         texts = batch["text"].tolist()
-        text_embeds, text_failed, _ = _embed_texts(self.model, texts, 32)
+        tokens = _tokenize(self.model, texts)
+        text_embeds = dict(zip(tokens.texts, self.model.embed_ids(tokens.ids, 32)))
+        text_failed = tokens.failed
         errors = [image_errors[i] or text_failed.get(t, "") for i, t in enumerate(texts)]
         scores = np.full(len(batch), np.nan, dtype=np.float32)
         rows = [i for i in good if not errors[i]]

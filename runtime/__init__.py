@@ -1,42 +1,49 @@
-"""Torch-free LongCLIP scoring on ONNX Runtime: tokenizer, preprocessing, sessions, the spec'd operator."""
+"""Torch-free LongCLIP scoring on ONNX Runtime: tokenizer, preprocessing, sessions, the spec'd operator.
 
+Public names are resolved on first use, so importing a part that needs no model (``longclip.runtime.report``,
+``longclip.runtime.rows``) never imports ONNX Runtime, and nothing imports DataFlow unless asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
 from typing import Any
 
-from .errors import (
-    CheckpointError,
-    DeviceUnavailableError,
-    ImageError,
-    InputError,
-    LongCLIPError,
-    ModelDirError,
-    ParityError,
-    TextError,
-)
-from .model import LongCLIP
-from .preprocess import preprocess_images
-from .tokenizer import tokenize
+_EXPORTS = {
+    "CheckpointError": ".errors",
+    "DeviceUnavailableError": ".errors",
+    "ImageError": ".errors",
+    "InputError": ".errors",
+    "LongCLIPError": ".errors",
+    "ModelDirError": ".errors",
+    "ParityError": ".errors",
+    "TextError": ".errors",
+    "LongCLIP": ".model",
+    "preprocess_images": ".preprocess",
+    "tokenize": ".tokenizer",
+}
 
-__all__ = [
-    "CheckpointError",
-    "DeviceUnavailableError",
-    "ImageError",
-    "ImageLongCLIPEvaluator",
-    "InputError",
-    "LongCLIP",
-    "LongCLIPError",
-    "ModelDirError",
-    "ParityError",
-    "TextError",
-    "preprocess_images",
-    "tokenize",
-]
+__all__ = sorted([*_EXPORTS, "ImageLongCLIPEvaluator"])
 
 
 def __getattr__(name: str) -> Any:
-    # Resolved on first use: a DataFlow operator when DataFlow is installed, so importing this package never
-    # imports DataFlow.
     if name == "ImageLongCLIPEvaluator":
-        from .operator import evaluator_class
+        return _evaluator_class()
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
 
-        return evaluator_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+@functools.cache
+def _evaluator_class() -> type:
+    """The DataFlow operator (``OperatorABC``, registered) when DataFlow is installed, else the plain class."""
+    try:
+        from .dataflow_operator import ImageLongCLIPEvaluator
+    except ImportError:  # no DataFlow, or an unrelated package named "dataflow"
+        from .operator import ImageLongCLIPEvaluator
+    return ImageLongCLIPEvaluator
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,4 +1,4 @@
-"""``longclip-run INPUT -m MODEL -o OUTPUT``: score a table of image/text rows."""
+"""``longclip-run INPUT -m MODEL -o OUTPUT``: score a table of image/text rows. Parse, plan, run, report."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 import click
 
 from .console import configure_logging
-from .dataset import CHUNK_ROWS
-from .errors import InputError, LongCLIPError
+from .constants import BATCH_SIZE
+from .engines.chunk import CHUNK_ROWS
+from .errors import EngineError, InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
+from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 from .session import DEVICES
-from .tables import FORMATS
+from .tables import FORMATS, same_file
 
 if TYPE_CHECKING:
-    from .job import RunOptions, RunSummary
+    from .engines.local import RunOptions, RunSummary
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,12 +28,15 @@ if TYPE_CHECKING:
 @click.option("-o", "--output", "output_path", required=True,
               help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format); with --engine ray "
                    "also a folder of parquet shards (ends with /, or no suffix).")
-@click.option("--image-key", default="image_path", show_default=True, help="Column holding image paths.")
-@click.option("--text-key", default="text", show_default=True, help="Column holding texts.")
-@click.option("--output-key", default="longclip_score", show_default=True,
+@click.option("--image-key", default=IMAGE_KEY, show_default=True, help="Column holding image paths.")
+@click.option("--text-key", default=TEXT_KEY, show_default=True, help="Column holding texts.")
+@click.option("--output-key", default=OUTPUT_KEY, show_default=True,
               help="Score column to add; reasons go to <output-key>_error.")
+@click.option("--overwrite-columns", is_flag=True,
+              help="Replace input columns named like the score or reason column [default: refuse the run].")
 @click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICES)} (cuda:N too).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1),
+              help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
               help="Folder that relative image paths resolve against [default: the current directory].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
@@ -51,41 +56,32 @@ if TYPE_CHECKING:
               help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
-         device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int, max_pixels: int,
-         engine: str, ray_address: str | None, workers: int | None, report_path: str | None, quiet: bool) -> None:
+         overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int,
+         max_pixels: int, engine: str, ray_address: str | None, workers: int | None, report_path: str | None,
+         quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
-    from .dataset import check_columns
-    from .job import RunOptions, run_file
-    from .model import LongCLIP
-    from .report import check_report_path, write_report
-    from .report_data import ReportOptions
-    from .resolve import resolve_model_dir
-    from .tables import TableReader, TableWriter
+    from .engines.local import RunOptions
 
+    opts = RunOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
+                      batch_size=batch_size, chunk_rows=chunk_rows, max_pixels=max_pixels,
+                      overwrite_columns=overwrite_columns)
     if engine == "local" and (ray_address or workers):
         raise click.UsageError("--ray-address and --workers need --engine ray")
-    opts = RunOptions(image_key, text_key, output_key, image_root, batch_size, chunk_rows, max_pixels)
     try:
-        if report_path is not None:
-            check_report_path(report_path)
-            if Path(output_path).suffix.lower() not in FORMATS:
-                raise InputError(f"--report needs OUTPUT to be one file ({', '.join(FORMATS)}), not {output_path!r}; "
-                                 "run longclip-report on the scored file instead")
+        _check_options(input_path, output_path, report_path, engine, resume)
         if engine == "ray":
-            summary = _run_ray(input_path, model_name, output_path, opts, device, resume, ray_address, workers, quiet)
+            summary = _run_ray(input_path, output_path, model_name, opts, device, ray_address, workers, quiet)
         else:
-            # input, columns and output are checked before the model loads: a mistake costs seconds, not a model load
-            reader = TableReader(input_path)
-            check_columns(reader.columns, image_key, text_key)
-            TableWriter(output_path).abort()
-            model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device)
-            summary = run_file(model, reader, output_path, opts, resume=resume, progress=None if not quiet else False)
+            summary = _run_local(input_path, output_path, model_name, opts, device, resume, quiet)
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
-            write_report(output_path, report_path, ReportOptions(image_key, text_key, output_key, image_root))
+            from .report import ReportOptions, write_report
+
+            write_report(output_path, report_path, ReportOptions(image_key=image_key, text_key=text_key,
+                                                                 output_key=output_key, image_root=image_root))
             if not quiet:
                 click.echo(f"report: {report_path}", err=True)
     except LongCLIPError as exc:
@@ -93,17 +89,43 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
         raise SystemExit(1) from None
 
 
-def _run_ray(input_path: str, model_name: str, output_path: str, opts: RunOptions, device: str, resume: bool,
-             ray_address: str | None, workers: int | None, quiet: bool) -> RunSummary:
-    from .errors import EngineError
-    from .ray_engine import RayOptions, run_ray
-
-    if resume:
+def _check_options(input_path: str, output_path: str, report_path: str | None, engine: str, resume: bool) -> None:
+    """The checks that concern the options themselves, before any engine looks at the files."""
+    if engine == "ray" and resume:
         raise EngineError("--resume is for the local engine: a Ray run that stops leaves no partial output; run it "
                           "again, or use --engine local for a resumable run")
+    if report_path is not None:
+        from .report import check_report_path
+
+        check_report_path(report_path)
+        if Path(output_path).suffix.lower() not in FORMATS:
+            raise InputError(f"--report needs OUTPUT to be one file ({', '.join(FORMATS)}), not {output_path!r}; "
+                             "run longclip-report on the scored file instead")
+        for other, what in ((input_path, "INPUT"), (output_path, "OUTPUT")):
+            if same_file(report_path, other):
+                raise InputError(f"--report {report_path!r} is the {what} file: name another .html file")
+
+
+def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
+               quiet: bool) -> RunSummary:
+    from .engines.local import execute, plan_file
+    from .model import TRT_MAX_BATCH, LongCLIP
+    from .resolve import resolve_model_dir
+
+    with plan_file(input_path, output_path, opts, resume) as plan:
+        model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device,
+                         max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH))
+        return execute(plan, model, progress=None if not quiet else False)
+
+
+def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,
+             ray_address: str | None, workers: int | None, quiet: bool) -> RunSummary:
+    from .engines.ray import RayOptions, execute_ray, plan_ray
+    from .resolve import resolve_model_dir
+
     ray_opts = RayOptions(ray_address, workers, log_level=logging.ERROR if quiet else logging.WARNING)
-    return run_ray(model_name, input_path, output_path, opts, device, ray_opts,
-                   progress=False if quiet else None)
+    with plan_ray(input_path, output_path, opts, device) as plan:
+        return execute_ray(plan, resolve_model_dir(model_name), ray_opts, progress=False if quiet else None)
 
 
 if __name__ == "__main__":

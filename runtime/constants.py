@@ -29,5 +29,9 @@ TEXT_OUTPUT = "text_embeds"  # (N, D) float32, not normalized
 CHECKPOINT_SUFFIXES = (".pt", ".bin", ".ckpt", ".safetensors")
 """Files taken as checkpoints when a folder is searched (the spec names .pt/.bin/.ckpt)."""
 
+BATCH_SIZE = 32
+"""Images (or texts) per forward: ``--batch-size``, ``RunOptions.batch_size``, the operator's and ``encode_images``'
+default. ``encode_texts`` keeps its own default of 64 (text rows are cheaper than images)."""
+
 OPSET = 18
 """ONNX opset the exporter writes by default (each manifest records the one used)."""

@@ -1,7 +1,8 @@
 """``ImageLongCLIPEvaluator`` as a DataFlow operator: an ``OperatorABC``, registered in ``OPERATOR_REGISTRY``.
 
 Imported only when DataFlow (PyPI ``open-dataflow``) is installed and ``ImageLongCLIPEvaluator`` is asked for
-from ``longclip.runtime``; without DataFlow nothing of it is imported.
+from ``longclip.runtime``; without DataFlow nothing of it is imported. It imports :mod:`.operator`, never the
+other way round.
 """
 
 from __future__ import annotations

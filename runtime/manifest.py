@@ -34,6 +34,9 @@ class Manifest:
     text_graph: Path
     precision: str
     variant: str
+    vision_sha256: str
+    text_sha256: str
+    attention: str  # "fused" (ONNX Runtime's Attention op) or "explicit" (plain ONNX)
     raw: dict[str, Any] = field(repr=False)
 
 
@@ -85,6 +88,9 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
             text_graph=root / raw["graphs"]["text"]["file"],
             precision=str(raw["precision"]),
             variant=str(raw["variant"]),
+            vision_sha256=str(raw["graphs"]["vision"]["sha256"]),
+            text_sha256=str(raw["graphs"]["text"]["sha256"]),
+            attention=str(raw.get("attention", "explicit")),  # manifests from before --attention: plain ONNX
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as exc:

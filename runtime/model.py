@@ -16,7 +16,7 @@ from .scoring import l2_normalize, score_rows
 from .resolve import cache_root
 from .session import TENSORRT, TrtProfile, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
-from .constants import TEXT_INPUT, VISION_INPUT
+from .constants import BATCH_SIZE, TEXT_INPUT, VISION_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ def length_batches(lengths: np.ndarray, batch_size: int, tokens_per_row: int = 0
     return groups
 
 
+TRT_MAX_BATCH = 64
+"""TensorRT builds its engines for batches up to this, or up to the batch size asked for when that is larger."""
+
+TRT_OPT_TEXT_LENGTH = 77
+"""The text length TensorRT tunes its kernels for: CLIP's own context, which most captions fit in."""
+
+TEXT_BATCH_SIZE = 64
+"""``encode_texts``' and ``embed_ids``' default batch (runs use ``constants.BATCH_SIZE``)."""
+
+
 def trt_cache_root() -> Path:
     """Where TensorRT engines and timing caches live: ``<longclip cache>/tensorrt``."""
     return cache_root() / "tensorrt"
@@ -62,22 +72,24 @@ def trt_cache_root() -> Path:
 class LongCLIP:
     """An exported LongCLIP model folder, ready to embed and score.
 
+    ``max_batch`` matters on TensorRT only, whose engines are built for batches up to it (larger batches are split
+    there); CPU and CUDA run any batch as given.
+
     >>> model = LongCLIP("models/tiny")                       # doctest: +SKIP
     >>> model.score(["cat.jpg"], ["a photo of a cat"])        # doctest: +SKIP
     array([0.62], dtype=float32)
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
-                 max_batch: int = 64):
+                 max_batch: int = TRT_MAX_BATCH):
         self.manifest: Manifest = read_manifest(model_dir)
-        m, graphs, cache = self.manifest, self.manifest.raw["graphs"], trt_cache_root()
-        n, batch = m.image_size, max(1, max_batch)
-        vision_trt = TrtProfile(VISION_INPUT, (1, 3, n, n), (min(32, batch), 3, n, n), (batch, 3, n, n),
-                                graphs["vision"]["sha256"], cache)
-        text_trt = TrtProfile(TEXT_INPUT, (1, 1), (min(32, batch), 77), (batch, m.context_length),
-                              graphs["text"]["sha256"], cache)
-        self.max_batch = batch
-        if parse_device(device)[0] == "tensorrt" and m.raw.get("attention") == "fused":
+        m, cache = self.manifest, trt_cache_root()
+        n, batch, opt = m.image_size, max(1, max_batch), min(BATCH_SIZE, max(1, max_batch))
+        vision_trt = TrtProfile(VISION_INPUT, (1, 3, n, n), (opt, 3, n, n), (batch, 3, n, n), m.vision_sha256, cache)
+        text_trt = TrtProfile(TEXT_INPUT, (1, 1), (opt, TRT_OPT_TEXT_LENGTH), (batch, m.context_length),
+                              m.text_sha256, cache)
+        self.trt_max_batch = batch
+        if parse_device(device)[0] == "tensorrt" and m.attention == "fused":
             log.warning("%s has attention fused into ONNX Runtime's Attention op, which TensorRT cannot build: "
                         "those nodes run on CUDA between TensorRT engines; for TensorRT export with "
                         "`longclip-export --attention explicit`", m.root)
@@ -103,16 +115,20 @@ class LongCLIP:
         m = self.manifest
         return preprocess_images(images, m.image_size, m.mean, m.std)
 
-    def embed_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """``(N, 3, n, n) float32`` -> unnormalized ``(N, D) float32``."""
+    def _batch_cap(self) -> int | None:
+        """TensorRT engines are built for batches up to ``trt_max_batch``; the other providers take any batch."""
+        return self.trt_max_batch if self.provider == TENSORRT else None
+
+    def embed_pixels(self, pixels: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """``(N, 3, n, n) float32`` -> unnormalized ``(N, D) float32``, ``batch_size`` images per forward."""
         out = np.empty((len(pixels), self.manifest.embed_dim), dtype=np.float32)
-        batch_size = min(batch_size, self.max_batch)  # TensorRT engines are built for batches up to max_batch
+        batch_size = min(batch_size, self._batch_cap() or batch_size)
         for start in range(0, len(pixels), batch_size):
             chunk = np.ascontiguousarray(pixels[start : start + batch_size], dtype=np.float32)
             out[start : start + len(chunk)] = run_one(self.vision, VISION_INPUT, chunk)
         return out
 
-    def embed_ids(self, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def embed_ids(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
         """``(N, 248) int64`` ids -> unnormalized ``(N, D) float32``.
 
         Rows are grouped into length buckets and each batch runs at its own longest length: with a causal mask
@@ -121,20 +137,19 @@ class LongCLIP:
         """
         out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
         eot = eot_positions(ids)
-        # TensorRT engines are built for batches up to max_batch; the other providers take any batch
-        cap = self.max_batch if self.provider == TENSORRT else None
+        cap = self._batch_cap()
         per_row = TOKENS_PER_ROW if self.manifest.precision == "int8" else 0
-        for rows in length_batches(eot + 1, min(batch_size, self.max_batch), per_row, cap):
+        for rows in length_batches(eot + 1, min(batch_size, cap or batch_size), per_row, cap):
             length = int(eot[rows].max()) + 1
             batch = np.ascontiguousarray(ids[rows, :length], dtype=np.int64)
             out[rows] = run_one(self.text, TEXT_INPUT, batch)
         return out
 
-    def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32) -> np.ndarray:
+    def encode_images(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Paths or PIL images -> L2-normalized ``(N, D) float32``."""
         return l2_normalize(self.embed_pixels(self.preprocess(images), batch_size))
 
-    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode_texts(self, texts: str | Sequence[str], batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
         """Texts -> L2-normalized ``(N, D) float32`` (LongCLIP tokenization, truncated at 248 tokens)."""
         return l2_normalize(self.embed_ids(self.tokenizer(texts), batch_size))
 

@@ -1,17 +1,21 @@
-"""``ImageLongCLIPEvaluator``: the spec'd DataFlow operator, torch-free, over an exported model folder."""
+"""``ImageLongCLIPEvaluator``: the spec'd DataFlow operator, torch-free, over an exported model folder.
+
+This is the plain class; ``longclip.runtime.ImageLongCLIPEvaluator`` is the DataFlow operator built on it
+(:mod:`.dataflow_operator`) when DataFlow is installed, else this class.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any, Protocol
 
 import pandas as pd
 
-from .dataset import check_columns, score_frame
+from .engines.chunk import score_frame
 from .model import LongCLIP
 from .resolve import resolve_model_dir
+from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +50,19 @@ class ImageLongCLIPEvaluator:
     def run(
         self,
         storage: Storage,
-        input_image_key: str = "image_path",
-        input_text_key: str = "text",
-        output_key: str = "longclip_score",
+        input_image_key: str = IMAGE_KEY,
+        input_text_key: str = TEXT_KEY,
+        output_key: str = OUTPUT_KEY,
+        overwrite_columns: bool = False,
     ) -> list[str]:
-        """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once."""
+        """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once.
+
+        The frame is checked before any row is scored: both columns present, and the score and reason columns not
+        already there unless ``overwrite_columns``.
+        """
         frame: pd.DataFrame = storage.read("dataframe")
-        check_columns(list(frame.columns), input_image_key, input_text_key)
+        check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
+        check_output_columns(list(frame.columns), output_key, overwrite_columns, option="overwrite_columns=True")
         scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None)
         storage.write(scored)
         return [output_key]
-
-
-@functools.lru_cache(maxsize=1)
-def evaluator_class() -> type[ImageLongCLIPEvaluator]:
-    """The DataFlow operator (``OperatorABC``, registered) when DataFlow is installed, else the plain class."""
-    try:
-        from .dataflow_operator import ImageLongCLIPEvaluator as DataFlowEvaluator
-    except ImportError:  # no DataFlow, or an unrelated package named "dataflow"
-        return ImageLongCLIPEvaluator
-    return DataFlowEvaluator

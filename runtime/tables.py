@@ -7,12 +7,13 @@ beside the output and move it into place only when complete, so a killed run nev
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,6 @@ import pandas as pd
 from .errors import InputError
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Where a row file keeps its image paths, texts and scores, and what relative image paths resolve against;
-    the first fields of ``job.RunOptions`` and ``report_data.ReportOptions``."""
-
-    image_key: str = "image_path"
-    text_key: str = "text"
-    output_key: str = "longclip_score"
-    image_root: str | None = None  # relative image paths resolve against it; None: the current directory
 
 
 def _format(path: Path) -> str:
@@ -97,16 +87,43 @@ class TableReader:
         self._records, self.n_rows = data, len(data)
 
     def _scan_csv(self) -> None:
-        for chunk in self._csv_chunks(65536):
-            if not self.columns:
-                self.columns = [str(c) for c in chunk.columns]
-            self.n_rows += len(chunk)
-        if not self.columns:
-            self.columns = [str(c) for c in pd.read_csv(self.path, nrows=0).columns]
+        for _, _ in self._csv_records():
+            self.n_rows += 1
 
-    def _csv_chunks(self, n: int) -> Iterator[pd.DataFrame]:
-        # Strings exactly as written: no type guessing, an empty cell stays "" (and fails as empty text / path).
-        yield from pd.read_csv(self.path, dtype=str, keep_default_na=False, chunksize=n)
+    def _csv_records(self) -> Iterator[tuple[int, list[str]]]:
+        """``(line, fields)`` of each record, every field a string exactly as written (an empty cell is ``""``).
+
+        Python's ``csv`` reads both passes, so the scan and the chunks cannot disagree; a record whose field count
+        differs from the header's is refused (pandas would shift it into an index or pad it, silently).
+        """
+        _raise_csv_field_limit()
+        with open(self.path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, strict=True)
+            line, record, header = 0, 0, False
+            try:
+                for fields in reader:
+                    start, line = line + 1, reader.line_num
+                    if not fields:  # a blank line is not a record (pandas skips them too)
+                        continue
+                    if not header:
+                        self._set_header(fields)
+                        header = True
+                        continue
+                    record += 1
+                    if len(fields) != len(self.columns):
+                        raise InputError(
+                            f"{str(self.path)!r} record {record} (line {start}) has {len(fields)} fields, the header "
+                            f"has {len(self.columns)}: fix the file (quote fields that hold commas)")
+                    yield start, fields
+            except csv.Error as exc:
+                raise InputError(f"{str(self.path)!r} line {reader.line_num} is not valid CSV: {exc}") from None
+
+    def _set_header(self, fields: list[str]) -> None:
+        repeated = sorted({c for c in fields if fields.count(c) > 1})
+        if repeated:
+            raise InputError(f"{str(self.path)!r} has the column name(s) {repeated} more than once in its header: "
+                             "give every column its own name")
+        self.columns = fields
 
     def _scan_parquet(self) -> None:
         import pyarrow.parquet as pq
@@ -125,7 +142,8 @@ class TableReader:
             batches = (b for g in range(file.num_row_groups) for b in file.iter_batches(batch_size=n, row_groups=[g]))
             yield from _rechunk((b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), n)
         elif self.format == ".csv":
-            yield from self._csv_chunks(n)
+            for rows in _groups((fields for _, fields in self._csv_records()), n):
+                yield pd.DataFrame(rows, columns=self.columns, dtype=object)
         else:
             rows = self._records if self._records is not None else (r for _, r in self._jsonl_rows())
             batch: list[dict[str, Any]] = []
@@ -140,6 +158,18 @@ class TableReader:
     def _frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         # object dtype keeps every value as parsed (ints stay ints); a key absent from a row reads as NaN
         return pd.DataFrame(rows, columns=self.columns, dtype=object)
+
+
+def _raise_csv_field_limit() -> None:
+    """Python's csv refuses fields over 128 KiB, and a crawled caption may be longer. The limit is process-wide;
+    it is only ever raised, never lowered."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
+
+def _groups(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, n)):
+        yield batch
 
 
 def _rechunk(frames: Iterator[pd.DataFrame], n: int) -> Iterator[pd.DataFrame]:
@@ -172,20 +202,30 @@ class TableWriter:
     """Stream DataFrames into ``path`` through a temporary sibling; ``commit()`` moves it into place."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        self.path = self.check(path)
         self.format = _format(self.path)
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise InputError(f"cannot write {str(self.path)!r}: folder {str(parent)!r} does not exist")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
         except OSError as exc:
             raise InputError(f"cannot write {str(self.path)!r}: {exc.strerror}") from None
         os.close(fd)
         self._tmp = Path(tmp)
+        self._done = False
         self._count = 0
         self._parts: list[Path] = []
         self._file = open(self._tmp, "w", encoding="utf-8", newline="") if self.format != ".parquet" else None
+
+    @staticmethod
+    def check(path: str | os.PathLike[str]) -> Path:
+        """``path`` if a table can be written there (a known format, an existing folder, not a folder itself),
+        else :class:`InputError`; nothing is created."""
+        out = Path(path)
+        _format(out)
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
+        if out.is_dir():
+            raise InputError(f"cannot write {str(out)!r}: it is a folder; name a file ({', '.join(FORMATS)})")
+        return out
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.format in (".jsonl", ".json"):
@@ -243,10 +283,14 @@ class TableWriter:
             self._merge_parquet()
         os.chmod(self._tmp, 0o644)  # mkstemp made it private; the output is an ordinary file
         os.replace(self._tmp, self.path)
+        self._done = True
         self._cleanup_parts()
 
     def abort(self) -> None:
-        """Drop everything written so far."""
+        """Drop everything written so far (nothing once committed)."""
+        if self._done:
+            return
+        self._done = True
         if self._file is not None:
             self._file.close()
         self._tmp.unlink(missing_ok=True)
@@ -255,6 +299,19 @@ class TableWriter:
     def _cleanup_parts(self) -> None:
         for part in self._parts:
             part.unlink(missing_ok=True)
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file however spelled: the same device and inode (links, ``./``, case on
+    case-insensitive disks), or, when either does not exist, the same resolved path.
+
+    >>> same_file("runs/../in.jsonl", "in.jsonl")
+    True
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -52,3 +52,19 @@ def tiny_reference(tiny_checkpoint):
     from longclip.export import load_reference
 
     return load_reference(tiny_checkpoint)[0]
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory) -> Path:
+    """A second tiny model (other random weights, other graph hashes): what a resume with another model sees."""
+    if not HAS_TORCH:
+        pytest.skip("needs the export extra (torch)")
+    import torch
+
+    from longclip.export import export_model
+    from official import official_state_dict
+
+    folder = tmp_path_factory.mktemp("other")
+    torch.save(official_state_dict(seed=1), folder / "longclip-other.pt")
+    export_model(folder / "longclip-other.pt", folder / "model")
+    return folder / "model"

@@ -1,70 +1,143 @@
-"""The export's PyTorch reference computes what the released LongCLIP code computes."""
+"""LongCLIP: scores equal the PyTorch reference, batching is exact, TensorRT profiles follow the batch size."""
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import needs_torch
+from conftest import GOLDENS, needs_torch
+from longclip.runtime import DeviceUnavailableError, LongCLIP, ModelDirError
 
-pytestmark = needs_torch
+IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")]
+TEXTS = ["a photo of a cat", "A long caption " * 40, " ".join(["a"] * 19)]
 
 
-def test_reference_matches_official_forward(tiny_state, tiny_reference):
+@needs_torch
+def test_scores_match_pytorch_reference(tiny_model_dir, tiny_reference):
     import torch
 
-    from official import official_encode_image, official_encode_text
+    from longclip.runtime.preprocess import preprocess_images
     from longclip.runtime.tokenizer import tokenize
 
-    assert not torch.equal(tiny_state["positional_embedding"], tiny_state["positional_embedding_res"])
-    ids = torch.from_numpy(tokenize(["a cat", " ".join(["a"] * 30), "word " * 300]))
-    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = LongCLIP(tiny_model_dir, device="cpu")
     with torch.no_grad():
-        torch.testing.assert_close(tiny_reference.encode_text(ids), official_encode_text(tiny_state, ids),
-                                   rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(tiny_reference.encode_image(pixels), official_encode_image(tiny_state, pixels),
-                                   rtol=1e-5, atol=1e-5)
+        img = tiny_reference.encode_image(torch.from_numpy(preprocess_images(IMAGES, 32))).numpy()
+        txt = tiny_reference.encode_text(torch.from_numpy(tokenize(TEXTS))).numpy()
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    want = (np.sum(img * txt, axis=1) + 1) / 2
+    got = model.score(IMAGES, TEXTS)
+    assert got.dtype == np.float32 and got.shape == (3,)
+    assert np.abs(got - want).max() < 1e-5
+    assert ((got >= 0) & (got <= 1)).all()
+    np.testing.assert_allclose(np.linalg.norm(model.encode_texts(TEXTS), axis=1), 1.0, rtol=1e-6)
 
 
-def test_positions_switch_tables_at_20(tiny_state, tiny_reference):
-    """Swapping positional_embedding_res changes texts whose EOT is at >= 20 only."""
-    import torch
-
-    from longclip.export.checkpoint import build_reference
-    from longclip.runtime.tokenizer import tokenize
-
-    ids = torch.from_numpy(tokenize([" ".join(["a"] * 18), " ".join(["a"] * 19)]))  # EOT at 19 and 20
-    state = dict(tiny_state)
-    state["positional_embedding_res"] = torch.zeros_like(state["positional_embedding_res"])
-    other = build_reference(state)
-    with torch.no_grad():
-        a, b = tiny_reference.encode_text(ids), other.encode_text(ids)
-    assert torch.equal(a[0], b[0])
-    assert not torch.allclose(a[1], b[1])
+def test_bucketed_text_batches_equal_one_by_one(tiny_model_dir):
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    texts = ["short", "word " * 300, "a medium length caption about a dog", "x", "y z " * 20]
+    together = model.encode_texts(texts, batch_size=2)
+    alone = np.concatenate([model.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
-def test_own_length_equals_padding(tiny_reference):
-    import torch
-
-    from longclip.runtime.tokenizer import tokenize
-
-    ids = torch.from_numpy(tokenize(["a photo of a dog on the grass", "hi"]))
-    with torch.no_grad():
-        full = tiny_reference.encode_text(ids)
-        short = tiny_reference.encode_text(ids[:, :10])
-    torch.testing.assert_close(full, short, rtol=1e-5, atol=1e-5)  # equal up to float rounding of the GEMMs
+def test_pil_images_and_paths_agree(tiny_model_dir):
+    model = LongCLIP(tiny_model_dir)
+    np.testing.assert_array_equal(model.encode_images([Image.open(IMAGES[0])]), model.encode_images(IMAGES[:1]))
 
 
-@pytest.mark.parametrize("tower", ["text", "vision"])
-def test_pooled_last_block_equals_full_block(tiny_reference, tower):
-    """The last block computes only the pooled token: the same values as the full block's row there."""
-    import torch
+def test_model_dir_errors(tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist: run `longclip-export"):
+        LongCLIP(tmp_path / "nope")
+    with pytest.raises(ModelDirError, match="no manifest.json"):
+        LongCLIP(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(ModelDirError, match="re-export"):
+        LongCLIP(tmp_path)
 
-    if tower == "text":
-        block, mask = tiny_reference.transformer.resblocks[-1], tiny_reference.causal_mask[:10, :10]
-    else:
-        block, mask = tiny_reference.visual.transformer.resblocks[-1], None
-    width = block.ln_1.normalized_shape[0]
-    x = torch.randn(3, 10, width, generator=torch.Generator().manual_seed(2))
-    rows = torch.tensor([9, 0, 4])
-    with torch.no_grad():
-        full, pooled = block(x, mask), block(x, mask, rows)
-    assert pooled.shape == (3, width)
-    torch.testing.assert_close(pooled, full[torch.arange(3), rows], rtol=1e-5, atol=1e-5)
+
+def test_runtime_never_imports_torch(tiny_model_dir):
+    code = (
+        "import sys\n"
+        "from longclip.runtime import LongCLIP, ImageLongCLIPEvaluator, tokenize\n"
+        f"m = LongCLIP({str(tiny_model_dir)!r})\n"
+        f"s = m.score([{str(IMAGES[0])!r}], ['a cat'])\n"
+        "assert 0 <= s[0] <= 1, s\n"
+        "bad = [n for n in sys.modules if n == 'torch' or n.startswith(('torch.', 'longclip.export'))]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tmp_path):
+    from longclip.runtime import model as model_module
+
+    seen = {}
+
+    def fake_session(path, device, threads, trt):
+        seen[path.name] = trt
+        return None
+
+    monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
+    monkeypatch.setattr(model_module, "create_session", fake_session)
+    model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=16)
+    vision, text = seen["vision.onnx"], seen["text.onnx"]
+    assert (vision.min_shape, vision.opt_shape, vision.max_shape) == ((1, 3, 32, 32), (16, 3, 32, 32), (16, 3, 32, 32))
+    assert (text.min_shape, text.max_shape) == ((1, 1), (16, 248))
+    assert vision.cache_dir.parent == tmp_path / "tensorrt"
+
+
+def test_short_texts_never_run_at_a_long_texts_length(tiny_model_dir, monkeypatch):
+    from longclip.runtime import model as model_module
+
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    lengths = []
+    real = model_module.run_one
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch: lengths.append(batch.shape) or real(s, name, batch))
+    texts = ["a cat", "a dog on grass", "word " * 300, "a red car", "stripes " * 50]
+    together = model.encode_texts(texts, batch_size=64)
+    assert sorted(lengths) == [(1, 52), (1, 248), (3, 6)]  # three buckets, each at its own longest length
+    alone = np.concatenate([model.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+
+def test_provider_names_the_execution_provider(tiny_model_dir):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU onnxruntime is installed")
+    assert LongCLIP(tiny_model_dir, device=None).provider == "CPUExecutionProvider"
+    assert LongCLIP(tiny_model_dir, device="cpu").provider == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("batch_size", [8, 128])
+def test_batch_size_reaches_both_graphs_as_given(tiny_model_dir, monkeypatch, batch_size):
+    from longclip.runtime import model as model_module
+
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    shapes = []
+    real = model_module.run_one
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch: shapes.append((name, len(batch))) or
+                        real(s, name, batch))
+    model.embed_pixels(np.zeros((130, 3, 32, 32), np.float32), batch_size)
+    model.embed_ids(model.tokenizer([f"caption {i}" for i in range(130)]), batch_size)
+    full, rest = divmod(130, batch_size)
+    want = [batch_size] * full + [rest]
+    assert [n for name, n in shapes if name == "pixel_values"] == want
+    assert [n for name, n in shapes if name == "input_ids"] == want
+
+
+def test_tensorrt_profiles_cover_a_batch_size_above_64(tiny_model_dir, monkeypatch, tmp_path):
+    from longclip.runtime import model as model_module
+
+    seen = {}
+    monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
+    monkeypatch.setattr(model_module, "create_session", lambda path, device, threads, trt: seen.update({path.name: trt}))
+    model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=128)
+    assert seen["vision.onnx"].max_shape == (128, 3, 32, 32) and seen["text.onnx"].max_shape == (128, 248)
+    assert seen["vision.onnx"].opt_shape == (32, 3, 32, 32) and seen["text.onnx"].opt_shape == (32, 77)

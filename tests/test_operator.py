@@ -67,3 +67,16 @@ def test_custom_keys_and_unknown_column(tiny_model_dir, frame):
     assert {"s", "s_error"} <= set(storage.written[0].columns)
     with pytest.raises(InputError, match=r"column 'image_path' not in the input; columns are \['img', 'caption'"):
         evaluator.run(MemoryStorage(renamed))
+
+
+def test_score_columns_already_in_the_frame_are_refused_unless_asked(tiny_model_dir, frame):
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu")
+    taken = frame.assign(longclip_score_error="kept")
+    storage = MemoryStorage(taken)
+    with pytest.raises(InputError, match="column 'longclip_score_error' is already in the input.*overwrite_columns=True"):
+        evaluator.run(storage)
+    assert storage.written == []
+    with pytest.raises(InputError, match=r"column 'caption' not in the input.*pass input_text_key"):
+        evaluator.run(MemoryStorage(frame), input_text_key="caption")
+    assert evaluator.run(storage, overwrite_columns=True) == ["longclip_score"]
+    assert storage.written[0]["longclip_score_error"].iloc[0] == ""

@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import GOLDENS
 from longclip.runtime.errors import InputError
-from longclip.runtime.report import THUMB_SIZE, slider_sample, write_report
-from longclip.runtime.report_data import BINS, QUANTILES, ReportOptions, ScoreStats
+from longclip.runtime.report.page import THUMB_SIZE, slider_sample, write_report
+from longclip.runtime.report.data import BINS, QUANTILES, ReportOptions, ScoreStats
 from longclip.runtime.tables import read_table
 
 IMG = GOLDENS / "images"
@@ -139,7 +139,7 @@ def test_failed_rows_are_listed_with_reasons(tmp_path):
 
 MEASURE = """
 import json, os, sys
-from longclip.runtime.report_data import ReportOptions, collect
+from longclip.runtime.report.data import ReportOptions, collect
 from longclip.runtime.tables import TableReader
 
 def resident():
@@ -239,9 +239,9 @@ def test_no_scored_rows(tmp_path):
 
 @pytest.mark.parametrize(("content", "name", "message"), [
     ('{"image_path": "a.png", "text": "t", "score": 0.5}\n', "s.jsonl",
-     "column 'longclip_score' not in '{d}/s.jsonl'; columns are ['image_path', 'text', 'score']; pass --output-key"),
+     "column 'longclip_score' not in '{d}/s.jsonl'; columns are ['image_path', 'text', 'score']; did you mean 'score'? (pass --output-key score)"),
     ('{"image_path": "a.png", "score": 0.5, "longclip_score": 0.5}\n', "s.jsonl",
-     "column 'text' not in '{d}/s.jsonl'; columns are ['image_path', 'score', 'longclip_score']; pass --text-key"),
+     "column 'text' not in '{d}/s.jsonl'; columns are ['image_path', 'score', 'longclip_score']; pass --text-key naming one"),
     ('{"image_path": "a.png", "text": "t", "longclip_score": 0.5}\nnot json\n', "s.jsonl",
      "s.jsonl' line 2 is not valid JSON"),
     ("image_path,text,longclip_score\na.png,t,0.5\na.png,t,high\n", "s.csv",
@@ -261,11 +261,11 @@ def test_refusals_name_the_problem(tmp_path, content, name, message):
 
 def test_cli_refusal_is_one_line(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"image_path": "a.png", "text": "t", "score": 0.5}\n')
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report_cli", "s.jsonl", "-o", "r.html"],
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", "s.jsonl", "-o", "r.html"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == ("longclip-report: error: column 'longclip_score' not in 's.jsonl'; columns are "
-                           "['image_path', 'text', 'score']; pass --output-key naming the right one\n")
+                           "['image_path', 'text', 'score']; did you mean 'score'? (pass --output-key score)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
@@ -277,7 +277,7 @@ def test_report_folder_must_exist(tmp_path):
 
 def test_cli_writes_a_report(tmp_path):
     write(scored_frame(60), tmp_path / "scored.parquet")
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report_cli", "scored.parquet", "-o", "r.html",
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", "scored.parquet", "-o", "r.html",
                            "--image-root", str(IMG), "--title", "Sixty pairs"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -14,8 +14,8 @@ from PIL import Image
 
 from cdp import Browser, find_chromium
 from test_report import IMG, scored_frame
-from longclip.runtime.report import BOUNDARY, write_report
-from longclip.runtime.report_data import BINS, ReportOptions
+from longclip.runtime.report.page import BOUNDARY, write_report
+from longclip.runtime.report.data import BINS, ReportOptions
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; "

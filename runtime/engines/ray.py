@@ -26,14 +26,16 @@ from typing import Any
 
 import pandas as pd
 
-from . import errors
-from .dataset import check_columns, error_key, no_rows, score_chunk, with_scores
-from .errors import EngineError, LongCLIPError, error_code
-from .job import RunOptions, RunSummary
-from .manifest import read_manifest
-from .model import LongCLIP
-from .resolve import resolve_model_dir
-from .session import parse_device
+from .. import errors
+from ..errors import EngineError, InputError, LongCLIPError, error_code
+from ..lock import OutputLock
+from ..manifest import read_manifest
+from ..model import TRT_MAX_BATCH, LongCLIP
+from ..rows import check_columns, check_output_columns, error_key, no_rows, with_scores
+from ..session import parse_device
+from ..tables import TableWriter, same_file
+from .chunk import score_chunk
+from .local import RunOptions, RunSummary
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class Scorer:
 
     def __init__(self, model_dir: str, device: str | None, opts: RunOptions):
         # One intra-op thread: Ray gives the actor one CPU, and N actors share a node's cores.
-        self.model = LongCLIP(model_dir, device=device, threads=1)
+        self.model = LongCLIP(model_dir, device=device, threads=1, max_batch=max(opts.batch_size, TRT_MAX_BATCH))
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
 
@@ -176,8 +178,6 @@ def _codes(errors_: Any) -> Counter[str]:
 
 def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, summary: RunSummary) -> None:
     """Gather the batches on the driver, in order, into one file through the local engine's writer."""
-    from .tables import TableWriter
-
     writer = TableWriter(target.path)
     try:
         for frame in ds.iter_batches(batch_format="pandas", batch_size=None):
@@ -213,31 +213,61 @@ def _write_folder(ds: Any, target: Target, opts: RunOptions, shard_rows: int, su
         raise
 
 
-def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: RunOptions = RunOptions(),
-            device: str | None = None, ray_opts: RayOptions = RayOptions(), progress: bool | None = None) -> RunSummary:
-    """Score every row of ``source`` (a file, a folder or glob of shards, or a URI) into ``destination`` (a local
-    file, or a folder of parquet shards) on Ray Data; ``model`` is any form ``resolve_model_dir`` takes, resolved
-    once here: workers get the folder's path, which must be readable at that path on every node.
+@dataclass
+class RayPlan:
+    """A checked Ray run: shards found, columns and output checked, a local output locked. Use it in a ``with``
+    block (or call :meth:`close`)."""
 
-    >>> run_ray("models/tiny", "shards/", "scored/")              # doctest: +SKIP
-    """
-    start = time.perf_counter()
+    shards: Shards
+    columns: list[str]
+    target: Target
+    opts: RunOptions
+    kind: str  # device kind: auto, cpu, cuda, tensorrt
+    lock: OutputLock | None  # None for s3:// / gs:// outputs: no lock is taken there
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RayPlan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), device: str | None = None) -> RayPlan:
+    """Check a Ray run on the driver before any model loads or Ray starts; :class:`InputError` or
+    :class:`EngineError` names the first problem. A local output is locked from here on."""
     shards = find_shards(source)
     columns = shard_columns(shards)
-    check_columns(columns, opts.image_key, opts.text_key)
+    check_columns(columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
+    check_output_columns(columns, opts.output_key, opts.overwrite_columns)
     target = output_target(destination)
     if not target.folder:
-        from .tables import TableWriter
-
-        TableWriter(target.path).abort()  # an unwritable output fails now, not after the run
-    # resolved and read here, so a bad name or a broken folder fails on the driver, before any worker starts
-    model_dir = os.path.abspath(read_manifest(resolve_model_dir(model)).root)
+        TableWriter.check(target.path)
+        if target.local and any(same_file(p, target.path) for p in shards.paths):
+            raise InputError(f"output {destination!r} is one of the input files: choose another output (the input "
+                             "is never overwritten)")
     kind, index = parse_device(device)
     if index or (device and ":" in device):
         raise EngineError(f"--device {device}: with --engine ray each worker gets its own GPU from Ray; "
                           f"pass --device {kind}")
     # Workers do not share the driver's current directory: relative image paths resolve against an absolute root.
     opts = replace(opts, image_root=os.path.abspath(opts.image_root or os.getcwd()))
+    lock = OutputLock(Path(target.path)) if target.local else None
+    if lock is not None:
+        lock.acquire()
+    return RayPlan(shards, columns, target, opts, kind, lock)
+
+
+def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayOptions = RayOptions(),
+                progress: bool | None = None) -> RunSummary:
+    """Score the planned run on Ray Data with the exported folder ``model_dir``, which workers read at its
+    absolute path (it must be readable there on every node)."""
+    start = time.perf_counter()
+    shards, target, opts, kind = plan.shards, plan.target, plan.opts, plan.kind
+    model_dir = os.path.abspath(read_manifest(model_dir).root)
     ray = import_ray()
     with ray_session(ray, ray_opts):
         resources = ray.cluster_resources()
@@ -248,7 +278,7 @@ def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: 
         summary = RunSummary(truncated=None, provider=f"Ray Data, {pool}")
         log.info("Ray Data: %s, %d %s shard(s)", pool, len(shards.paths), shards.format)
         try:
-            ds = _read(ray, shards, columns)
+            ds = _read(ray, shards, plan.columns)
             ds.context.execution_options.preserve_order = True
             if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
                 ds.context.enable_progress_bars = progress
@@ -259,7 +289,7 @@ def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: 
             if target.folder:
                 _write_folder(scored, target, opts, ray_opts.shard_rows, summary)
             else:
-                _write_file(scored, target, columns, opts, summary)
+                _write_file(scored, target, plan.columns, opts, summary)
         except ray.exceptions.RayError as exc:
             error = job_error(exc)
             if shards.format in (".jsonl", ".json") and isinstance(error, EngineError) and "JSON" in str(error):
@@ -268,3 +298,18 @@ def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: 
             raise error from None
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: RunOptions = RunOptions(),
+            device: str | None = None, ray_opts: RayOptions = RayOptions(), progress: bool | None = None) -> RunSummary:
+    """Score every row of ``source`` (a file, a folder or glob of shards, or a URI) into ``destination`` (a local
+    file, or a folder of parquet shards) on Ray Data; ``model`` is any form ``resolve_model_dir`` takes, resolved
+    once here, after the run's checks: workers get the folder's path, which must be readable at that path on every
+    node.
+
+    >>> run_ray("models/tiny", "shards/", "scored/")              # doctest: +SKIP
+    """
+    from ..resolve import resolve_model_dir
+
+    with plan_ray(source, destination, opts, device) as plan:
+        return execute_ray(plan, resolve_model_dir(model), ray_opts, progress)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
-from longclip.runtime.job import RunOptions, run_file, work_dir_for
+from longclip.runtime.engines.local import RunOptions, run_file, work_dir_for
 from longclip.runtime.tables import TableReader, read_table
 
 IMG = GOLDENS / "images"
@@ -200,6 +200,64 @@ def test_resume_refuses_a_changed_input(tmp_path, model):
                  progress=False)
     run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), progress=False)
     assert len(read_table(tmp_path / "out.jsonl")) == 6
+
+
+def _interrupted_run(tmp_path, model, monkeypatch, rows=12, chunk_rows=4):
+    """A run stopped (as by Ctrl-C) after its first chunk: its work folder holds that chunk."""
+    from longclip.runtime.engines import local
+
+    _write(tmp_path / "in.jsonl", _rows(rows))
+    real, calls = local.score_chunk, []
+
+    def stop_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "score_chunk", stop_after_one)
+    opts = RunOptions(image_root=str(IMG), chunk_rows=chunk_rows)
+    with pytest.raises(KeyboardInterrupt):
+        run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, progress=False)
+    monkeypatch.setattr(local, "score_chunk", real)
+    assert len(list(work_dir_for(tmp_path / "out.jsonl").glob("chunk-*.npz"))) == 1
+    assert not (tmp_path / "out.jsonl").exists()
+    return opts
+
+
+def test_resume_continues_with_the_same_model(tmp_path, model, monkeypatch):
+    opts = _interrupted_run(tmp_path, model, monkeypatch)
+    summary = run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, resume=True, progress=False)
+    assert (summary.rows, summary.resumed_rows) == (12, 4)
+
+
+def test_resume_refuses_another_model(tmp_path, model, other_model_dir, monkeypatch):
+    from longclip.runtime.errors import InputError
+
+    opts = _interrupted_run(tmp_path, model, monkeypatch)
+    other = LongCLIP(other_model_dir, device="cpu")
+    with pytest.raises(InputError, match="cannot resume: model changed"):
+        run_file(other, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, resume=True, progress=False)
+
+
+def test_a_row_with_an_image_and_a_text_fault_gets_the_image_reason(tmp_path, model):
+    rows = [{"image_path": "missing.png", "text": ""}, {"image_path": None, "text": 3},
+            {"image_path": NAMES[0], "text": ""}, {"image_path": "missing.png", "text": "fine"}]
+    _write(tmp_path / "in.jsonl", rows)
+    run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), progress=False)
+    reasons = read_table(tmp_path / "out.jsonl")["longclip_score_error"].tolist()
+    assert [r.split(":")[0] for r in reasons] == ["missing_file", "null_path", "empty_text", "missing_file"]
+
+
+def test_texts_are_counted_as_cut_above_248_tokens_only(tmp_path, model):
+    """Each "a" is one BPE token: 246 of them fill the 248-token context exactly (SOT, 246, EOT); 247 are cut."""
+    texts = [" ".join(["a"] * n) for n in (245, 246, 247, 400)]
+    assert [int(n) for n in model.tokenizer.batch(texts)[1]][:3] == [247, 248, 249]
+    _write(tmp_path / "in.jsonl", [{"image_path": NAMES[0], "text": t} for t in texts])
+    summary = run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)),
+                       progress=False)
+    assert (summary.scored, summary.truncated) == (4, 2)
+    assert "texts cut at 248 tokens: 2" in summary.report()
 
 
 def test_reader_counts_rows_and_columns(tmp_path):

@@ -1,10 +1,13 @@
-"""Tables in, tables out: score rows in chunks, one reason per row that cannot be scored."""
+"""Score one chunk of rows: each distinct image and text encoded once, one reason per row that cannot be scored.
+
+Every engine scores through here (the local engine chunk by chunk, each Ray actor its batches, the operator its
+frame), so rows, reasons and scores are the same whichever runs them.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,63 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ImageError, InputError, RowError, TextError
-from .model import LongCLIP
-from .prefetch import input_pool, prefetch
-from .preprocess import MAX_PIXELS, load_image, preprocess_image
-from .scoring import score_rows
+from ..constants import BATCH_SIZE
+from ..errors import RowError
+from ..model import LongCLIP
+from ..prefetch import input_pool, prefetch
+from ..preprocess import MAX_PIXELS, load_image, preprocess_image
+from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, cell_key, check_text, resolve_image_path, row_reason, with_scores
+from ..scoring import score_rows
 
 CHUNK_ROWS = 1024
-
-
-def check_columns(columns: Sequence[object], *keys: str) -> None:
-    """Raise :class:`InputError` naming a missing column and listing the columns there are."""
-    for key in keys:
-        if key not in columns:
-            raise InputError(f"column {key!r} not in the input; columns are {[str(c) for c in columns]}")
-
-
-def _is_missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-_NULL = object()
-
-
-def _key(value: object) -> Hashable:
-    """Dictionary key of a cell: nulls share one sentinel, unhashable values (lists) key by their repr."""
-    if _is_missing(value):
-        return _NULL
-    return value if isinstance(value, Hashable) else ("unhashable", repr(value))
-
-
-def _distinct(values: list[object]) -> dict[Hashable, object]:
-    """First value of each distinct key, in order of first appearance."""
-    out: dict[Hashable, object] = {}
-    for value in values:
-        out.setdefault(_key(value), value)
-    return out
-
-
-def resolve_image_path(value: object, image_root: Path | None) -> Path:
-    """The file a row's image value names; relative paths resolve against ``image_root`` (default: cwd)."""
-    if _is_missing(value):
-        raise ImageError("null_path", "image path is missing (null)")
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
-        raise ImageError("bad_path", f"image path must be a non-empty string, got {value!r:.60}")
-    path = Path(os.fspath(value))
-    return path if path.is_absolute() or image_root is None else image_root / path
-
-
-def check_text(value: object) -> str:
-    """The text itself, or :class:`TextError` for null, non-string, empty or whitespace-only values."""
-    if _is_missing(value):
-        raise TextError("null_text", "text is missing (null)")
-    if not isinstance(value, str):
-        raise TextError("not_text", f"text must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise TextError("empty_text", "text is empty or whitespace")
-    return value
+"""Rows scored (and, by the local engine, checkpointed) together."""
 
 
 @dataclass
@@ -77,7 +33,15 @@ class ChunkResult:
 
     scores: np.ndarray  # (N,) float32
     errors: list[str]
-    truncated: np.ndarray  # (N,) bool: the text passed 248 tokens and was cut
+    truncated: np.ndarray  # (N,) bool: the text passed the context length and was cut
+
+
+def _distinct(values: list[object]) -> dict[Hashable, object]:
+    """First value of each distinct key, in order of first appearance."""
+    out: dict[Hashable, object] = {}
+    for value in values:
+        out.setdefault(cell_key(value), value)
+    return out
 
 
 def _decoder(model: LongCLIP, image_root: Path | None, max_pixels: int
@@ -144,7 +108,8 @@ def _tokenize(model: LongCLIP, values: list[object]) -> _Tokens:
 
 
 def score_chunk(model: LongCLIP, images: list[object], texts: list[object], image_root: Path | None = None,
-                batch_size: int = 32, max_pixels: int = MAX_PIXELS, pool: Executor | None = None) -> ChunkResult:
+                batch_size: int = BATCH_SIZE, max_pixels: int = MAX_PIXELS, pool: Executor | None = None
+                ) -> ChunkResult:
     """Score parallel lists of image values and texts; each distinct image and text is encoded once.
 
     With a ``pool``, tokenization and image decoding run on its threads, overlapped with inference.
@@ -154,8 +119,8 @@ def score_chunk(model: LongCLIP, images: list[object], texts: list[object], imag
     tokens = tokens_future.result() if tokens_future is not None else _tokenize(model, texts)
     text_embeds = dict(zip(tokens.texts, model.embed_ids(tokens.ids, batch_size))) if tokens.texts else {}
     cut = {t for t, n in zip(tokens.texts, tokens.lengths) if n > model.manifest.context_length}
-    image_keys, text_keys = [_key(v) for v in images], [_key(v) for v in texts]
-    errors = [image_failed.get(i) or tokens.failed.get(t) or "" for i, t in zip(image_keys, text_keys)]
+    image_keys, text_keys = [cell_key(v) for v in images], [cell_key(v) for v in texts]
+    errors = [row_reason(image_failed.get(i, ""), tokens.failed.get(t, "")) for i, t in zip(image_keys, text_keys)]
     good = [n for n, reason in enumerate(errors) if not reason]
     scores = np.full(len(images), np.nan, dtype=np.float32)
     if good:
@@ -168,18 +133,18 @@ def score_chunk(model: LongCLIP, images: list[object], texts: list[object], imag
 def score_frame(
     model: LongCLIP,
     frame: pd.DataFrame,
-    image_key: str = "image_path",
-    text_key: str = "text",
-    output_key: str = "longclip_score",
+    image_key: str = IMAGE_KEY,
+    text_key: str = TEXT_KEY,
+    output_key: str = OUTPUT_KEY,
     image_root: str | os.PathLike[str] | None = None,
     chunk_rows: int = CHUNK_ROWS,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
 ) -> pd.DataFrame:
     """A copy of ``frame`` (index, order and columns kept) plus ``output_key`` and ``<output_key>_error``.
 
-    Rows that cannot be scored get ``NaN`` and a reason; good rows get ``""`` as their error.
+    Rows that cannot be scored get ``NaN`` and a reason; good rows get ``""`` as their error. The columns are
+    the caller's to check (the operator's plan does).
     """
-    check_columns(list(frame.columns), image_key, text_key)
     root = Path(image_root) if image_root is not None else None
     scores = np.full(len(frame), np.nan, dtype=np.float32)
     errors: list[str] = []
@@ -191,25 +156,3 @@ def score_frame(
             scores[start : start + len(result.scores)] = result.scores
             errors.extend(result.errors)
     return with_scores(frame, scores, errors, output_key)
-
-
-def error_key(output_key: str) -> str:
-    """The column holding each row's reason, beside the score column ``output_key``.
-
-    >>> error_key("longclip_score")
-    'longclip_score_error'
-    """
-    return f"{output_key}_error"
-
-
-def no_rows(columns: list[str], output_key: str) -> pd.DataFrame:
-    """An empty output: the input's columns plus the score and reason columns, so a header or schema is written."""
-    return with_scores(pd.DataFrame(columns=columns), np.empty(0), [], output_key)
-
-
-def with_scores(frame: pd.DataFrame, scores: np.ndarray, errors: list[str], output_key: str) -> pd.DataFrame:
-    """``frame`` plus the score (float64, ``NaN`` when unscored) and ``<output_key>_error`` columns."""
-    out = frame.copy()
-    out[output_key] = np.asarray(scores, dtype=np.float64)
-    out[error_key(output_key)] = errors
-    return out

@@ -19,8 +19,8 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.errors import EngineError, InputError, ModelDirError
-from longclip.runtime.job import RunOptions, run_file
-from longclip.runtime.shards import find_shards, output_target
+from longclip.runtime.engines.local import RunOptions, run_file
+from longclip.runtime.engines.shards import find_shards, output_target
 from longclip.runtime.tables import read_table
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -46,7 +46,7 @@ def model(tiny_model_dir):
 
 
 def _run_ray(*args, **kwargs):
-    from longclip.runtime.ray_engine import run_ray
+    from longclip.runtime.engines.ray import run_ray
 
     return run_ray(*args, **kwargs)
 
@@ -118,7 +118,7 @@ def test_folder_of_shards_in_parquet_shards_out(tmp_path, ray_cluster, model, ti
     _write_jsonl(tmp_path / "all.jsonl", rows)
     opts = RunOptions(image_root=str(tmp_path), chunk_rows=4)
     run_file(model, tmp_path / "all.jsonl", tmp_path / "local.parquet", opts, progress=False)
-    from longclip.runtime.ray_engine import RayOptions
+    from longclip.runtime.engines.ray import RayOptions
 
     _run_ray(tiny_model_dir, str(shards), str(tmp_path / "out") + "/", opts, "cpu", RayOptions(shard_rows=8))
     parts = sorted((tmp_path / "out").iterdir())
@@ -156,7 +156,7 @@ def test_glob_of_csv_shards_by_uri_keeps_strings_as_written(tmp_path, ray_cluste
     ("cpu", 2, "--workers 2: each worker takes a CPU, and reading and writing need one more; the Ray cluster has 2 CPUs"),
 ])
 def test_cluster_refusals(tmp_path, ray_cluster, tiny_model_dir, device, workers, message):
-    from longclip.runtime.ray_engine import RayOptions
+    from longclip.runtime.engines.ray import RayOptions
 
     _write_jsonl(tmp_path / "in.jsonl", [{"image_path": "a", "text": "b"}])
     with pytest.raises(EngineError, match=message):
@@ -178,7 +178,7 @@ def test_columns_checked_on_the_driver(tmp_path, tiny_model_dir, content, messag
 
 
 def test_shard_columns_from_the_first_shard_that_has_any(tmp_path):
-    from longclip.runtime.shards import shard_columns
+    from longclip.runtime.engines.shards import shard_columns
 
     (tmp_path / "j").mkdir()
     (tmp_path / "j/0.jsonl").write_text("")
@@ -232,7 +232,7 @@ def test_model_and_device_refused_on_the_driver(tmp_path, tiny_model_dir):
 
 
 def test_plan_workers():
-    from longclip.runtime.ray_engine import plan_workers
+    from longclip.runtime.engines.ray import plan_workers
 
     assert plan_workers({"CPU": 8.0}, gpu=False, workers=None) == 7
     assert plan_workers({"CPU": 16.0, "GPU": 4.0}, gpu=True, workers=None) == 4
@@ -289,3 +289,18 @@ def test_cli_starts_its_own_ray_and_joins_a_running_one(tmp_path, ray_cluster, t
     assert "rows 2" not in joined.stderr  # quiet
     got = pd.concat([pq.read_table(p).to_pandas() for p in sorted((tmp_path / "joined").iterdir())])
     np.testing.assert_allclose(got["longclip_score"], pd.to_numeric(out["longclip_score"], errors="coerce"))
+
+
+def test_ray_plan_refuses_what_would_overwrite_data(tmp_path):
+    from longclip.runtime.engines.ray import plan_ray
+
+    (tmp_path / "in.jsonl").write_text('{"image_path": "a", "text": "b", "longclip_score": 1}\n')
+    with pytest.raises(InputError, match="column 'longclip_score' is already in the input"):
+        plan_ray(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"))
+    with pytest.raises(InputError, match="is one of the input files"):
+        plan_ray(str(tmp_path / "in.jsonl"), str(tmp_path / "in.jsonl"), RunOptions(overwrite_columns=True))
+    with plan_ray(str(tmp_path / "in.jsonl"), str(tmp_path / "out/"), RunOptions(overwrite_columns=True)) as plan:
+        assert plan.lock is not None and plan.lock.path.is_file()  # a local folder output is locked
+        with pytest.raises(InputError, match="is being written by another run"):
+            plan_ray(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), RunOptions(overwrite_columns=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

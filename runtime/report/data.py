@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, error_code
-from .tables import Columns, TableReader
+from ..errors import InputError, error_code
+from ..rows import Columns, check_columns, error_key, is_null
+from ..tables import TableReader
 
 BINS = 10_000
 """Score grid: bin ``k`` holds ``k/BINS <= s < (k+1)/BINS``; bin ``BINS`` holds ``s >= 1``. Slider step ``1/BINS``."""
@@ -28,7 +29,7 @@ RANGE_SLACK = 1e-3  # float rounding may put a score a hair outside [0, 1]; more
 MAX_CODES = 100  # distinct failure codes counted one by one; the rest are counted as "other"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReportOptions(Columns):
     """Columns, where images live, and the sizes that bound the report's memory and file size."""
 
@@ -159,7 +160,7 @@ class ReportData:
 
 
 def _blank(value: object) -> bool:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+    if is_null(value):
         return True
     return isinstance(value, str) and value.strip().lower() in ("", "nan", "null", "none", "na", "<na>")
 
@@ -204,7 +205,7 @@ class _Collector:
     def add(self, chunk: pd.DataFrame) -> None:
         o, offset = self.opts, self.rows
         scores = _scores(chunk[o.output_key], o.output_key, offset)
-        errors = _errors(chunk, f"{o.output_key}_error")
+        errors = _errors(chunk, error_key(o.output_key))
         ok = np.isfinite(scores) & (errors == "")
         _check_range(np.where(ok, scores, 0.5), o.output_key, offset)
         self.stats.add(scores[ok])
@@ -255,11 +256,8 @@ class _Collector:
 
 def check_report_columns(reader: TableReader, opts: ReportOptions) -> None:
     """Raise :class:`InputError` naming a missing column, the columns there are, and the option to change."""
-    for key, option in ((opts.output_key, "--output-key"), (opts.image_key, "--image-key"),
-                        (opts.text_key, "--text-key")):
-        if key not in reader.columns:
-            raise InputError(f"column {key!r} not in {str(reader.path)!r}; columns are {reader.columns}; "
-                             f"pass {option} naming the right one")
+    check_columns(reader.columns, {opts.output_key: "--output-key", opts.image_key: "--image-key",
+                                   opts.text_key: "--text-key"}, where=repr(str(reader.path)))
 
 
 def collect(reader: TableReader, opts: ReportOptions = ReportOptions()) -> ReportData:

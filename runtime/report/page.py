@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import _key, resolve_image_path
-from .errors import InputError, RowError
-from .preprocess import load_image
-from .report_data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
-from .report_svg import histogram_svg
-from .tables import TableReader
+from ..errors import InputError, RowError
+from ..preprocess import load_image
+from ..rows import cell_key, is_null, resolve_image_path
+from ..tables import TableReader
+from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
+from .svg import histogram_svg
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,13 @@ class Thumbnails:
 
     def prefetch(self, values: Iterable[object]) -> None:
         """Make the thumbnails of ``values`` now, a few at a time (Pillow decodes without holding the GIL)."""
-        todo = {_key(v): v for v in values if _key(v) not in self._made}
+        todo = {cell_key(v): v for v in values if cell_key(v) not in self._made}
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             self._made.update(zip(todo, pool.map(self._make, todo.values())))
 
     def __call__(self, value: object) -> tuple[str, str]:
         """``(css class, hover text)`` for an image cell."""
-        key = _key(value)
+        key = cell_key(value)
         if key not in self._classes:
             made = self._made[key] if key in self._made else self._make(value)
             if isinstance(made, RowError):
@@ -124,7 +124,7 @@ def quantile_pairs(data: ReportData, quantiles: dict[int, float]) -> dict[int, l
 
 
 def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_null(value):
         return "(no text)"
     text = str(value)
     return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}… [+{len(text) - MAX_TEXT} characters]"
@@ -236,7 +236,7 @@ def render(data: ReportData) -> str:
 <p class="note">Row numbers count from 0, as pandas' <code>iloc</code>. Click a caption to read all of it; hover
 over an image for its path. This page is self-contained: it loads nothing and works offline.</p></main>"""
     data_json = json.dumps(payload, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
-    page = files(__package__).joinpath("report_template.html").read_text(encoding="utf-8")
+    page = files(__package__).joinpath("template.html").read_text(encoding="utf-8")
     for name, value in (("title", html.escape(title)), ("thumb_css", thumbs.css()), ("body", body),
                         ("data", data_json)):
         page = page.replace("{{" + name + "}}", value)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import click
 
-from .console import configure_logging
-from .errors import LongCLIPError
+from ..console import configure_logging
+from ..errors import LongCLIPError
+from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("scored_path", metavar="SCORED_FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "html_path", required=True, type=click.Path(dir_okay=False),
               help="The report to write, e.g. report.html (one self-contained file).")
-@click.option("--image-key", default="image_path", show_default=True, help="Column holding image paths.")
-@click.option("--text-key", default="text", show_default=True, help="Column holding texts.")
-@click.option("--output-key", default="longclip_score", show_default=True,
+@click.option("--image-key", default=IMAGE_KEY, show_default=True, help="Column holding image paths.")
+@click.option("--text-key", default=TEXT_KEY, show_default=True, help="Column holding texts.")
+@click.option("--output-key", default=OUTPUT_KEY, show_default=True,
               help="Score column; reasons are read from <output-key>_error.")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
               help="Folder that relative image paths resolve against [default: the current directory].")
@@ -25,11 +26,13 @@ def main(scored_path: str, html_path: str, image_key: str, text_key: str, output
     """Write a report of SCORED_FILE (.jsonl, .json, .csv, .parquet, as longclip-run writes them): score
     histogram with a threshold slider, statistics, lowest/highest pairs, pairs around quantiles, failed rows."""
     configure_logging(quiet)
-    from .report import write_report
-    from .report_data import ReportOptions
+    from .data import ReportOptions
+    from .page import write_report
 
+    opts = ReportOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
+                         title=title)
     try:
-        data = write_report(scored_path, html_path, ReportOptions(image_key, text_key, output_key, image_root, title))
+        data = write_report(scored_path, html_path, opts)
     except LongCLIPError as exc:
         click.echo(f"longclip-report: error: {exc}", err=True)
         raise SystemExit(1) from None

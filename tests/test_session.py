@@ -1,0 +1,119 @@
+"""Sessions on the requested device: loud when a requested provider does not run, never a silent CPU fallback."""
+
+import sys
+import threading
+import time
+
+import pytest
+
+from longclip.runtime import DeviceUnavailableError
+from longclip.runtime.session import create_session, parse_device
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt", "cuda:1"])
+def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU onnxruntime is installed")
+    with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
+        create_session(tiny_model_dir / "vision.onnx", device)
+
+
+def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    calls = []
+
+    def preload():
+        calls.append(print("loading CUDA"))
+        time.sleep(0.05)  # long enough for a second thread to arrive while the first is loading
+
+    monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
+    session._preload_once.cache_clear()
+    create_session(tiny_model_dir / "vision.onnx", "cpu")
+    assert calls == []
+    stdout = sys.stdout
+    threads = [threading.Thread(target=session.load_gpu_libraries) for _ in range(2)]  # as LongCLIP's two sessions
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    session.load_gpu_libraries()
+    out = capsys.readouterr()
+    assert calls == [None] and out.out == "" and "loading CUDA" in out.err  # stdout stays the data's
+    assert sys.stdout is stdout
+    session._preload_once.cache_clear()
+
+
+def test_parse_device():
+    assert parse_device(None) == ("auto", 0)
+    assert parse_device("CUDA:2") == ("cuda", 2)
+    for bad in ("gpu", "cuda:x", "cpu:1"):
+        with pytest.raises(DeviceUnavailableError, match="unknown device"):
+            parse_device(bad)
+
+
+def test_tensorrt_options_profiles_and_cache_key(tmp_path):
+    from longclip.runtime.session import TrtProfile, provider_chain
+
+    profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
+    (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
+    assert (name, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert opts["device_id"] == "2" and cuda_opts == {"device_id": "2", "use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
+    assert opts["trt_fp16_enable"] == "True" and opts["trt_engine_cache_enable"] == "True"
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:32x77"
+    assert opts["trt_profile_max_shapes"] == "input_ids:64x248"
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(profile.cache_dir)
+    assert profile.cache_dir.parent == tmp_path
+    other_graph = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "cd" * 32, tmp_path)
+    other_shapes = TrtProfile("input_ids", (1, 1), (32, 77), (128, 248), "ab" * 32, tmp_path)
+    assert len({profile.cache_dir, other_graph.cache_dir, other_shapes.cache_dir}) == 3
+
+
+class _FakeSession:
+    """An InferenceSession that, like ORT after a failed GPU provider, runs on the CPU whatever was asked."""
+
+    def __init__(self, path, sess_options=None, providers=None):
+        self.asked = providers
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tensorrt"])
+def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatch, device):
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    with pytest.raises(DeviceUnavailableError, match="did not initialize"):
+        create_session(tiny_model_dir / "vision.onnx", device)
+
+
+def test_auto_falls_back_to_the_cpu_with_a_warning(tiny_model_dir, monkeypatch, caplog):
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    made = create_session(tiny_model_dir / "vision.onnx", None)
+    assert made.asked[0][0] == "CUDAExecutionProvider" and made.get_providers() == ["CPUExecutionProvider"]
+    assert "did not initialize" in caplog.text
+
+
+def test_auto_on_a_cpu_onnxruntime_runs_on_the_cpu(tiny_model_dir):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU onnxruntime is installed")
+    assert create_session(tiny_model_dir / "vision.onnx", None).get_providers() == ["CPUExecutionProvider"]
