@@ -34,6 +34,29 @@ class Columns:
     image_root: str | None = None  # relative image paths resolve against it; None: the current directory
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` name one file however spelled: the same device and inode when both exist (hard
+    links, symlinks, ``./`` and ``..`` detours), else the same absolute path with symlinks resolved.
+
+    >>> same_file("scored.csv", "./sub/../scored.csv")
+    True
+    >>> same_file("scored.csv", "report.html")
+    False
+    """
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except (OSError, ValueError):  # one is missing (or unreadable, or names a NUL): compare where they point
+        return _resolved(a) == _resolved(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop (RuntimeError before Python 3.13), a NUL
+        return Path(os.path.abspath(path))
+
+
 def _format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
