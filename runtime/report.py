@@ -36,7 +36,7 @@ from .errors import InputError, RowError
 from .preprocess import load_image
 from .report_data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .report_svg import histogram_svg
-from .tables import TableReader
+from .tables import TableReader, same_file
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ THUMB_SIZE = 128  # longest side, pixels
 QUANTILE_PAIRS = 4  # pairs shown around each quantile
 BOUNDARY = 4  # pairs shown on each side of the threshold
 MAX_TEXT = 3000  # characters of a caption kept in the page
+REPORT_SUFFIXES = (".html", ".htm")
 
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 JPEG_URI = re.compile(r"data:image/jpeg;base64,[A-Za-z0-9+/]*={0,2}")  # all a thumbnail may be: nothing to break out
@@ -357,9 +358,27 @@ def page_html(title: str, thumb_css: str, body: str, payload: dict[str, object])
     return page
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """Raise :class:`InputError` now, before any work, if the report cannot be written there."""
+def check_report_path(path: str | os.PathLike[str], scored: str | os.PathLike[str] | None = None) -> Path:
+    """Raise :class:`InputError` now, before any work, if the report cannot be written at ``path``: it would be
+    the ``scored`` file itself (however spelled), it does not end in ``.html`` / ``.htm``, or its folder is
+    missing.
+
+    >>> for name in ("report.HTML", "report.txt", "./scored.csv"):  # doctest: +NORMALIZE_WHITESPACE
+    ...     try:
+    ...         _ = check_report_path(name, "scored.csv")
+    ...     except InputError as exc:
+    ...         print(exc)
+    report 'report.txt' does not end in .html or .htm; name it so, e.g. 'report.html'
+    report 'scored.csv' is the scored file 'scored.csv' itself: writing it would overwrite the input;
+    name another file, e.g. 'scored.html'
+    """
     out = Path(path)
+    hint = repr(str(_report_name(out)))
+    if scored is not None and same_file(out, scored):
+        raise InputError(f"report {str(out)!r} is the scored file {str(scored)!r} itself: writing it would overwrite "
+                         f"the input; name another file, e.g. {hint}")
+    if out.suffix.lower() not in REPORT_SUFFIXES:
+        raise InputError(f"report {str(out)!r} does not end in .html or .htm; name it so, e.g. {hint}")
     if not out.parent.is_dir():
         raise InputError(f"cannot write report {str(out)!r}: folder {str(out.parent)!r} does not exist")
     if out.is_dir():
@@ -367,10 +386,19 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _report_name(out: Path) -> Path:
+    """A name to suggest in place of ``out``."""
+    if not out.name:
+        return Path("report.html")
+    if out.suffix.lower() in REPORT_SUFFIXES:  # a hard link to the input: suggest a name beside it
+        return out.with_name(f"{out.stem}.report.html")
+    return out.with_suffix(".html")
+
+
 def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | os.PathLike[str],
                  opts: ReportOptions = ReportOptions()) -> ReportData:
     """Read a scored file (``.jsonl/.json/.csv/.parquet``) once and write the report to ``html_path`` atomically."""
-    out = check_report_path(html_path)
+    out = check_report_path(html_path, scored.path if isinstance(scored, TableReader) else scored)
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
     page = render(data)

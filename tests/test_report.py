@@ -402,13 +402,17 @@ def test_longclip_run_with_report(tmp_path, tiny_model_dir):
     assert f"<td>{good.mean():.4f}</td>" in page and "missing_file" in page
 
 
-def test_longclip_run_checks_the_report_path_before_scoring(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(("report", "message"), [
+    ("no/report.html", "cannot write report 'no/report.html': folder 'no' does not exist"),
+    ("report.txt", "report 'report.txt' does not end in .html or .htm; name it so, e.g. 'report.html'"),
+])
+def test_longclip_run_checks_the_report_path_before_scoring(tmp_path, tiny_model_dir, report, message):
     (tmp_path / "in.jsonl").write_text(json.dumps({"image_path": IMAGES[0], "text": "x"}) + "\n")
     proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir),
-                           "-o", "out.jsonl", "--report", "no/report.html"], cwd=tmp_path, capture_output=True,
+                           "-o", "out.jsonl", "--report", report], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 1 and "longclip-run: error: cannot write report 'no/report.html'" in proc.stderr
-    assert not (tmp_path / "out.jsonl").exists()
+    assert proc.returncode == 1 and proc.stderr == f"longclip-run: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
 def test_fill_substitutes_each_placeholder_once():
@@ -465,3 +469,44 @@ def test_hostile_page_as_an_html_parser_reads_it(tmp_path):
     assert [p["t"] for p in embedded["sample"]] == HOSTILE and embedded["key"] == HOSTILE_KEY
     data_block = next(text for tag, attrs, text in parsed.code if attrs.get("type") == "application/json")
     assert not set(data_block) & set("<>&\u2028\u2029") and json.loads(data_block) == embedded
+
+
+def report_cli(cwd, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "longclip.runtime.report_cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line_refusal(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr == f"longclip-report: error: {message}\n", proc.stderr
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ("r.txt", "report 'r.txt' does not end in .html or .htm; name it so, e.g. 'r.html'"),
+    ("report", "report 'report' does not end in .html or .htm; name it so, e.g. 'report.html'"),
+    ("r.html.bak", "report 'r.html.bak' does not end in .html or .htm; name it so, e.g. 'r.html.html'"),
+    ("scored.jsonl", "report 'scored.jsonl' is the scored file 'scored.jsonl' itself: writing it would overwrite the "
+                     "input; name another file, e.g. 'scored.html'"),
+    ("sub/../scored.jsonl", "report 'sub/../scored.jsonl' is the scored file 'scored.jsonl' itself: writing it would "
+                            "overwrite the input; name another file, e.g. 'sub/../scored.html'"),
+    ("{d}/scored.jsonl", "report '{d}/scored.jsonl' is the scored file 'scored.jsonl' itself: writing it would "
+                         "overwrite the input; name another file, e.g. '{d}/scored.html'"),
+    ("link.HTML", "report 'link.HTML' is the scored file 'scored.jsonl' itself: writing it would overwrite the "
+                  "input; name another file, e.g. 'link.report.html'"),  # a hard link to it
+])
+def test_cli_refuses_a_report_path_up_front(tmp_path, output, message):
+    scored = write(scored_frame(40), tmp_path / "scored.jsonl")
+    (tmp_path / "sub").mkdir()
+    os.link(scored, tmp_path / "link.HTML")
+    before = scored.read_bytes()
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    proc = report_cli(tmp_path, "scored.jsonl", "-o", output.format(d=tmp_path), "--image-root", IMG)
+    assert_one_line_refusal(proc, message.format(d=tmp_path))
+    assert scored.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+@pytest.mark.parametrize("output", ["R.HTML", "r.htm", "r.Html"])
+def test_report_suffix_is_case_insensitive(tmp_path, output):
+    write(scored_frame(20), tmp_path / "scored.parquet")
+    proc = report_cli(tmp_path, "scored.parquet", "-o", output, "--image-root", IMG, "-q")
+    assert proc.returncode == 0 and proc.stderr == "" and (tmp_path / output).is_file()
