@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import _key, resolve_image_path
-from .errors import InputError, RowError
+from .errors import MISSING_FILE, InputError, RowError
 from .preprocess import load_image
 from .report_data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .report_svg import histogram_svg
@@ -44,6 +44,7 @@ THUMB_SIZE = 128  # longest side, pixels
 QUANTILE_PAIRS = 4  # pairs shown around each quantile
 BOUNDARY = 4  # pairs shown on each side of the threshold
 MAX_TEXT = 3000  # characters of a caption kept in the page
+MISSING_WARN = 3  # warn when more than half of the images to show, and at least this many, are missing files
 REPORT_SUFFIXES = (".html", ".htm")
 
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -177,7 +178,9 @@ class Thumbnails:
         """``(css class, hover text)`` for an image cell."""
         key = _key(value)
         if key not in self._classes:
-            made = self._made[key] if key in self._made else self._make(value)
+            if key not in self._made:  # not prefetched
+                self._made[key] = self._make(value)
+            made = self._made[key]
             if isinstance(made, RowError):
                 self._classes[key] = ("none", f"{value}\n{made}")
             else:
@@ -191,6 +194,11 @@ class Thumbnails:
         name = f"t{len(self._rules)}"
         self._rules.append(f".{name} {{ background-image: {url}; }}")
         return name, str(value)
+
+    def missing(self) -> tuple[int, int]:
+        """``(missing files, images tried)`` so far."""
+        made = self._made.values()
+        return sum(isinstance(m, RowError) and m.code == MISSING_FILE for m in made), len(made)
 
     @property
     def count(self) -> int:
@@ -339,6 +347,7 @@ def render(data: ReportData) -> str:
 <section id="failed"><h2>Failed rows</h2>{_failures(data, thumbs)}</section>
 <p class="note">Row numbers count from 0, as pandas' <code>iloc</code>. Click a caption to read all of it; hover
 over an image for its path. This page is self-contained: it loads nothing and works offline.</p></main>"""
+    warn_missing_images(thumbs)
     log.info("report: %d thumbnails embedded", thumbs.count)
     return page_html(title, thumbs.css(), body, payload)
 
@@ -356,6 +365,16 @@ def page_html(title: str, thumb_css: str, body: str, payload: dict[str, object])
     if inline_code(page) != (styles, scripts):
         raise ValueError("the report's style and script elements changed after they were hashed")
     return page
+
+
+def warn_missing_images(thumbs: Thumbnails) -> None:
+    """One warning when most images to show are missing files: relative paths resolved against the wrong folder."""
+    missing, tried = thumbs.missing()
+    if missing >= MISSING_WARN and 2 * missing > tried:
+        where = (f"--image-root {str(thumbs.root)!r}" if thumbs.root is not None
+                 else f"the current directory {os.getcwd()!r}")
+        log.warning("%d of the %d images to show are missing files; relative image paths were resolved against %s: "
+                    "pass --image-root naming the folder they are relative to", missing, tried, where)
 
 
 def check_report_path(path: str | os.PathLike[str], scored: str | os.PathLike[str] | None = None) -> Path:

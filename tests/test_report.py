@@ -510,3 +510,24 @@ def test_report_suffix_is_case_insensitive(tmp_path, output):
     write(scored_frame(20), tmp_path / "scored.parquet")
     proc = report_cli(tmp_path, "scored.parquet", "-o", output, "--image-root", IMG, "-q")
     assert proc.returncode == 0 and proc.stderr == "" and (tmp_path / output).is_file()
+
+
+@pytest.mark.parametrize(("rows", "root", "warns"), [
+    (60, None, "the current directory {d!r}"),  # run where the images are not
+    (60, "{d}/elsewhere", "--image-root '{d}/elsewhere'"),
+    (60, str(IMG), None),
+    (2, None, None),  # two missing images are not "most of many"
+])
+def test_cli_warns_when_most_images_are_missing(tmp_path, rows, root, warns):
+    write(scored_frame(rows), tmp_path / "scored.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    proc = report_cli(tmp_path, "scored.parquet", "-o", "r.html",
+                      *(["--image-root", root.format(d=tmp_path)] if root else []))
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "--image-root" in line]
+    if warns is None:
+        assert warning == [], proc.stderr
+    else:
+        assert len(warning) == 1 and warns.format(d=str(tmp_path)) in warning[0], proc.stderr
+        assert re.match(r"\d+ of the \d+ images to show are missing files; relative image paths were resolved "
+                        r"against .*: pass --image-root naming the folder they are relative to$", warning[0])
