@@ -51,6 +51,7 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 JPEG_URI = re.compile(r"data:image/jpeg;base64,[A-Za-z0-9+/]*={0,2}")  # all a thumbnail may be: nothing to break out
 INLINE = re.compile(r"<(style|script)\b([^>]*)>(.*?)</\1>", re.S)
 JSON_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def escape_html(value: object) -> str:
@@ -359,6 +360,8 @@ def page_html(title: str, thumb_css: str, body: str, payload: dict[str, object])
     rules change with every file."""
     template = files(__package__).joinpath("report_template.html").read_text(encoding="utf-8")
     values = {"title": escape_html(title), "thumb_css": thumb_css, "body": body, "data": script_json(payload)}
+    # A lone surrogate (a JSON "\ud800" escape) cannot be written as UTF-8; it shows as U+FFFD instead.
+    values = {name: SURROGATE.sub("\ufffd", value) for name, value in values.items()}
     # The policy sits outside the elements it hashes: hash them in the page filled without it, then fill again.
     styles, scripts = inline_code(fill(template, {**values, "csp": ""}))
     page = fill(template, {**values, "csp": escape_html(content_security_policy(styles, scripts))})

@@ -471,6 +471,16 @@ def test_hostile_page_as_an_html_parser_reads_it(tmp_path):
     assert not set(data_block) & set("<>&\u2028\u2029") and json.loads(data_block) == embedded
 
 
+def test_lone_surrogates_show_as_replacement_characters(tmp_path):
+    """A JSON escape may decode to half a surrogate pair, which UTF-8 cannot hold: the page shows U+FFFD."""
+    (tmp_path / "s.jsonl").write_text(
+        '{"image_path": "\\udc00.png", "text": "a \\ud800 b", "longclip_score": 0.5, "longclip_score_error": ""}\n'
+        '{"image_path": "x.png", "text": "t", "longclip_score": null, "longclip_score_error": "bad_text: \\ud800"}\n')
+    write_report(tmp_path / "s.jsonl", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "a \ufffd b" in page and "\ufffd.png" in page and "bad_text: \ufffd" in page
+
+
 def report_cli(cwd, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "longclip.runtime.report_cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
