@@ -97,13 +97,13 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
     if report_path is not None:
         from .report import check_report_path
 
+        for other, what in ((input_path, "INPUT"), (output_path, "OUTPUT")):
+            if same_file(report_path, other):
+                raise InputError(f"--report {report_path!r} is the {what} file: name another .html file")
         check_report_path(report_path)
         if Path(output_path).suffix.lower() not in FORMATS:
             raise InputError(f"--report needs OUTPUT to be one file ({', '.join(FORMATS)}), not {output_path!r}; "
                              "run longclip-report on the scored file instead")
-        for other, what in ((input_path, "INPUT"), (output_path, "OUTPUT")):
-            if same_file(report_path, other):
-                raise InputError(f"--report {report_path!r} is the {what} file: name another .html file")
 
 
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,

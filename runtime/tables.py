@@ -302,16 +302,26 @@ class TableWriter:
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether ``a`` and ``b`` name one file however spelled: the same device and inode (links, ``./``, case on
-    case-insensitive disks), or, when either does not exist, the same resolved path.
+    """Whether ``a`` and ``b`` name one file however spelled: the same device and inode when both exist (hard
+    links, symlinks, ``./`` and ``..`` detours), else the same absolute path with symlinks resolved.
 
-    >>> same_file("runs/../in.jsonl", "in.jsonl")
+    >>> same_file("scored.csv", "./sub/../scored.csv")
     True
+    >>> same_file("scored.csv", "report.html")
+    False
     """
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(a).resolve() == Path(b).resolve()
+        first, second = os.stat(a), os.stat(b)
+    except (OSError, ValueError):  # one is missing (or unreadable, or names a NUL): compare where they point
+        return _resolved(a) == _resolved(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop (RuntimeError before Python 3.13), a NUL
+        return Path(os.path.abspath(path))
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:

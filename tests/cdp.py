@@ -21,7 +21,8 @@ def find_chromium() -> str | None:
 
 
 class Browser:
-    """``with Browser(exe, folder) as b: b.open(url); b.evaluate("1 + 1")``; ``b.events`` holds every event."""
+    """``with Browser(exe, folder) as b: b.open(url); b.evaluate("1 + 1")``; ``b.events`` holds every event,
+    ``errors()`` and ``requests()`` those since the last ``open``."""
 
     def __init__(self, exe: str, folder: Path, width: int = 1280, height: int = 1600, timeout: float = 30):
         import websocket
@@ -48,6 +49,7 @@ class Browser:
                                                   suppress_origin=True)
             self._id = 0
             self.events: list[dict[str, Any]] = []
+            self._opened = 0  # index in events of the last open()
             target = self.call("Target.createTarget", url="about:blank")["targetId"]
             self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
             for domain in ("Runtime", "Log", "Page", "Network"):
@@ -83,13 +85,18 @@ class Browser:
 
     def open(self, url: str) -> None:
         """Navigate and wait for the load event."""
-        seen = len(self.events)
+        seen = self._opened = len(self.events)
         self.page("Page.navigate", url=url)
         deadline = time.monotonic() + self.timeout
         while not any(e["method"] == "Page.loadEventFired" for e in self.events[seen:]):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not load in {self.timeout} s")
             self._receive()
+
+    def before_each_page(self, source: str) -> None:
+        """Run ``source`` in every page opened from now on, before the page's own scripts (DevTools injects it: the
+        page's Content-Security-Policy does not apply to it)."""
+        self.page("Page.addScriptToEvaluateOnNewDocument", source=source)
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression; a thrown exception is an error here."""
@@ -99,9 +106,10 @@ class Browser:
         return result["result"].get("value")
 
     def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and error log entries (CSP violations, failed loads) so far."""
+        """Console errors, uncaught exceptions and error log entries (CSP violations, failed loads) of the page
+        opened last."""
         found = []
-        for event in self.events:
+        for event in self.events[self._opened:]:
             method, params = event["method"], event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
                 found.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
@@ -112,7 +120,8 @@ class Browser:
         return found
 
     def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e["method"] == "Network.requestWillBeSent"]
+        return [e["params"]["request"]["url"] for e in self.events[self._opened:]
+                if e["method"] == "Network.requestWillBeSent"]
 
     def close(self) -> None:
         try:

@@ -1,11 +1,14 @@
 """The report in a real headless Chromium, driven over the DevTools protocol: it loads with no console error and no
-request beyond its own file, the threshold slider shows the exact kept count, and the page paints.
+request beyond its own file, the threshold slider shows the exact kept count, and the page paints; hostile captions,
+image paths and reasons show as text and run nothing; its Content-Security-Policy is enforced.
 
 Skips when Chromium or websocket-client is missing; .ci/run installs both.
 """
 
 import base64
 import io
+import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,8 @@ import pytest
 from PIL import Image
 
 from cdp import Browser, find_chromium
-from test_report import IMG, scored_frame
+from test_report import HOSTILE, HOSTILE_KEY, HOSTILE_TITLE, IMG, TAGS, hostile_report, page_data, scored_frame
+from longclip.runtime.errors import error_code
 from longclip.runtime.report.page import BOUNDARY, write_report
 from longclip.runtime.report.data import BINS, ReportOptions
 
@@ -26,7 +30,16 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 def browser(tmp_path_factory):
     pytest.importorskip("websocket", reason="needs websocket-client (the test extra)")
     with Browser(CHROMIUM, tmp_path_factory.mktemp("chromium")) as b:
+        b.before_each_page(WATCH)
         yield b
+
+
+# Injected before the page's own script (DevTools scripts are exempt from the page's CSP): every CSP violation the
+# page causes, and any script of a caption that gets to run, is noted.
+WATCH = """window.__violations = [];
+window.addEventListener("securitypolicyviolation",
+                        (e) => window.__violations.push(e.violatedDirective + " " + (e.sample || e.blockedURI)), true);
+"""
 
 
 def kept_text(browser: Browser, value: str) -> dict:
@@ -73,3 +86,115 @@ def test_report_in_a_real_browser(tmp_path, browser):
 
     assert browser.errors() == []
     assert [u for u in browser.requests() if not u.startswith(("file:", "data:"))] == []
+
+
+PAGE_STATE = """(() => {
+    const all = Array.from(document.querySelectorAll("*"));
+    const card = (c) => ({row: +c.querySelector(".meta span").textContent.replace("row ", ""),
+                          cap: c.querySelector(".cap").textContent, title: c.querySelector(".th").title,
+                          thumb: !c.querySelector(".th").classList.contains("none")});
+    return {pwned: typeof window.__pwned, violations: window.__violations,
+            handlers: all.flatMap((e) => Array.from(e.attributes, (a) => a.name))
+                         .filter((n) => n.startsWith("on") || n === "style" || n === "autofocus" || n === "href"),
+            tags: Array.from(new Set(all.map((e) => e.localName))),
+            scripts: document.scripts.length, styles: document.querySelectorAll("style").length,
+            sheets: document.styleSheets.length,
+            title: document.title, h1: document.querySelector("h1").textContent,
+            header: document.querySelector("header p").textContent,
+            filter: document.getElementById("filter-code").textContent,
+            lowest: Array.from(document.querySelectorAll("#lowest .card"), card),
+            highest: Array.from(document.querySelectorAll("#highest .card"), card),
+            codes: Array.from(document.querySelectorAll("#failure-counts tr"),
+                              (tr) => Array.from(tr.cells, (td) => td.textContent)).slice(1),
+            failed: Array.from(document.querySelectorAll("#failures tr"), (tr) => Array.from(tr.cells,
+                               (td) => td.querySelector(".th") ? td.querySelector(".th").title : td.textContent))
+                         .slice(1),
+            data: JSON.parse(document.getElementById("report-data").textContent)};
+})()"""
+
+# Moves the slider to each score in turn and reads the first pair just above the cut: that row itself.
+BOUNDARY_CARDS = """((scores) => {
+    const s = document.getElementById("threshold");
+    return scores.map((v) => {
+        s.value = String(v);
+        s.dispatchEvent(new Event("input", {bubbles: true}));
+        const c = document.querySelector("#above .card");
+        return {row: +c.querySelector(".meta span").textContent.replace("row ", ""),
+                cap: c.querySelector(".cap").textContent, title: c.querySelector(".th").title,
+                thumb: !c.querySelector(".th").classList.contains("none")};
+    });
+})"""
+
+
+def shown_image(card: dict, path: str) -> bool:
+    """A card's hover text: the image path, and on the next line the reason when there is no thumbnail."""
+    return card["title"] == path if card["thumb"] else card["title"].startswith(path + "\n")
+
+
+def test_hostile_values_show_as_text_and_run_nothing(tmp_path, browser):
+    page_path, frame, _ = hostile_report(tmp_path)
+    n = len(HOSTILE)
+    browser.open(page_path.as_uri())
+    state = browser.evaluate(PAGE_STATE)
+
+    assert state["pwned"] == "undefined" and state["violations"] == []
+    assert state["handlers"] == [] and set(state["tags"]) <= TAGS | {"tbody"}, state["tags"]  # tbody: the parser's
+    assert (state["scripts"], state["styles"], state["sheets"]) == (2, 2, 2)  # the page's own: data + code, 2 styles
+    assert state["title"] == state["h1"] == HOSTILE_TITLE
+    assert str(tmp_path / 's"\'<b>{{data}}.parquet') in state["header"] and HOSTILE_KEY in state["header"]
+    assert state["filter"].startswith(f'df[df["{HOSTILE_KEY}"] >= ')
+
+    scored = frame.iloc[:n]
+    for side in ("lowest", "highest"):  # every scored row is shown on both: captions as text, paths on hover
+        cards = state[side]
+        assert sorted(c["row"] for c in cards) == list(range(n))
+        for c in cards:
+            assert c["cap"] == scored.text[c["row"]], c
+            assert shown_image(c, scored.image_path[c["row"]]), c
+    shown = sum(c["thumb"] for c in state["lowest"])
+    assert 0 < shown < n  # both kinds of hover text: thumbnails of real files, and missing (or bad) paths
+
+    # the slider's boundary pairs are built by the page's script from the JSON: the same, as text
+    boundary = browser.evaluate(f"{BOUNDARY_CARDS}({json.dumps(list(scored[HOSTILE_KEY]))})")
+    assert [c["row"] for c in boundary] == list(range(n))
+    for c in boundary:
+        assert c["cap"] == scored.text[c["row"]] and shown_image(c, scored.image_path[c["row"]]), c
+
+    failed = frame.iloc[n:]
+    errors = list(failed[f"{HOSTILE_KEY}_error"])
+    want_codes = Counter(error_code(e).strip() or "unknown" for e in errors)
+    assert Counter({code: int(count) for code, count in state["codes"]}) == want_codes
+    rows = {int(row): (title, image, text, reason) for title, row, image, text, reason in state["failed"]}
+    assert sorted(rows) == list(failed.index)
+    for i, (title, image, text, reason) in rows.items():
+        assert (image, text, reason) == (failed.image_path[i], failed.text[i], failed[f"{HOSTILE_KEY}_error"][i])
+        assert title.startswith(failed.image_path[i]), title
+
+    on_disk = page_data(page_path.read_text(encoding="utf-8"))
+    assert state["data"] == on_disk  # the JSON the page parsed is the JSON written, key and captions intact
+    assert state["data"]["key"] == HOSTILE_KEY
+    assert sorted((p["r"], p["t"]) for p in state["data"]["sample"]) == list(zip(range(n), HOSTILE))
+    assert browser.errors() == []
+    assert [u for u in browser.requests() if not u.startswith(("file:", "data:"))] == []
+
+
+def test_the_content_security_policy_is_enforced(tmp_path, browser):
+    """The same page with an inline script and a style attribute of its own: the browser refuses both, and the
+    page's own script, which the policy names by its hash, still runs."""
+    frame = scored_frame(200)
+    frame.to_parquet(tmp_path / "scored.parquet", index=False)
+    write_report(tmp_path / "scored.parquet", tmp_path / "report.html", ReportOptions(image_root=str(IMG)))
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    browser.open((tmp_path / "report.html").as_uri())
+    assert browser.evaluate("window.__violations") == [] and browser.errors() == []
+
+    extra = page.replace("</body>", '<p id="styled" style="color: red">x</p><script>window.__extra = 1</script>'
+                         "</body>")
+    (tmp_path / "tampered.html").write_text(extra, encoding="utf-8")
+    browser.open((tmp_path / "tampered.html").as_uri())
+    state = browser.evaluate("""({extra: typeof window.__extra, violations: window.__violations,
+        colour: getComputedStyle(document.getElementById("styled")).color,
+        kept: document.getElementById("kept-count").textContent})""")
+    assert state["extra"] == "undefined" and state["colour"] != "rgb(255, 0, 0)"
+    assert sorted(v.split()[0] for v in state["violations"]) == ["script-src-elem", "style-src-attr"], state
+    assert state["kept"]  # the page's own script ran

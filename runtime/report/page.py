@@ -4,18 +4,25 @@ One streaming pass (:mod:`.report_data`) gathers counts and bounded samples; onl
 pairs to be shown opened, each once, and embedded as small JPEG data URIs. The page has no network references
 (its Content-Security-Policy forbids them) and works offline; its one script drives the threshold slider.
 
+Captions, image paths and reasons come from web crawls: hostile. Each value is escaped for where it goes (HTML
+text or attribute, CSS ``url()``, JSON in a data block), the template is filled in one pass (a caption reading
+``{{data}}`` stays that text), and the policy lets run only the page's own ``<style>`` and ``<script>`` elements,
+named by their sha256: an injected script or style attribute would not run.
+
 >>> write_report("scored.parquet", "report.html")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, RowError
+from ..errors import MISSING_FILE, InputError, RowError
 from ..preprocess import load_image
 from ..rows import cell_key, is_null, resolve_image_path
-from ..tables import TableReader
+from ..tables import TableReader, same_file
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
 
@@ -37,6 +44,99 @@ THUMB_SIZE = 128  # longest side, pixels
 QUANTILE_PAIRS = 4  # pairs shown around each quantile
 BOUNDARY = 4  # pairs shown on each side of the threshold
 MAX_TEXT = 3000  # characters of a caption kept in the page
+MISSING_WARN = 3  # warn when more than half of the images to show, and at least this many, are missing files
+REPORT_SUFFIXES = (".html", ".htm")
+
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+JPEG_URI = re.compile(r"data:image/jpeg;base64,[A-Za-z0-9+/]*={0,2}")  # all a thumbnail may be: nothing to break out
+INLINE = re.compile(r"<(style|script)\b([^>]*)>(.*?)</\1>", re.S)
+JSON_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_html(value: object) -> str:
+    """``value`` as HTML text or a quoted attribute value.
+
+    >>> escape_html('" onfocus="x" <b>')
+    '&quot; onfocus=&quot;x&quot; &lt;b&gt;'
+    """
+    return html.escape(str(value), quote=True)
+
+
+def script_json(value: object) -> str:
+    r"""JSON for a ``<script type="application/json">`` element, read back with ``JSON.parse(el.textContent)``:
+    ``<``, ``>`` and ``&`` as ``\uXXXX`` (no ``</script>`` or ``<!--`` can end or bend the element), and U+2028,
+    U+2029 too (line ends to a JavaScript parser, should the block ever be read as code). JSON's own syntax has none
+    of these, so only strings change, and ``JSON.parse`` restores them.
+
+    >>> print(script_json({"t": "</script><!--\u2028&"}))
+    {"t": "\u003c/script\u003e\u003c!--\u2028\u0026"}
+    """
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).translate(JSON_ESCAPES)
+
+
+def css_url(uri: str) -> str | None:
+    """``url("...")`` for a thumbnail, or None unless ``uri`` is a base64 JPEG data URI: its alphabet has no quote,
+    parenthesis, backslash or ``<``, so it cannot end the string, the rule or the ``<style>`` element.
+
+    >>> css_url("data:image/jpeg;base64,/9j/4AA=")
+    'url("data:image/jpeg;base64,/9j/4AA=")'
+    >>> css_url('data:image/jpeg;base64,x"); } * { color: red') is None
+    True
+    """
+    return f'url("{uri}")' if JPEG_URI.fullmatch(uri) else None
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with each ``{{name}}`` replaced by ``values[name]``, in one pass: what goes in is never scanned
+    again, so a value holding ``{{data}}`` keeps it as text. A placeholder without a value, a value without its
+    placeholder, a placeholder used twice or a stray ``{{`` / ``}}`` is a bug of ours: :class:`ValueError`.
+
+    >>> fill("<p>{{a}}</p><i>{{b}}</i>", {"a": "{{b}}", "b": "2"})
+    '<p>{{b}}</p><i>2</i>'
+    """
+    names = PLACEHOLDER.findall(template)
+    stray = re.search(r".{0,30}?(\{\{|\}\}).{0,30}", PLACEHOLDER.sub("", template))
+    if stray:
+        raise ValueError(f"template has a stray {stray[1]!r} in {stray[0]!r}; placeholders are {{{{name}}}}")
+    if sorted(names) != sorted(set(names)) or set(names) != set(values):
+        raise ValueError(f"template placeholders {sorted(names)} do not match the values {sorted(values)}")
+    return PLACEHOLDER.sub(lambda m: values[m[1]], template)
+
+
+def inline_code(page: str) -> tuple[list[str], list[str]]:
+    """The text of ``page``'s ``<style>`` elements and of its ``<script>`` elements that run (a
+    ``type="application/json"`` data block never runs, and CSP does not look at it).
+
+    >>> inline_code('<style>p { }</style><script type="application/json">{}</script><script>go()</script>')
+    (['p { }'], ['go()'])
+    """
+    styles, scripts = [], []
+    for tag, attributes, text in INLINE.findall(page):
+        if tag == "style":
+            styles.append(text)
+        elif "application/json" not in attributes:
+            scripts.append(text)
+    return styles, scripts
+
+
+def csp_hash(text: str) -> str:
+    """A CSP hash source for an inline element: base64 of the sha256 of its UTF-8 text.
+
+    >>> csp_hash("")
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+    """
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def content_security_policy(styles: list[str], scripts: list[str]) -> str:
+    """The page's policy: nothing loads but ``data:`` images, and only the listed style and script elements apply
+    or run (no ``'unsafe-inline'``: no style attributes, no event handler attributes, no injected element)."""
+    def sources(texts: list[str]) -> str:
+        return " ".join(dict.fromkeys(map(csp_hash, texts))) or "'none'"
+
+    return (f"default-src 'none'; img-src data:; style-src {sources(styles)}; script-src {sources(scripts)}; "
+            "base-uri 'none'; form-action 'none'")
 
 
 def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str:
@@ -79,14 +179,27 @@ class Thumbnails:
         """``(css class, hover text)`` for an image cell."""
         key = cell_key(value)
         if key not in self._classes:
-            made = self._made[key] if key in self._made else self._make(value)
+            if key not in self._made:  # not prefetched
+                self._made[key] = self._make(value)
+            made = self._made[key]
             if isinstance(made, RowError):
                 self._classes[key] = ("none", f"{value}\n{made}")
             else:
-                name = f"t{len(self._rules)}"
-                self._rules.append(f'.{name} {{ background-image: url("{made}"); }}')
-                self._classes[key] = (name, str(value))
+                self._classes[key] = self._rule(made, value)
         return self._classes[key]
+
+    def _rule(self, uri: str, value: object) -> tuple[str, str]:
+        url = css_url(uri)
+        if url is None:  # not what thumbnail_uri makes; never pasted into CSS
+            return "none", f"{value}\nno thumbnail: not a base64 JPEG data URI"
+        name = f"t{len(self._rules)}"
+        self._rules.append(f".{name} {{ background-image: {url}; }}")
+        return name, str(value)
+
+    def missing(self) -> tuple[int, int]:
+        """``(missing files, images tried)`` so far."""
+        made = self._made.values()
+        return sum(isinstance(m, RowError) and m.code == MISSING_FILE for m in made), len(made)
 
     @property
     def count(self) -> int:
@@ -132,9 +245,9 @@ def _text(value: object) -> str:
 
 def _card(pair: Pair, thumbs: Thumbnails) -> str:
     css, hover = thumbs(pair.image)
-    return (f'<figure class="card"><div class="th {css}" title="{html.escape(hover)}"></div><figcaption>'
+    return (f'<figure class="card"><div class="th {css}" title="{escape_html(hover)}"></div><figcaption>'
             f'<div class="meta"><b>{pair.score:.4f}</b><span>row {pair.row}</span></div>'
-            f'<p class="cap" title="click to expand">{html.escape(_text(pair.text))}</p></figcaption></figure>')
+            f'<p class="cap" title="click to expand">{escape_html(_text(pair.text))}</p></figcaption></figure>')
 
 
 def _cards(pairs: Iterable[Pair], thumbs: Thumbnails) -> str:
@@ -164,16 +277,16 @@ def _stats(data: ReportData, quantiles: dict[int, float]) -> str:
 def _failures(data: ReportData, thumbs: Thumbnails) -> str:
     if not data.failed:
         return '<p class="empty">No failed rows.</p>'
-    counts = "".join(f'<tr><td class="reason">{html.escape(code)}</td><td class="n">{n:,}</td></tr>'
+    counts = "".join(f'<tr><td class="reason">{escape_html(code)}</td><td class="n">{n:,}</td></tr>'
                      for code, n in data.failures.most_common())
     examples = []
     for code, _ in data.failures.most_common():
         for p in data.failure_examples.get(code, []):
             css, hover = thumbs(p.image)
-            examples.append(f'<tr><td><div class="th {css}" title="{html.escape(hover)}"></div></td>'
-                            f'<td class="n">{p.row}</td><td>{html.escape(str(p.image))}</td>'
-                            f'<td><p class="cap" title="click to expand">{html.escape(_text(p.text))}</p></td>'
-                            f'<td class="reason">{html.escape(p.error)}</td></tr>')
+            examples.append(f'<tr><td><div class="th {css}" title="{escape_html(hover)}"></div></td>'
+                            f'<td class="n">{p.row}</td><td>{escape_html(p.image)}</td>'
+                            f'<td><p class="cap" title="click to expand">{escape_html(_text(p.text))}</p></td>'
+                            f'<td class="reason">{escape_html(p.error)}</td></tr>')
     return (f'<table class="fail" id="failure-counts"><tr><th>reason</th><th>rows</th></tr>{counts}</table>'
             f'<h3>Examples (up to {data.options.failure_examples} per reason)</h3><table class="fail" id="failures">'
             f'<tr><th></th><th>row</th><th>image</th><th>text</th><th>error</th></tr>{"".join(examples)}</table>')
@@ -183,7 +296,7 @@ def _threshold(data: ReportData, sample: list[Pair], svg: str) -> str:
     if not data.stats.n:
         return '<section id="choose"><h2>Choose a threshold</h2><p class="empty">No scored rows.</p></section>'
     lo, hi = _grid_range(data)
-    key = html.escape(data.options.output_key)
+    key = escape_html(data.options.output_key)
     return f"""<section id="choose"><h2>Choose a threshold</h2>
 <div class="controls"><label for="threshold">Keep rows with <code>{key}</code> ≥</label>
 <input type="range" id="threshold" min="{lo / BINS}" max="{hi / BINS}" step="{1 / BINS}">
@@ -223,8 +336,8 @@ def render(data: ReportData) -> str:
     around_html = "".join(f'<div class="qrow"><h3>p{q} <span>{_num(quantiles[q])}</span></h3>{_cards(pairs, thumbs)}'
                           "</div>" for q, pairs in around.items())
     title = opts.title or f"LongCLIP scores: {data.path.name}"
-    body = f"""<header><h1>{html.escape(title)}</h1><p>{html.escape(str(data.path))} · {data.rows:,} rows ·
-{stats.n:,} scored · {data.failed:,} failed · score column <code>{html.escape(opts.output_key)}</code></p></header>
+    body = f"""<header><h1>{escape_html(title)}</h1><p>{escape_html(data.path)} · {data.rows:,} rows ·
+{stats.n:,} scored · {data.failed:,} failed · score column <code>{escape_html(opts.output_key)}</code></p></header>
 <main>{_threshold(data, sample, svg)}
 <section id="summary"><h2>Summary</h2>{_stats(data, quantiles)}</section>
 <section id="lowest"><h2>Lowest scores</h2>{_cards(data.lowest, thumbs)}</section>
@@ -235,18 +348,59 @@ def render(data: ReportData) -> str:
 <section id="failed"><h2>Failed rows</h2>{_failures(data, thumbs)}</section>
 <p class="note">Row numbers count from 0, as pandas' <code>iloc</code>. Click a caption to read all of it; hover
 over an image for its path. This page is self-contained: it loads nothing and works offline.</p></main>"""
-    data_json = json.dumps(payload, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
-    page = files(__package__).joinpath("template.html").read_text(encoding="utf-8")
-    for name, value in (("title", html.escape(title)), ("thumb_css", thumbs.css()), ("body", body),
-                        ("data", data_json)):
-        page = page.replace("{{" + name + "}}", value)
+    warn_missing_images(thumbs)
     log.info("report: %d thumbnails embedded", thumbs.count)
+    return page_html(title, thumbs.css(), body, payload)
+
+
+def page_html(title: str, thumb_css: str, body: str, payload: dict[str, object]) -> str:
+    """The template filled with the page's parts: ``title`` as text, ``thumb_css`` (rules built by
+    :class:`Thumbnails`) and ``body`` (markup whose values are escaped already) as they are, ``payload`` as JSON.
+    The Content-Security-Policy names the hashes of the page's style and script elements as filled: the thumbnail
+    rules change with every file."""
+    template = files(__package__).joinpath("template.html").read_text(encoding="utf-8")
+    values = {"title": escape_html(title), "thumb_css": thumb_css, "body": body, "data": script_json(payload)}
+    # A lone surrogate (a JSON "\ud800" escape) cannot be written as UTF-8; it shows as U+FFFD instead.
+    values = {name: SURROGATE.sub("\ufffd", value) for name, value in values.items()}
+    # The policy sits outside the elements it hashes: hash them in the page filled without it, then fill again.
+    styles, scripts = inline_code(fill(template, {**values, "csp": ""}))
+    page = fill(template, {**values, "csp": escape_html(content_security_policy(styles, scripts))})
+    if inline_code(page) != (styles, scripts):
+        raise ValueError("the report's style and script elements changed after they were hashed")
     return page
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """Raise :class:`InputError` now, before any work, if the report cannot be written there."""
+def warn_missing_images(thumbs: Thumbnails) -> None:
+    """One warning when most images to show are missing files: relative paths resolved against the wrong folder."""
+    missing, tried = thumbs.missing()
+    if missing >= MISSING_WARN and 2 * missing > tried:
+        where = (f"--image-root {str(thumbs.root)!r}" if thumbs.root is not None
+                 else f"the current directory {os.getcwd()!r}")
+        log.warning("%d of the %d images to show are missing files; relative image paths were resolved against %s: "
+                    "pass --image-root naming the folder they are relative to", missing, tried, where)
+
+
+def check_report_path(path: str | os.PathLike[str], scored: str | os.PathLike[str] | None = None) -> Path:
+    """Raise :class:`InputError` now, before any work, if the report cannot be written at ``path``: it would be
+    the ``scored`` file itself (however spelled), it does not end in ``.html`` / ``.htm``, or its folder is
+    missing.
+
+    >>> for name in ("report.HTML", "report.txt", "./scored.csv"):  # doctest: +NORMALIZE_WHITESPACE
+    ...     try:
+    ...         _ = check_report_path(name, "scored.csv")
+    ...     except InputError as exc:
+    ...         print(exc)
+    report 'report.txt' does not end in .html or .htm; name it so, e.g. 'report.html'
+    report 'scored.csv' is the scored file 'scored.csv' itself: writing it would overwrite the input;
+    name another file, e.g. 'scored.html'
+    """
     out = Path(path)
+    hint = repr(str(_report_name(out)))
+    if scored is not None and same_file(out, scored):
+        raise InputError(f"report {str(out)!r} is the scored file {str(scored)!r} itself: writing it would overwrite "
+                         f"the input; name another file, e.g. {hint}")
+    if out.suffix.lower() not in REPORT_SUFFIXES:
+        raise InputError(f"report {str(out)!r} does not end in .html or .htm; name it so, e.g. {hint}")
     if not out.parent.is_dir():
         raise InputError(f"cannot write report {str(out)!r}: folder {str(out.parent)!r} does not exist")
     if out.is_dir():
@@ -254,10 +408,19 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _report_name(out: Path) -> Path:
+    """A name to suggest in place of ``out``."""
+    if not out.name:
+        return Path("report.html")
+    if out.suffix.lower() in REPORT_SUFFIXES:  # a hard link to the input: suggest a name beside it
+        return out.with_name(f"{out.stem}.report.html")
+    return out.with_suffix(".html")
+
+
 def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | os.PathLike[str],
                  opts: ReportOptions = ReportOptions()) -> ReportData:
     """Read a scored file (``.jsonl/.json/.csv/.parquet``) once and write the report to ``html_path`` atomically."""
-    out = check_report_path(html_path)
+    out = check_report_path(html_path, scored.path if isinstance(scored, TableReader) else scored)
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
     page = render(data)
