@@ -31,6 +31,10 @@ class InputError(LongCLIPError):
     """A run-level input problem (bad file, unknown column, malformed line)."""
 
 
+class WriteError(LongCLIPError):
+    """An output cannot be written: a full disk, a lost permission, a quota. Names the path and the errno."""
+
+
 class EngineError(LongCLIPError):
     """A run engine cannot start or finish: Ray Data missing, a cluster unreachable or too small, a failed job."""
 

@@ -13,12 +13,16 @@ import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from . import errors
 from .errors import ImageError, InputError, TextError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 IMAGE_KEY = "image_path"
 TEXT_KEY = "text"
@@ -73,13 +77,35 @@ def check_output_columns(columns: Sequence[object], output_key: str, overwrite: 
                              f"output key, or pass {option} to replace it")
 
 
-def is_null(value: object) -> bool:
-    """A missing cell: ``None``, ``pd.NA``, ``NaT`` or a float NaN (a key absent from a JSON row reads as NaN).
+class _Absent:
+    """The cell of a key that a JSON row does not have: null when scored, left out again when written as JSON (a
+    ``NaN`` the row does have is kept)."""
 
-    >>> [is_null(v) for v in (None, float("nan"), pd.NA, "", 0)]
-    [True, True, True, False, False]
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+    def __reduce__(self) -> str:  # one instance, also across processes
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+
+
+def is_null(value: object) -> bool:
+    """A missing cell: ``None``, ``pd.NA``, ``NaT``, a float NaN, or a key absent from its JSON row.
+
+    >>> [is_null(v) for v in (None, float("nan"), pd.NA, ABSENT, "", 0)]
+    [True, True, True, True, False, False]
     """
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+    return (value is None or value is pd.NA or value is pd.NaT or value is ABSENT
+            or (isinstance(value, float) and math.isnan(value)))
 
 
 _NULL = object()
@@ -109,6 +135,8 @@ def resolve_image_path(value: object, image_root: Path | None) -> Path:
         raise ImageError(errors.NULL_PATH, "image path is missing (null)")
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
         raise ImageError(errors.BAD_PATH, f"image path must be a non-empty string, got {value!r:.60}")
+    if not is_utf8(os.fspath(value)):
+        raise ImageError(errors.BAD_PATH, f"image path is not valid unicode (a lone surrogate): {value!r:.80}")
     path = Path(os.fspath(value))
     return path if path.is_absolute() or image_root is None else image_root / path
 
@@ -125,7 +153,19 @@ def check_text(value: object) -> str:
         raise TextError(errors.NOT_TEXT, f"text must be a string, got {type(value).__name__} ({value!r:.60})")
     if not value.strip():
         raise TextError(errors.EMPTY_TEXT, "text is empty or whitespace")
+    if not is_utf8(value):
+        raise TextError(errors.BAD_TEXT, f"text is not valid unicode (a lone surrogate): {value!r:.80}")
     return value
+
+
+def is_utf8(text: str) -> bool:
+    """Whether UTF-8 can hold ``text``: no lone surrogates (a JSON ``"\\ud800"`` escape, or a byte that was not
+    UTF-8).
+
+    >>> is_utf8("café"), is_utf8("a\\ud800")
+    (True, False)
+    """
+    return text.isascii() or not any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def row_reason(image_reason: str, text_reason: str) -> str:
@@ -144,6 +184,17 @@ def with_scores(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], out
     out[output_key] = np.asarray(scores, dtype=np.float64)
     out[error_key(output_key)] = reasons
     return out
+
+
+def output_schema(schema: pa.Schema, output_key: str) -> pa.Schema:
+    """The parquet types of an output: the input's columns, then the score (float64) and the reason (string);
+    a score or reason column the input already had (``--overwrite-columns``) keeps its place with the new type."""
+    import pyarrow as pa
+
+    ours = {output_key: pa.float64(), error_key(output_key): pa.string()}
+    fields = [pa.field(f.name, ours[f.name]) if f.name in ours else f for f in schema]
+    fields += [pa.field(name, kind) for name, kind in ours.items() if name not in schema.names]
+    return pa.schema(fields)
 
 
 def no_rows(columns: list[str], output_key: str) -> pd.DataFrame:

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from longclip.runtime.errors import InputError
-from longclip.runtime.tables import TableReader, TableWriter, read_table, same_file
+from longclip.runtime.tables import TableReader, read_table, same_file
+from longclip.runtime.writers import TableWriter
 
 
 def _csv(tmp_path, text, name="in.csv"):

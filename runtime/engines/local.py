@@ -20,20 +20,23 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import pandas as pd
 
 from ..constants import BATCH_SIZE
-from ..errors import InputError, error_code
+from ..errors import InputError, WriteError, error_code
 from ..lock import OutputLock
 from ..model import LongCLIP
 from ..prefetch import input_pool
 from ..preprocess import MAX_PIXELS
-from ..rows import Columns, check_columns, check_output_columns, no_rows, with_scores
-from ..tables import TableReader, TableWriter, same_file
+from ..rows import Columns, check_columns, check_output_columns, no_rows, output_schema, with_scores
+from ..tables import TableReader, same_file
+from ..writers import TableWriter, write_error
 from .chunk import CHUNK_ROWS, ChunkResult, score_chunk
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,8 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     """Check a run before any model loads; :class:`InputError` names the first problem. Holds the output's lock
     from here on, so a second run on the same output is refused now, not after its model loads."""
     reader = TableReader(input_path)
-    check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
+    if reader.columns or reader.n_rows:  # a JSON input without rows has no columns, and nothing to score
+        check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(reader.columns, opts.output_key, opts.overwrite_columns)
     output = Path(output_path)
     if same_file(reader.path, output):
@@ -133,7 +137,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     try:
         for stale in output.parent.glob(f".{glob.escape(output.name)}.*.partial*"):
             stale.unlink(missing_ok=True)  # left by a run killed while writing its output (we hold its lock)
-        writer = TableWriter(output)
+        writer = TableWriter(output, output_schema(reader.schema, opts.output_key))
     except BaseException:
         lock.release()
         raise
@@ -141,42 +145,65 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
 
 
 def _fingerprint(reader: TableReader, model: LongCLIP, opts: RunOptions) -> dict[str, object]:
-    stat = reader.path.stat()
+    """What a resume must find unchanged: the input's bytes (not its size or mtime), the model's graphs and the
+    options. Images are not fingerprinted: a changed image file keeps the score of its finished chunk."""
     return {
         "input": str(reader.path.resolve()),
-        "input_size": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
+        "input_sha256": reader.sha256,
         "model": [model.manifest.vision_sha256, model.manifest.text_sha256],
         "options": asdict(opts),
     }
 
 
 def _save_part(path: Path, result: ChunkResult) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, scores=result.scores, errors=np.array(result.errors, dtype=str), truncated=result.truncated)
-    os.replace(tmp, path)
+    import io
+
+    buffer = io.BytesIO()
+    # reasons are stored as UTF-8 bytes with escapes, so a reason quoting a lone surrogate still saves
+    reasons = np.array([e.encode("utf-8", "backslashreplace") for e in result.errors], dtype=object)
+    np.savez(buffer, scores=result.scores, errors=reasons.astype(bytes) if len(reasons) else np.array([], bytes),
+             truncated=result.truncated)
+    _write_atomically(path, buffer.getvalue())
 
 
 def _load_part(path: Path) -> ChunkResult:
     with np.load(path, allow_pickle=False) as data:
-        return ChunkResult(data["scores"], [str(e) for e in data["errors"]], data["truncated"])
+        return ChunkResult(data["scores"], [e.decode("utf-8") for e in data["errors"].tolist()], data["truncated"])
 
 
 def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> None:
     state_file = work / "state.json"
     if resume and state_file.is_file():
-        previous = json.loads(state_file.read_text())
+        try:
+            previous = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            previous = {}
         changed = [k for k in state if previous.get(k) != state[k]]
         if changed:
-            raise InputError(f"cannot resume: {', '.join(changed)} changed since the interrupted run; "
+            names = ", ".join("input" if k == "input_sha256" else k for k in changed)
+            raise InputError(f"cannot resume: {names} changed since the interrupted run; "
                              "run again without --resume to start over")
         return
     if work.exists():
         log.info("starting over: removing the unfinished run in %s", work)
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    state_file.write_text(json.dumps(state, indent=1))
+    try:
+        work.mkdir(parents=True)
+        _write_atomically(state_file, json.dumps(state, indent=1).encode())
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise write_error(work, exc) from None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
@@ -188,32 +215,53 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     reader, opts = plan.reader, plan.opts
     work = work_dir_for(plan.output)
     _prepare_work_dir(work, _fingerprint(reader, model, opts), plan.resume)
+    kept = (f"; the finished chunks are kept in {str(work)!r}: free space (or fix the permission) and run again "
+            "with --resume")
     root = Path(opts.image_root) if opts.image_root is not None else None
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             input_pool(workers) as pool:
-        for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
+        for index, (chunk, read_reasons) in enumerate(reader.chunks_with_reasons(opts.chunk_rows)):
             part = work / f"chunk-{index:07d}.npz"
             if part.is_file():
                 result = _load_part(part)
                 summary.resumed_rows += len(result.errors)
             else:
-                result = score_chunk(model, chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist(), root,
-                                     opts.batch_size, opts.max_pixels, pool)
-                _save_part(part, result)
+                result = _score(model, chunk, read_reasons, opts, root, pool)
+                try:
+                    _save_part(part, result)
+                except OSError as exc:
+                    raise write_error(part, exc, kept) from None
             summary.add(result)
             bar.update(len(chunk))
     writer = plan.writer
-    for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
-        result = _load_part(work / f"chunk-{index:07d}.npz")
-        writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
-    if reader.n_rows == 0:  # still write the header / schema
-        writer.write(no_rows(reader.columns, opts.output_key))
-    writer.commit()
+    try:
+        for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
+            result = _load_part(work / f"chunk-{index:07d}.npz")
+            writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
+        if reader.n_rows == 0:  # still write the header / schema
+            writer.write(no_rows(reader.columns, opts.output_key))
+        writer.commit()
+    except WriteError as exc:
+        writer.abort()
+        raise WriteError(f"{exc}{kept}") from None
     shutil.rmtree(work)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _score(model: LongCLIP, chunk: pd.DataFrame, read_reasons: list[str], opts: RunOptions, root: Path | None,
+           pool: Executor) -> ChunkResult:
+    """One chunk's result; a row that could not be read (``bad_encoding``) keeps that reason and is not scored."""
+    images, texts = chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist()
+    unread = [n for n, reason in enumerate(read_reasons) if reason]
+    for n in unread:
+        images[n] = texts[n] = None
+    result = score_chunk(model, images, texts, root, opts.batch_size, opts.max_pixels, pool)
+    for n in unread:
+        result.errors[n] = read_reasons[n]
+    return result
 
 
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],

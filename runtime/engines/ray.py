@@ -33,7 +33,8 @@ from ..manifest import read_manifest
 from ..model import TRT_MAX_BATCH, LongCLIP
 from ..rows import check_columns, check_output_columns, error_key, no_rows, with_scores
 from ..session import parse_device
-from ..tables import TableWriter, same_file
+from ..tables import same_file
+from ..writers import TableWriter
 from .chunk import score_chunk
 from .local import RunOptions, RunSummary
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
