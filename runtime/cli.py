@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 @click.option("--chunk-rows", default=CHUNK_ROWS, show_default=True, type=click.IntRange(1),
               help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
-              help="Refuse larger images from their header (decompression bombs).")
+              help="Refuse images with more pixels, or whose resize to the model size would have more, from their "
+                   "header (decompression bombs, very thin images).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one file. ray: Ray Data workers (needs the ray extra); INPUT may also be a "
                    "folder, a glob or an s3:// / gs:// URI.")

@@ -19,7 +19,7 @@ from ..constants import BATCH_SIZE
 from ..errors import RowError
 from ..model import LongCLIP
 from ..prefetch import input_pool, prefetch
-from ..preprocess import MAX_PIXELS, load_image, preprocess_image
+from ..preprocess import MAX_PIXELS, decode_image
 from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, cell_key, check_text, resolve_image_path, row_reason, with_scores
 from ..scoring import score_rows
 
@@ -51,8 +51,8 @@ def _decoder(model: LongCLIP, image_root: Path | None, max_pixels: int
     def decode(item: tuple[Hashable, object]) -> tuple[Hashable, np.ndarray | None, str]:
         key, value = item
         try:
-            image = load_image(resolve_image_path(value, image_root), max_pixels)
-            return key, preprocess_image(image, m.image_size, m.mean, m.std), ""
+            path = resolve_image_path(value, image_root)
+            return key, decode_image(path, m.image_size, m.mean, m.std, max_pixels), ""
         except RowError as exc:
             return key, None, str(exc)
 
