@@ -68,6 +68,8 @@ EMPTY_FILE = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
 UNDECODABLE = "undecodable"  # truncated, corrupt, or any decoder failure
 TOO_MANY_PIXELS = "too_many_pixels"
+DECODER_CRASHED = "decoder_crashed"  # the decode worker died on this image (it is replaced)
+DECODE_TIMEOUT = "decode_timeout"  # one image took longer than --decode-timeout (the worker is replaced)
 NULL_TEXT = "null_text"
 NOT_TEXT = "not_text"
 EMPTY_TEXT = "empty_text"
@@ -76,7 +78,7 @@ TOO_LONG = "too_long"  # tokenize(..., truncate=False) only
 BAD_ENCODING = "bad_encoding"  # a jsonl line that is not UTF-8
 
 IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADABLE, EMPTY_FILE, NOT_AN_IMAGE,
-               UNDECODABLE, TOO_MANY_PIXELS)
+               UNDECODABLE, TOO_MANY_PIXELS, DECODER_CRASHED, DECODE_TIMEOUT)
 TEXT_CODES = (NULL_TEXT, NOT_TEXT, EMPTY_TEXT, BAD_TEXT, TOO_LONG)
 
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
@@ -124,25 +125,36 @@ class LongCLIP:
         out = np.empty((len(pixels), self.manifest.embed_dim), dtype=np.float32)
         batch_size = min(batch_size, self._batch_cap() or batch_size)
         for start in range(0, len(pixels), batch_size):
-            chunk = np.ascontiguousarray(pixels[start : start + batch_size], dtype=np.float32)
-            out[start : start + len(chunk)] = run_one(self.vision, VISION_INPUT, chunk)
+            out[start : start + batch_size] = self.run_vision(pixels[start : start + batch_size])
         return out
 
-    def embed_ids(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
-        """``(N, 248) int64`` ids -> unnormalized ``(N, D) float32``.
+    def run_vision(self, pixels: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """One forward of the image tower: ``(B, 3, n, n)`` -> unnormalized ``(B, D) float32``."""
+        return run_one(self.vision, VISION_INPUT, np.ascontiguousarray(pixels, dtype=np.float32), run_options)
 
-        Rows are grouped into length buckets and each batch runs at its own longest length: with a causal mask
-        and EOT pooling, tokens after EOT cannot change the embedding, so this is exact and short texts stay
-        cheap even beside long ones.
-        """
-        out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
+    def text_batches(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its own
+        longest length (with a causal mask and EOT pooling, tokens after EOT cannot change the embedding, so this
+        is exact and short texts stay cheap even beside long ones); int8 batches of short texts hold up to
+        ``batch_size * TOKENS_PER_ROW`` tokens."""
         eot = eot_positions(ids)
         cap = self._batch_cap()
         per_row = TOKENS_PER_ROW if self.manifest.precision == "int8" else 0
+        out = []
         for rows in length_batches(eot + 1, min(batch_size, cap or batch_size), per_row, cap):
             length = int(eot[rows].max()) + 1
-            batch = np.ascontiguousarray(ids[rows, :length], dtype=np.int64)
-            out[rows] = run_one(self.text, TEXT_INPUT, batch)
+            out.append((rows, np.ascontiguousarray(ids[rows, :length], dtype=np.int64)))
+        return out
+
+    def run_text(self, ids: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """One forward of the text tower: ``(B, L) int64`` -> unnormalized ``(B, D) float32``."""
+        return run_one(self.text, TEXT_INPUT, ids, run_options)
+
+    def embed_ids(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
+        """``(N, 248) int64`` ids -> unnormalized ``(N, D) float32``, batched as :meth:`text_batches` says."""
+        out = np.empty((len(ids), self.manifest.embed_dim), dtype=np.float32)
+        for rows, batch in self.text_batches(ids, batch_size):
+            out[rows] = self.run_text(batch)
         return out
 
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE) -> np.ndarray:

@@ -174,13 +174,15 @@ def create_session(
     return session
 
 
-def run_one(session: ort.InferenceSession, input_name: str, array: np.ndarray) -> np.ndarray:
+def run_one(session: ort.InferenceSession, input_name: str, array: np.ndarray,
+            run_options: ort.RunOptions | None = None) -> np.ndarray:
     """``session``'s single output for one input. On CUDA the output is bound with IO binding so ORT copies it
-    to the host once, synchronously, without an intermediate allocation on the default stream."""
+    to the host once, synchronously, without an intermediate allocation on the default stream. ``run_options``:
+    setting its ``terminate`` from another thread stops the run (Ctrl-C during a long batch)."""
     if session.get_providers()[0] != CUDA:
-        return session.run(None, {input_name: array})[0]
+        return session.run(None, {input_name: array}, run_options)[0]
     binding = session.io_binding()
     binding.bind_cpu_input(input_name, array)
     binding.bind_output(session.get_outputs()[0].name, "cuda")
-    session.run_with_iobinding(binding)
+    session.run_with_iobinding(binding, run_options)
     return binding.copy_outputs_to_cpu()[0]

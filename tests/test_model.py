@@ -97,7 +97,7 @@ def test_short_texts_never_run_at_a_long_texts_length(tiny_model_dir, monkeypatc
     model = LongCLIP(tiny_model_dir, device="cpu")
     lengths = []
     real = model_module.run_one
-    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch: lengths.append(batch.shape) or real(s, name, batch))
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch, *rest: lengths.append(batch.shape) or real(s, name, batch, *rest))
     texts = ["a cat", "a dog on grass", "word " * 300, "a red car", "stripes " * 50]
     together = model.encode_texts(texts, batch_size=64)
     assert sorted(lengths) == [(1, 52), (1, 248), (3, 6)]  # three buckets, each at its own longest length
@@ -122,7 +122,7 @@ def test_batch_size_reaches_both_graphs_as_given(tiny_model_dir, monkeypatch, ba
     model = LongCLIP(tiny_model_dir, device="cpu")
     shapes = []
     real = model_module.run_one
-    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch: shapes.append((name, len(batch))) or
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, batch, *rest: shapes.append((name, len(batch))) or
                         real(s, name, batch))
     model.embed_pixels(np.zeros((130, 3, 32, 32), np.float32), batch_size)
     model.embed_ids(model.tokenizer([f"caption {i}" for i in range(130)]), batch_size)

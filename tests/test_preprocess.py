@@ -355,20 +355,3 @@ def test_pil_inputs_of_the_python_api_have_their_resize_bounded():
         preprocess_image(Image.new("L", (1, 300_000)), 64)
     assert err.value.code == errors.TOO_MANY_PIXELS
 
-
-def test_the_engine_turns_every_hostile_row_into_its_reason(tmp_path):
-    """The engine's per-row function: a reason string for each, never an exception, nothing blocks."""
-    from longclip.runtime.engines.chunk import _decoder
-
-    os.mkfifo(tmp_path / "pipe.png")
-    (tmp_path / "odd.dds").write_bytes(_dds_unknown_pixel_format())
-    Image.new("L", (1, 2000)).save(tmp_path / "thin.png")  # at 64 px: 64x128,000, over the 1,000,000 cap below
-    os.symlink("loop.png", tmp_path / "loop.png")
-    (tmp_path / "ok.jpg").write_bytes(SMALL_JPG.read_bytes())
-    manifest = SimpleNamespace(image_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    decode = _decoder(SimpleNamespace(manifest=manifest), tmp_path, 1_000_000)
-    cases = {"pipe.png": errors.NOT_A_FILE, "/dev/null": errors.NOT_A_FILE, "odd.dds": errors.UNDECODABLE,
-             "thin.png": errors.TOO_MANY_PIXELS, "loop.png": errors.BAD_PATH, "ok.jpg": ""}
-    got = _without_blocking(lambda: [decode((i, v)) for i, v in enumerate(cases)], tmp_path / "pipe.png")
-    assert [errors.error_code(reason) for _, _, reason in got] == list(cases.values())
-    assert got[-1][1].shape == (3, 64, 64)

@@ -10,6 +10,8 @@ same code either way, the final file equals an uninterrupted run's. One run per 
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import glob
 import json
 import logging
@@ -19,25 +21,24 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
-from concurrent.futures import Executor
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-import pandas as pd
 
 from ..constants import BATCH_SIZE
+from ..decode_pool import DecodePool, ThreadPool
 from ..errors import InputError, WriteError, error_code
 from ..lock import OutputLock
 from ..model import LongCLIP
-from ..prefetch import input_pool
 from ..preprocess import MAX_PIXELS
 from ..rows import Columns, check_columns, check_output_columns, no_rows, output_schema, with_scores
 from ..tables import TableReader, same_file
 from ..writers import TableWriter, write_error
-from .chunk import CHUNK_ROWS, ChunkResult, score_chunk
+from .chunk import CHUNK_ROWS, default_pool
+from .pipeline import ChunkResult, Pipeline, Work
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
-            workers: int | None = None) -> RunSummary:
-    """Score the planned run with ``model`` (see the module doc); the plan's checks are not repeated."""
+            pool: DecodePool | ThreadPool | None = None) -> RunSummary:
+    """Score the planned run with ``model`` (see the module doc); the plan's checks are not repeated. Decodes on
+    ``pool`` (its spec must be ``model``'s), else on workers sized for this process's CPUs."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -220,25 +222,42 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     root = Path(opts.image_root) if opts.image_root is not None else None
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
-            input_pool(workers) as pool:
-        for index, (chunk, read_reasons) in enumerate(reader.chunks_with_reasons(opts.chunk_rows)):
-            part = work / f"chunk-{index:07d}.npz"
+    parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
+    unread: collections.deque[list[str]] = collections.deque()  # read reasons of the chunks in the pipeline
+
+    def works() -> Iterator[Work]:
+        for part, (chunk, reasons) in zip(parts, reader.chunks_with_reasons(opts.chunk_rows)):
             if part.is_file():
-                result = _load_part(part)
-                summary.resumed_rows += len(result.errors)
-            else:
-                result = _score(model, chunk, read_reasons, opts, root, pool)
+                done = _load_part(part)
+                summary.resumed_rows += len(done.errors)
+                unread.append([""] * len(done.errors))
+                yield Work([], [], done)
+                continue
+            images, texts = chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist()
+            for n, reason in enumerate(reasons):
+                if reason:  # a row that could not be read is not scored: it keeps that reason
+                    images[n] = texts[n] = None
+            unread.append(reasons)
+            yield Work(images, texts)
+
+    owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
+    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
+            contextlib.nullcontext() if owned is None else owned:
+        pipeline = Pipeline(model, pool or owned, root, opts.batch_size)  # type: ignore[arg-type]
+        for part, result in zip(parts, pipeline.run(works())):
+            reasons = unread.popleft()
+            result.errors[:] = [r or e for r, e in zip(reasons, result.errors)]
+            if not part.is_file():
                 try:
                     _save_part(part, result)
                 except OSError as exc:
                     raise write_error(part, exc, kept) from None
             summary.add(result)
-            bar.update(len(chunk))
+            bar.update(len(result.errors))
     writer = plan.writer
     try:
-        for index, chunk in enumerate(reader.chunks(opts.chunk_rows)):
-            result = _load_part(work / f"chunk-{index:07d}.npz")
+        for part, chunk in zip(parts, reader.chunks(opts.chunk_rows)):
+            result = _load_part(part)
             writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
         if reader.n_rows == 0:  # still write the header / schema
             writer.write(no_rows(reader.columns, opts.output_key))
@@ -251,25 +270,12 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     return summary
 
 
-def _score(model: LongCLIP, chunk: pd.DataFrame, read_reasons: list[str], opts: RunOptions, root: Path | None,
-           pool: Executor) -> ChunkResult:
-    """One chunk's result; a row that could not be read (``bad_encoding``) keeps that reason and is not scored."""
-    images, texts = chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist()
-    unread = [n for n, reason in enumerate(read_reasons) if reason]
-    for n in unread:
-        images[n] = texts[n] = None
-    result = score_chunk(model, images, texts, root, opts.batch_size, opts.max_pixels, pool)
-    for n in unread:
-        result.errors[n] = read_reasons[n]
-    return result
-
-
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
              opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None,
-             workers: int | None = None) -> RunSummary:
+             pool: DecodePool | ThreadPool | None = None) -> RunSummary:
     """Score every row of ``input_path`` into ``output_path``; formats by extension. See the module doc.
 
     >>> run_file(LongCLIP("models/tiny"), "pairs.jsonl", "scored.parquet")    # doctest: +SKIP
     """
     with plan_file(input_path, output_path, opts, resume) as plan:
-        return execute(plan, model, progress, workers)
+        return execute(plan, model, progress, pool)

@@ -2,8 +2,9 @@
 
 The driver checks the input's columns, the output, the model and the device, starts (or joins) Ray and streams
 ``read -> map_batches(Scorer) -> write``. Each ``Scorer`` actor builds one ``LongCLIP`` and scores the batches it
-gets with the local engine's own ``score_chunk`` and ``with_scores``, so rows, reasons and scores are the same.
-Images are decoded inside the actors: only paths and texts travel (see benchmarks/ray_engine.py for why).
+gets through the engines' own pipeline and ``with_scores``, so rows, reasons and scores are the same. Images are
+decoded inside the actors, by decode workers of the actor's own (``--cpus-per-worker``): only paths and texts
+travel (see benchmarks/ray_engine.py for why).
 ``preserve_order`` keeps the output in input order: shards in path order, rows in file order.
 
 Ray is imported only here, only when this engine runs; ``pip install "longclip[ray]"`` adds it.
@@ -35,7 +36,9 @@ from ..rows import check_columns, check_output_columns, error_key, no_rows, with
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
-from .chunk import score_chunk
+from ..cpus import available_cpus, plan_cpus
+from ..decode_pool import ImageSpec, make_pool
+from .pipeline import Pipeline, Work
 from .local import RunOptions, RunSummary
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
 
@@ -48,6 +51,7 @@ RAY_EXTRA = 'pip install "longclip[ray]"'
 class RayOptions:
     address: str | None = None  # HOST:PORT, ray://HOST:PORT or auto; None: start a local Ray for this run
     workers: int | None = None  # actors, one model each; None: one per GPU, else one per CPU but one
+    cpus_per_worker: int = 1  # CPUs each actor reserves: its model, and (beyond the first) its decode workers
     object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
     shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
     log_level: int = logging.WARNING  # Ray's own loggers
@@ -64,19 +68,29 @@ def import_ray() -> ModuleType:
 
 
 class Scorer:
-    """One Ray actor: one model, built once; a pandas batch in, the same batch plus score and reason out."""
+    """One Ray actor: one model and its decode workers, built once; a pandas batch in, the same batch plus score
+    and reason out. It sizes itself from the CPUs Ray gave it (``cpus``), not from the node's."""
 
-    def __init__(self, model_dir: str, device: str | None, opts: RunOptions):
-        # One intra-op thread: Ray gives the actor one CPU, and N actors share a node's cores.
-        self.model = LongCLIP(model_dir, device=device, threads=1, max_batch=max(opts.batch_size, TRT_MAX_BATCH))
+    def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1):
+        gpu = device not in (None, "cpu")
+        split = plan_cpus(gpu, cpus=cpus)
+        workers = 0 if cpus == 1 else split.decode_workers  # one CPU: decode on threads, beside the model
+        self.model = LongCLIP(model_dir, device=device, threads=split.model_threads,
+                              max_batch=max(opts.batch_size, TRT_MAX_BATCH))
+        self.pool = make_pool(ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size, workers)
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         o = self.opts
-        result = score_chunk(self.model, _values(batch, o.image_key), _values(batch, o.text_key), self.root,
-                             o.batch_size, o.max_pixels)
+        work = Work(_values(batch, o.image_key), _values(batch, o.text_key))
+        result = next(Pipeline(self.model, self.pool, self.root, o.batch_size).run([work]))
         return with_scores(batch, result.scores, result.errors, o.output_key)
+
+    def __del__(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
 
 
 def _values(batch: pd.DataFrame, key: str) -> list[object]:
@@ -84,18 +98,21 @@ def _values(batch: pd.DataFrame, key: str) -> list[object]:
     return batch[key].tolist() if key in batch.columns else [None] * len(batch)
 
 
-def plan_workers(resources: Mapping[str, float], gpu: bool, workers: int | None) -> int:
-    """Actors for a cluster with ``resources``: each holds one CPU (and one GPU when ``gpu``), and one CPU stays
-    free for reading and writing, which would otherwise wait forever behind a pool that holds every CPU."""
+def plan_workers(resources: Mapping[str, float], gpu: bool, workers: int | None, cpus_per_worker: int = 1) -> int:
+    """Actors for a cluster with ``resources``: each holds ``cpus_per_worker`` CPUs (and one GPU when ``gpu``), and
+    one CPU stays free for reading and writing, which would otherwise wait forever behind a pool that holds every
+    CPU."""
     cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
     if gpu and gpus < 1:
         raise EngineError("the Ray cluster has no GPUs: start its nodes on GPU machines, or pass --device cpu")
-    n = workers or (gpus if gpu else cpus - 1)
+    n = workers or (gpus if gpu else (cpus - 1) // cpus_per_worker)
     if gpu and n > gpus:
         raise EngineError(f"--workers {n}: each worker takes a GPU and the Ray cluster has {gpus}")
-    if n < 1 or n + 1 > cpus:
-        raise EngineError(f"--workers {n}: each worker takes a CPU, and reading and writing need one more; the Ray "
-                          f"cluster has {cpus} CPUs: use --workers {max(cpus - 1, 1)} or fewer, or a larger cluster")
+    if n < 1 or n * cpus_per_worker + 1 > cpus:
+        most = max((cpus - 1) // cpus_per_worker, 1)
+        raise EngineError(f"--workers {n}: each worker takes {cpus_per_worker} CPU(s), and reading and writing need "
+                          f"one more; the Ray cluster has {cpus} CPUs: use --workers {most} or fewer, fewer "
+                          "--cpus-per-worker, or a larger cluster")
     return n
 
 
@@ -129,7 +146,8 @@ def ray_session(ray: ModuleType, opts: RayOptions) -> Iterator[None]:
             _check_reachable(opts.address)
             ray.init(address=opts.address, logging_level=opts.log_level)
         else:
-            ray.init(num_cpus=(opts.workers or os.cpu_count() or 1) + 1, object_store_memory=opts.object_store_bytes,
+            cpus = opts.workers * opts.cpus_per_worker + 1 if opts.workers else available_cpus() + 1
+            ray.init(num_cpus=cpus, object_store_memory=opts.object_store_bytes,
                      include_dashboard=False, logging_level=opts.log_level)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:  # Ray's own, many kinds
         where = f"join the Ray cluster at {opts.address!r}" if opts.address else "start a local Ray"
@@ -273,7 +291,7 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     with ray_session(ray, ray_opts):
         resources = ray.cluster_resources()
         gpu = kind in ("cuda", "tensorrt") or (kind == "auto" and resources.get("GPU", 0) >= 1)
-        workers = plan_workers(resources, gpu, ray_opts.workers)
+        workers = plan_workers(resources, gpu, ray_opts.workers, ray_opts.cpus_per_worker)
         actor_device = "cpu" if not gpu else (None if kind == "auto" else kind)
         pool = f"{workers} worker{'s' if workers > 1 else ''} on {'GPU' if gpu else 'CPU'}"
         summary = RunSummary(truncated=None, provider=f"Ray Data, {pool}")
@@ -284,8 +302,9 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
             if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
                 ds.context.enable_progress_bars = progress
             scored = ds.map_batches(
-                Scorer, fn_constructor_args=(model_dir, actor_device, opts), batch_format="pandas",
-                batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker),
+                batch_format="pandas", batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=ray_opts.cpus_per_worker,
                 num_gpus=1 if gpu else 0)
             if target.folder:
                 _write_folder(scored, target, opts, ray_opts.shard_rows, summary)

@@ -93,8 +93,8 @@ def test_chunking_and_dedup(tmp_path, model, monkeypatch):
     _write(tmp_path / "in.jsonl", rows)
     seen = []
     original = model.vision.run
-    monkeypatch.setattr(model.vision, "run", lambda out, feeds: seen.append(len(feeds["pixel_values"])) or
-                        original(out, feeds), raising=False)
+    monkeypatch.setattr(model.vision, "run", lambda out, feeds, *rest: seen.append(len(feeds["pixel_values"])) or
+                        original(out, feeds, *rest), raising=False)
     run_file(model, tmp_path / "in.jsonl", tmp_path / "a.jsonl", RunOptions(image_root=str(IMG), chunk_rows=20),
              progress=False)
     assert sum(seen) == 2 * len(NAMES)  # two chunks, each distinct image encoded once per chunk
@@ -207,7 +207,7 @@ def _interrupted_run(tmp_path, model, monkeypatch, rows=12, chunk_rows=4):
     from longclip.runtime.engines import local
 
     _write(tmp_path / "in.jsonl", _rows(rows))
-    real, calls = local.score_chunk, []
+    real, calls = local._save_part, []
 
     def stop_after_one(*args, **kwargs):
         if calls:
@@ -215,11 +215,11 @@ def _interrupted_run(tmp_path, model, monkeypatch, rows=12, chunk_rows=4):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(local, "score_chunk", stop_after_one)
+    monkeypatch.setattr(local, "_save_part", stop_after_one)
     opts = RunOptions(image_root=str(IMG), chunk_rows=chunk_rows)
     with pytest.raises(KeyboardInterrupt):
         run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, progress=False)
-    monkeypatch.setattr(local, "score_chunk", real)
+    monkeypatch.setattr(local, "_save_part", real)
     assert len(list(work_dir_for(tmp_path / "out.jsonl").glob("chunk-*.npz"))) == 1
     assert not (tmp_path / "out.jsonl").exists()
     return opts

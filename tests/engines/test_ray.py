@@ -153,7 +153,7 @@ def test_glob_of_csv_shards_by_uri_keeps_strings_as_written(tmp_path, ray_cluste
 @needs_ray
 @pytest.mark.parametrize(("device", "workers", "message"), [
     ("cuda", None, "the Ray cluster has no GPUs"),
-    ("cpu", 2, "--workers 2: each worker takes a CPU, and reading and writing need one more; the Ray cluster has 2 CPUs"),
+    ("cpu", 2, "--workers 2: each worker takes 1 CPU\\(s\\), and reading and writing need one more; the Ray cluster has 2 CPUs"),
 ])
 def test_cluster_refusals(tmp_path, ray_cluster, tiny_model_dir, device, workers, message):
     from longclip.runtime.engines.ray import RayOptions

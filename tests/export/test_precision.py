@@ -97,7 +97,7 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
     model = LongCLIP(folder, device="cpu")
     shapes = []
     real = model_module.run_one
-    monkeypatch.setattr(model_module, "run_one", lambda s, name, b: shapes.append(b.shape) or real(s, name, b))
+    monkeypatch.setattr(model_module, "run_one", lambda s, name, b, *rest: shapes.append(b.shape) or real(s, name, b, *rest))
     texts = ["a cat"] * 40  # 4 tokens with SOT and EOT: the 8-token bucket
     model.encode_texts(texts, batch_size=4)
     assert shapes == ([(32, 4), (8, 4)] if precision == "int8" else [(4, 4)] * 10)

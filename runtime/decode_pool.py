@@ -1,0 +1,343 @@
+"""Decoding off the GIL: worker processes that write pixels straight into shared memory, and tokenize texts.
+
+A decoding thread holds the GIL for about 1.8 ms per 640x480 JPEG (Pillow's Python-side parsing), so threads cap
+near 570 images/s on any number of cores. :class:`DecodePool` runs ``decode_worker`` processes instead; each writes
+a row's ``(3, n, n) float32`` pixels into a slot of one shared buffer (``/dev/shm``, or the temp folder when
+``/dev/shm`` is too small, as Docker's 64 MB default often is), so the pixels never travel through a pipe.
+:class:`ThreadPool` is the same interface on threads (``--decode-workers 0``).
+
+Jobs go in through :meth:`submit`; results come out, in any order, on the pool's ``events`` queue:
+``("image", job, reason)`` (``""``: the slot holds the pixels) and ``("text", job, ids, lengths)`` (``ids`` is
+``None`` when the worker failed: the caller tokenizes those texts itself). A worker that crashes, or that spends
+more than ``timeout`` seconds on one image, costs that image only (``decoder_crashed`` / ``decode_timeout``): it
+is killed and replaced, and the jobs it had not started are sent again.
+
+One supervisor thread owns the workers: it starts them (so ``PR_SET_PDEATHSIG``, tied to the thread that started a
+process, lasts as long as the pool), sends jobs, reads results and stderr, and enforces the timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import mmap
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import errors
+from .errors import ImageError
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+DECODE_TIMEOUT = 120.0
+"""Seconds one image may take in a worker before it is killed (``--decode-timeout``): generous, since a huge
+legitimate image on a loaded machine takes seconds; a stalled network read takes forever."""
+
+_DEPTH = 2  # jobs sent ahead to each worker, so it never waits for the next one
+_STDERR_LINES = 20  # last lines of each worker's stderr kept for its crash report
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every image becomes: ``(3, size, size) float32`` with this mean/std, refused over ``max_pixels``."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_pixels: int
+
+    @classmethod
+    def of(cls, manifest: Manifest, max_pixels: int) -> ImageSpec:
+        return cls(manifest.image_size, manifest.mean, manifest.std, max_pixels)
+
+
+def shared_buffer(nbytes: int) -> tuple[int, mmap.mmap]:
+    """An anonymous file of ``nbytes`` (``/dev/shm`` when it has room, else the temp folder), mapped; its fd is
+    inherited by the workers. The file is unlinked at once, so nothing is left behind however the run ends."""
+    for folder in ("/dev/shm", tempfile.gettempdir()):
+        try:
+            fd, path = tempfile.mkstemp(prefix="longclip-pixels-", dir=folder)
+        except OSError:
+            continue
+        os.unlink(path)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)  # reserve it now: a full tmpfs would otherwise SIGBUS a writer later
+            return fd, mmap.mmap(fd, nbytes)
+        except OSError as exc:
+            log.debug("no room for %d bytes of pixels in %s (%s)", nbytes, folder, exc)
+            os.close(fd)
+    raise OSError(f"no room for {nbytes} bytes of decoded pixels in /dev/shm or {tempfile.gettempdir()}")
+
+
+@dataclass(eq=False)  # compared by identity: a replaced worker is another one
+class _Worker:
+    process: subprocess.Popen[bytes]
+    jobs: Connection
+    results: Connection
+    sent: collections.deque[tuple[Any, ...]] = field(default_factory=collections.deque)  # head: in progress
+    started: float = 0.0  # when the head job began
+    ready: bool = False
+    timed_out: bool = False
+    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_LINES))
+
+
+class DecodePool:
+    """``workers`` decode processes over ``n_slots`` shared image slots (``slots``: ``(n_slots, 3, n, n)``)."""
+
+    def __init__(self, spec: ImageSpec, n_slots: int, workers: int, timeout: float = DECODE_TIMEOUT):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.spec, self.n_slots, self.workers, self.timeout = spec, n_slots, workers, timeout
+        self.events: queue.Queue[Any] = queue.Queue()
+        self._events = self.events
+        shape = (n_slots, 3, spec.size, spec.size)
+        self._shm_fd, self._buffer = shared_buffer(int(np.prod(shape)) * 4)
+        self.slots = np.frombuffer(self._buffer, dtype=np.float32).reshape(shape)
+        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._closing = threading.Event()
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._supervise, name="longclip-decode", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ------------------------------------------------------------------------------------
+    def submit(self, job: tuple[Any, ...]) -> None:
+        """Queue ``("image", job_id, source, slot)`` or ``("text", job_id, texts, context_length)``."""
+        if self._failure is not None:
+            raise RuntimeError(f"the decode workers failed: {self._failure}") from self._failure
+        self._inbox.put(job)
+        os.write(self._wake_w, b"j")
+
+    def close(self) -> None:
+        """Stop the workers (at once: queued jobs are dropped) and release the shared memory."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        try:
+            os.write(self._wake_w, b"c")
+        except OSError:
+            pass
+        self._thread.join(timeout=10)
+        for fd in (self._wake_r, self._wake_w, self._shm_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the supervisor thread --------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        workers: list[_Worker] = []
+        try:
+            workers = [self._spawn() for _ in range(self.workers)]
+            while not self._closing.is_set():
+                self._step(workers)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller, never silently lost
+            self._failure = exc
+            log.error("decode workers failed: %s", exc)
+            self._events.put(("pool_failed", repr(exc)))
+        finally:
+            for worker in workers:
+                _stop(worker)
+
+    def _step(self, workers: list[_Worker]) -> None:
+        owner: dict[int, _Worker] = {}  # id of each waitable -> its worker
+        for worker in workers:
+            owner[id(worker.results)] = worker
+            if worker.process.stderr is not None:
+                owner[id(worker.process.stderr)] = worker
+        waitables = [self._wake_r, *(w.results for w in workers),
+                     *(w.process.stderr for w in workers if w.process.stderr is not None)]
+        for ready in wait(waitables, timeout=0.2):
+            if ready is self._wake_r:
+                os.read(self._wake_r, 4096)
+                continue
+            worker = owner[id(ready)]
+            if worker not in workers:  # replaced earlier in this round: its pipes are closed
+                continue
+            if ready is worker.process.stderr:
+                self._read_stderr(worker)
+            elif not self._receive(worker):
+                workers[workers.index(worker)] = self._replace(worker)
+        while True:
+            try:
+                self._pending.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        for i, worker in enumerate(workers):
+            if worker.sent and worker.ready and now - worker.started > self.timeout:
+                worker.timed_out = True
+                workers[i] = self._replace(worker)
+        for worker in workers:
+            while self._pending and worker.ready and len(worker.sent) < _DEPTH:
+                job = self._pending.popleft()
+                if not worker.sent:
+                    worker.started = time.monotonic()
+                worker.sent.append(job)
+                worker.jobs.send(job)
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Handle one message; False when the worker is gone."""
+        try:
+            message = worker.results.recv()
+        except (EOFError, OSError):
+            return False
+        if message[0] == "ready":
+            worker.ready = True
+            return True
+        worker.sent.popleft()
+        worker.started = time.monotonic()
+        self._events.put(message)
+        return True
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        """Kill ``worker``; its job in progress fails with a reason, the others are sent again."""
+        _stop(worker, kill=True)
+        if worker.sent:
+            head, *rest = worker.sent
+            self._fail(head, worker)
+            self._pending.extendleft(reversed(rest))
+        return self._spawn()
+
+    def _fail(self, job: tuple[Any, ...], worker: _Worker) -> None:
+        if job[0] == "text":
+            self._events.put(("text", job[1], None, None))
+            return
+        name = job[2] if isinstance(job[2], str) else "<bytes>"
+        if worker.timed_out:
+            reason = ImageError(errors.DECODE_TIMEOUT, f"decoding {name!r} took more than {self.timeout:g} s; the "
+                                "decoder was stopped (raise --decode-timeout if this is intended)")
+        else:
+            code = worker.process.returncode
+            last = " | ".join(worker.stderr)[-300:]
+            reason = ImageError(errors.DECODER_CRASHED, f"the decoder crashed on {name!r} (exit {code})"
+                                + (f": {last}" if last else ""))
+        self._events.put(("image", job[1], str(reason)))
+
+    def _read_stderr(self, worker: _Worker) -> None:
+        assert worker.process.stderr is not None
+        data = os.read(worker.process.stderr.fileno(), 65536)
+        if not data:  # the worker is exiting: its results pipe says so
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                worker.stderr.append(line.strip())
+                log.debug("decode worker %d: %s", worker.process.pid, line.strip())
+
+    def _spawn(self) -> _Worker:
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        spec = self.spec
+        args = [str(os.getpid()), str(job_r), str(result_w), str(self._shm_fd), str(self.n_slots), str(spec.size),
+                str(spec.max_pixels), ",".join(map(repr, spec.mean)), ",".join(map(repr, spec.std))]
+        # -c with this process's sys.path: the worker imports longclip however this process found it
+        code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+                "from longclip.runtime.decode_worker import main; main(sys.argv[2:])")
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(sys.path), *args], pass_fds=(job_r, result_w, self._shm_fd),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        os.close(job_r)
+        os.close(result_w)
+        return _Worker(process, Connection(job_w, readable=False), Connection(result_r, writable=False))
+
+
+def _stop(worker: _Worker, kill: bool = False) -> None:
+    for conn in (worker.jobs, worker.results):
+        try:
+            conn.close()
+        except OSError:
+            pass
+    if kill:
+        worker.process.kill()
+    try:
+        worker.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+    if worker.process.stderr is not None:
+        worker.process.stderr.close()
+
+
+class ThreadPool:
+    """:class:`DecodePool`'s interface on threads of this process (``--decode-workers 0``): no processes, the
+    slots in ordinary memory, no timeout (a thread cannot be stopped)."""
+
+    def __init__(self, spec: ImageSpec, n_slots: int, threads: int):
+        self.spec, self.n_slots, self.workers = spec, n_slots, threads
+        self.slots = np.empty((n_slots, 3, spec.size, spec.size), dtype=np.float32)
+        self.events: queue.Queue[Any] = queue.Queue()
+        self._events = self.events
+        self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="longclip-input")
+        self._tokenizer: Any = None
+
+    def submit(self, job: tuple[Any, ...]) -> None:
+        self._executor.submit(self._run, job)
+
+    def _run(self, job: tuple[Any, ...]) -> None:
+        from .preprocess import decode_image
+        from .tokenizer import default_tokenizer
+
+        try:
+            if job[0] == "image":
+                _, job_id, source, slot = job
+                s = self.spec
+                try:
+                    decode_image(source, s.size, s.mean, s.std, s.max_pixels, out=self.slots[slot])
+                    self._events.put(("image", job_id, ""))
+                except ImageError as exc:
+                    self._events.put(("image", job_id, str(exc)))
+            else:
+                _, job_id, texts, context_length = job
+                ids, lengths = default_tokenizer().batch(texts, context_length)
+                self._events.put(("text", job_id, ids, lengths))
+        except BaseException as exc:  # noqa: BLE001 - a bug of ours: the caller must hear of it
+            self._events.put(("pool_failed", repr(exc)))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ThreadPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def slots_for(batch_size: int, workers: int) -> int:
+    """Image slots a pipeline needs: a batch filling while the model runs another, plus what is being decoded.
+
+    >>> slots_for(32, 2)
+    68
+    """
+    return 2 * batch_size + _DEPTH * max(1, workers)
+
+
+def make_pool(spec: ImageSpec, batch_size: int, workers: int, timeout: float = DECODE_TIMEOUT
+              ) -> DecodePool | ThreadPool:
+    """Worker processes, or threads when ``workers`` is 0 (two of them, so decoding overlaps inference)."""
+    if workers == 0:
+        return ThreadPool(spec, slots_for(batch_size, 2), 2)
+    return DecodePool(spec, slots_for(batch_size, workers), workers, timeout)

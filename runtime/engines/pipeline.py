@@ -1,0 +1,313 @@
+"""A continuous pipeline: chunks of rows in, their results out, in order; the model never waits for the CPU.
+
+Reading (the caller's iterator), decoding and tokenization (a :mod:`..decode_pool`) and the model (one thread,
+both towers) run at once, across chunk boundaries: while the model embeds chunk ``c``, chunk ``c + 1`` is being
+decoded. Memory is bounded: at most ``max_chunks`` chunks in flight, and images only decode into the pool's fixed
+number of slots.
+
+Batches are a function of a chunk's contents only, never of timing: a chunk's distinct images, in order of first
+appearance, those that decode in batches of ``batch_size`` (the last one shorter), its distinct texts in the
+model's length buckets. So scores (an int8 model's per-batch activation scales included) are the same on every
+run and every resume, whatever the number of workers.
+
+Ctrl-C: the main thread only waits on events (never inside ONNX Runtime), so a ``KeyboardInterrupt`` reaches it at
+once; the model's run is stopped (``RunOptions.terminate``) and the interrupt propagates within about a second,
+with every chunk already returned kept by the caller.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..decode_pool import DecodePool, ThreadPool
+from ..errors import RowError
+from ..model import LongCLIP
+from ..rows import cell_key, check_text, resolve_image_path, row_reason
+from ..scoring import score_rows
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS = 3
+"""Chunks in flight: one being finished by the model, the next ones decoding."""
+
+TEXTS_PER_JOB = 128  # texts tokenized per worker job
+_TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
+
+
+@dataclass
+class ChunkResult:
+    """Per-row outcome of a chunk: score (``NaN`` when not scored), reason (``""`` when scored), truncation."""
+
+    scores: np.ndarray  # (N,) float32
+    errors: list[str]
+    truncated: np.ndarray  # (N,) bool: the text passed the context length and was cut
+
+
+@dataclass
+class Work:
+    """One chunk to score: parallel lists of image cells and texts; ``done`` passes a finished (resumed) chunk
+    through in order without scoring it."""
+
+    images: list[object]
+    texts: list[object]
+    done: ChunkResult | None = None
+
+
+@dataclass
+class _Chunk:
+    work: Work
+    # images: distinct keys in order of first appearance; "seq" is a key's place in that order
+    keys: list[Hashable] = field(default_factory=list)
+    image_failed: dict[Hashable, str] = field(default_factory=dict)
+    undispatched: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
+    decoded: dict[int, int | None] = field(default_factory=dict)  # seq -> slot (None: failed)
+    next_seq: int = 0  # the next seq to put in a batch
+    batch: list[tuple[Hashable, int]] = field(default_factory=list)
+    image_embeds: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    # texts: distinct valid texts, tokenized in parts
+    texts: list[str] = field(default_factory=list)
+    text_failed: dict[Hashable, str] = field(default_factory=dict)
+    token_parts: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    token_jobs: int = 0
+    lengths: np.ndarray | None = None
+    text_embeds: dict[str, np.ndarray] = field(default_factory=dict)
+    model_jobs: int = 0  # batches at the model, not back yet
+    texts_sent: bool = False
+
+    @property
+    def images_done(self) -> bool:
+        return self.next_seq == len(self.keys) and not self.batch
+
+    def finished(self) -> bool:
+        return self.work.done is not None or (self.images_done and self.texts_sent and self.model_jobs == 0)
+
+
+class Pipeline:
+    """``run(works)`` scores each :class:`Work` with ``model``, decoding on ``pool``; results come in order.
+
+    >>> with make_pool(spec, 32, 2) as pool:                                   # doctest: +SKIP
+    ...     results = list(Pipeline(model, pool, image_root=None).run(works))
+    """
+
+    def __init__(self, model: LongCLIP, pool: DecodePool | ThreadPool, image_root: Path | None = None,
+                 batch_size: int = 32, max_chunks: int = MAX_CHUNKS):
+        self.model, self.pool, self.root = model, pool, image_root
+        self.batch_size, self.max_chunks = batch_size, max_chunks
+        self.context_length = model.manifest.context_length
+        self._free = list(range(pool.n_slots))[::-1]
+        self._jobs: dict[int, tuple[_Chunk, int, int]] = {}  # pool job -> (chunk, seq or token part, slot or -1)
+        self._ids = itertools.count()
+        self.busy = {"vision": 0.0, "text": 0.0}  # seconds each tower spent running
+
+    # -- the caller's side ------------------------------------------------------------------------------------
+    def run(self, works: Iterable[Work]) -> Iterator[ChunkResult]:
+        source = iter(works)
+        active: collections.deque[_Chunk] = collections.deque()
+        model_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        stop = ort.RunOptions()
+        model_thread = threading.Thread(target=self._model_loop, args=(model_queue, stop), daemon=True,
+                                        name="longclip-model")
+        model_thread.start()
+        exhausted = False
+        try:
+            while active or not exhausted:
+                while not exhausted and len(active) < self.max_chunks:
+                    work = next(source, None)
+                    if work is None:
+                        exhausted = True
+                    else:
+                        active.append(self._admit(work, model_queue))
+                self._dispatch(active)
+                if active and active[0].finished():
+                    yield self._result(active.popleft())
+                elif active:
+                    self._handle(self._next_event(), model_queue)
+        except BaseException:
+            stop.terminate = True  # a batch inside ONNX Runtime stops now, not when it would have finished
+            raise
+        finally:
+            model_queue.put(None)
+            model_thread.join(timeout=5)
+
+    def _next_event(self) -> tuple[Any, ...]:
+        while True:  # short waits: Ctrl-C is seen between them
+            try:
+                return self.pool.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
+    # -- admitting a chunk ------------------------------------------------------------------------------------
+    def _admit(self, work: Work, model_queue: queue.SimpleQueue[Any]) -> _Chunk:
+        chunk = _Chunk(work)
+        if work.done is not None:
+            return chunk
+        seen: set[Hashable] = set()
+        for value in work.images:
+            key = cell_key(value)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                path = resolve_image_path(value, self.root)
+            except RowError as exc:
+                chunk.image_failed[key] = str(exc)
+                continue
+            chunk.undispatched.append((len(chunk.keys), str(path)))
+            chunk.keys.append(key)
+        texts: dict[Hashable, str] = {}
+        for value in work.texts:
+            key = cell_key(value)
+            if key in texts or key in chunk.text_failed:
+                continue
+            try:
+                texts[key] = check_text(value)
+            except RowError as exc:
+                chunk.text_failed[key] = str(exc)
+        chunk.texts = list(texts.values())
+        for part, (start, stop) in enumerate(_text_jobs(chunk.texts)):
+            job = next(self._ids)
+            self._jobs[job] = (chunk, part, -1)
+            chunk.token_jobs += 1
+            self.pool.submit(("text", job, chunk.texts[start:stop], self.context_length))
+        if not chunk.texts:
+            self._send_texts(chunk, model_queue)
+        return chunk
+
+    def _dispatch(self, active: Iterable[_Chunk]) -> None:
+        """Send images to decode, in global order (a chunk's before the next one's), while slots are free."""
+        for chunk in active:
+            while chunk.undispatched and self._free:
+                seq, path = chunk.undispatched.popleft()
+                job, slot = next(self._ids), self._free.pop()
+                self._jobs[job] = (chunk, seq, slot)
+                self.pool.submit(("image", job, path, slot))
+            if chunk.undispatched:
+                return
+
+    # -- events -----------------------------------------------------------------------------------------------
+    def _handle(self, event: tuple[Any, ...], model_queue: queue.SimpleQueue[Any]) -> None:
+        kind = event[0]
+        if kind == "image":
+            _, job, reason = event
+            chunk, seq, slot = self._jobs.pop(job)
+            if reason:
+                chunk.image_failed[chunk.keys[seq]] = reason
+                self._free.append(slot)
+                chunk.decoded[seq] = None
+            else:
+                chunk.decoded[seq] = slot
+            self._batch_images(chunk, model_queue)
+        elif kind == "text":
+            _, job, ids, lengths = event
+            chunk, part, _ = self._jobs.pop(job)
+            if ids is None:  # the worker failed: tokenize here (pure Python, cannot crash the process)
+                start, stop = _text_jobs(chunk.texts)[part]
+                ids, lengths = self.model.tokenizer.batch(chunk.texts[start:stop], self.context_length)
+            chunk.token_parts[part] = (ids, lengths)
+            if len(chunk.token_parts) == chunk.token_jobs:
+                self._send_texts(chunk, model_queue)
+        elif kind in ("vision", "text_embeds"):
+            _, chunk, keys, embeds = event
+            (chunk.image_embeds if kind == "vision" else chunk.text_embeds).update(zip(keys, embeds))
+            chunk.model_jobs -= 1
+        elif kind == "model_failed":
+            raise event[1]
+        elif kind == "pool_failed":
+            raise RuntimeError(f"the decode workers failed: {event[1]}")
+
+    def _batch_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+        """Batches in seq order: the decoded images from ``next_seq`` on, as far as every one has come back."""
+        while chunk.next_seq in chunk.decoded:
+            slot = chunk.decoded.pop(chunk.next_seq)
+            if slot is not None:
+                chunk.batch.append((chunk.keys[chunk.next_seq], slot))
+            chunk.next_seq += 1
+            if len(chunk.batch) == self.batch_size:
+                self._send_images(chunk, model_queue)
+        if chunk.next_seq == len(chunk.keys) and chunk.batch:
+            self._send_images(chunk, model_queue)
+
+    def _send_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+        keys, slots = zip(*chunk.batch)
+        pixels = np.take(self.pool.slots, list(slots), axis=0)  # a copy: the slots are free again at once
+        self._free.extend(slots)
+        chunk.batch = []
+        chunk.model_jobs += 1
+        model_queue.put(("vision", chunk, list(keys), pixels))
+
+    def _send_texts(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+        chunk.texts_sent = True
+        if not chunk.texts:
+            chunk.lengths = np.zeros(0, dtype=np.int64)
+            return
+        parts = [chunk.token_parts[p] for p in range(chunk.token_jobs)]
+        ids = np.concatenate([p[0] for p in parts])
+        chunk.lengths = np.concatenate([p[1] for p in parts])
+        chunk.token_parts.clear()
+        for rows, batch in self.model.text_batches(ids, self.batch_size):
+            chunk.model_jobs += 1
+            model_queue.put(("text_embeds", chunk, [chunk.texts[r] for r in rows], batch))
+
+    # -- the model thread -------------------------------------------------------------------------------------
+    def _model_loop(self, tasks: queue.SimpleQueue[Any], stop: ort.RunOptions) -> None:
+        while (task := tasks.get()) is not None:
+            kind, chunk, keys, batch = task
+            start = time.perf_counter()
+            try:
+                if kind == "vision":
+                    embeds = self.model.run_vision(batch, stop)
+                else:
+                    embeds = self.model.run_text(batch, stop)
+            except Exception as exc:  # noqa: BLE001 - raised again on the main thread
+                self.pool.events.put(("model_failed", exc))
+                return
+            self.busy["vision" if kind == "vision" else "text"] += time.perf_counter() - start
+            self.pool.events.put((kind, chunk, keys, embeds))
+
+    # -- a finished chunk -------------------------------------------------------------------------------------
+    def _result(self, chunk: _Chunk) -> ChunkResult:
+        if chunk.work.done is not None:
+            return chunk.work.done
+        cut = {t for t, n in zip(chunk.texts, chunk.lengths) if n > self.context_length}
+        return assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
+                        chunk.text_embeds, chunk.text_failed, cut)
+
+
+def _text_jobs(texts: list[str]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each tokenize job: up to ``TEXTS_PER_JOB`` texts, fewer when they are long."""
+    jobs, start, chars = [], 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start == TEXTS_PER_JOB or chars + len(text) > _TEXT_CHARS_PER_JOB):
+            jobs.append((start, i))
+            start, chars = i, 0
+        chars += len(text)
+    if start < len(texts):
+        jobs.append((start, len(texts)))
+    return jobs
+
+
+def assemble(images: list[object], texts: list[object], image_embeds: dict[Hashable, np.ndarray],
+             image_failed: dict[Hashable, str], text_embeds: dict[str, np.ndarray], text_failed: dict[Hashable, str],
+             cut: set[str]) -> ChunkResult:
+    """Each row's score and reason from its image's and its text's outcome (the image's reason first)."""
+    image_keys, text_keys = [cell_key(v) for v in images], [cell_key(v) for v in texts]
+    errors = [row_reason(image_failed.get(i, ""), text_failed.get(t, "")) for i, t in zip(image_keys, text_keys)]
+    good = [n for n, reason in enumerate(errors) if not reason]
+    scores = np.full(len(images), np.nan, dtype=np.float32)
+    if good:
+        scores[good] = score_rows(np.stack([image_embeds[image_keys[n]] for n in good]),
+                                  np.stack([text_embeds[text_keys[n]] for n in good]))
+    truncated = np.array([k in cut for k in text_keys], dtype=bool)
+    return ChunkResult(scores, errors, truncated)
