@@ -17,6 +17,7 @@ from .resolve import cache_root
 from .session import TENSORRT, TrtProfile, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
 from .constants import BATCH_SIZE, TEXT_INPUT, VISION_INPUT
+from .verify import verify_graph
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,15 @@ class LongCLIP:
                         "those nodes run on CUDA between TensorRT engines; for TensorRT export with "
                         "`longclip-export --attention explicit`", m.root)
         # Loading is start-up latency that every process pays: ONNX Runtime builds the two sessions without the
-        # GIL, so both, and the tokenizer's vocabulary, load at once.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="longclip-load") as pool:
+        # GIL, so both, the tokenizer's vocabulary and the graphs' sha256 (when not stamped) load at once. The
+        # sessions are not used before their graphs are verified, and a wrong sha256 is the error reported.
+        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="longclip-load") as pool:
+            checks = [pool.submit(verify_graph, graph) for graph in m.graphs.values()]
             vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt)
             text = pool.submit(create_session, m.text_graph, device, threads, text_trt)
             tokenizer = pool.submit(default_tokenizer)
+            for check in checks:
+                check.result()
             self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
 
     @property
