@@ -14,9 +14,9 @@ from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
 from .scoring import l2_normalize, score_rows
 from .resolve import cache_root
-from .session import TENSORRT, TrtProfile, create_session, parse_device, run_one
+from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
-from .constants import BATCH_SIZE, TEXT_INPUT, VISION_INPUT
+from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,18 @@ def trt_cache_root() -> Path:
     return cache_root() / "tensorrt"
 
 
+def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
+    """Each graph's input and output as its manifest declares them ("N", "L": dynamic axes).
+
+    >>> print(declared_io(read_manifest("models/tiny"))["vision"][0])    # doctest: +SKIP
+    'pixel_values' float32 (N, 3, 32, 32)
+    """
+    n, d = m.image_size, m.embed_dim
+    return {"vision": (TensorSpec(VISION_INPUT, "float32", ("N", 3, n, n)),
+                       TensorSpec(VISION_OUTPUT, "float32", ("N", d))),
+            "text": (TensorSpec(TEXT_INPUT, "int64", ("N", "L")), TensorSpec(TEXT_OUTPUT, "float32", ("N", d)))}
+
+
 class LongCLIP:
     """An exported LongCLIP model folder, ready to embed and score.
 
@@ -105,6 +117,9 @@ class LongCLIP:
             for check in checks:
                 check.result()
             self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
+        io = declared_io(m)
+        check_io(self.vision, m.vision_graph, *io["vision"])
+        check_io(self.text, m.text_graph, *io["text"])
 
     @property
     def provider(self) -> str:
