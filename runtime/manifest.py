@@ -197,7 +197,7 @@ class _Fields:
         except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
             inside = exists = False
         if not inside:
-            raise self.bad(name, value, "a file inside the folder (it resolves outside it)")
+            raise self.bad(name, value, "a file that stays inside the folder once symlinks resolve")
         if not exists:
             raise ModelDirError(f"model folder {str(self.root)!r}: {MANIFEST} {name} names {value!r}, which is not "
                                 "a file in the folder: the folder is incomplete; re-export or re-download it")
