@@ -74,6 +74,7 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
             "file": spec.file,
             "files": files,
             "sha256": sha256_file(work / spec.file),
+            "data_sha256": {name: sha256_file(work / name) for name in files if name != spec.file},
             "input": {"name": spec.input_name, "dims": list(spec.input_dims),
                       "dtype": onnx.TensorProto.DataType.Name(spec.input_dtype).lower()},
             "output": {"name": spec.output_name, "dims": list(spec.output_dims), "dtype": "float32",

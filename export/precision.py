@@ -19,10 +19,11 @@ from pathlib import Path
 
 import onnx
 
+from longclip.runtime.constants import ATTENTIONS, PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ATTENTION = ("auto", "fused", "explicit")
+ATTENTION = ("auto", *ATTENTIONS)
 FP32_OPS = ["LayerNormalization", "Softmax"]
 
 

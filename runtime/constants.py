@@ -33,5 +33,12 @@ BATCH_SIZE = 32
 """Images (or texts) per forward: ``--batch-size``, ``RunOptions.batch_size``, the operator's and ``encode_images``'
 default. ``encode_texts`` keeps its own default of 64 (text rows are cheaper than images)."""
 
+PRECISIONS = ("fp32", "fp16", "int8")
+"""The precisions a model folder's graphs can have (``manifest.json``: ``precision``)."""
+
+ATTENTIONS = ("fused", "explicit")
+"""How a model folder's graphs compute attention (``manifest.json``: ``attention``): ONNX Runtime's ``Attention``
+op, or plain ONNX."""
+
 OPSET = 18
 """ONNX opset the exporter writes by default (each manifest records the one used)."""

@@ -8,16 +8,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import MANIFEST
+from .constants import ATTENTIONS, CONTEXT_LENGTH, MANIFEST, PRECISIONS
 from .errors import ModelDirError
 
 SCHEMA_VERSION = 1
 FORMAT = "longclip-onnx"
+
+
+REEXPORT = "re-export with `longclip-export CHECKPOINT -o DIR`"
+"""The fix for a model folder that does not hold what its manifest says."""
+
+MAX_IMAGE_SIZE = 4096
+"""Beyond any CLIP (L/14-336 is 336): a larger ``image.size`` is a damaged manifest, not a model."""
+
+GRAPHS = ("vision", "text")
+
+
+@dataclass(frozen=True)
+class GraphFiles:
+    """One graph's files, the ``.onnx`` first, then its external data, and the sha256 the manifest records for
+    each of them (external data: only in manifests that have ``data_sha256``)."""
+
+    files: tuple[Path, ...]
+    sha256: dict[Path, str]
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,7 @@ class Manifest:
     vision_sha256: str
     text_sha256: str
     attention: str  # "fused" (ONNX Runtime's Attention op) or "explicit" (plain ONNX)
+    graphs: dict[str, GraphFiles] = field(repr=False)  # "vision", "text"
     raw: dict[str, Any] = field(repr=False)
 
 
@@ -60,7 +81,11 @@ def write_manifest(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> P
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
-    """Parse and check ``model_dir/manifest.json``; :class:`ModelDirError` names what is wrong."""
+    """Parse and check ``model_dir/manifest.json`` field by field; :class:`ModelDirError` names what is wrong.
+
+    >>> read_manifest("models/tiny").image_size                 # doctest: +SKIP
+    32
+    """
     root = Path(model_dir)
     path = root / MANIFEST
     if not root.is_dir():
@@ -69,33 +94,130 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
         raise ModelDirError(f"{str(root)!r} has no {MANIFEST}: not an exported LongCLIP model (run longclip-export)")
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelDirError(f"cannot read {str(path)!r}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelDirError(f"cannot read {str(path)!r}: {exc}: {REEXPORT}") from None
+    if not isinstance(raw, dict):
+        raise _Fields(root, {}).bad("", raw, "a JSON object")
     if raw.get("format") != FORMAT or raw.get("schema_version") != SCHEMA_VERSION:
         raise ModelDirError(
             f"{str(path)!r} has format {raw.get('format')!r} schema {raw.get('schema_version')!r}; "
             f"this runtime reads {FORMAT!r} schema {SCHEMA_VERSION}: re-export with this version"
         )
-    try:
-        manifest = Manifest(
-            root=root,
-            image_size=int(raw["image"]["size"]),
-            mean=tuple(float(v) for v in raw["image"]["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in raw["image"]["std"]),  # type: ignore[arg-type]
-            context_length=int(raw["text"]["context_length"]),
-            embed_dim=int(raw["embed_dim"]),
-            vision_graph=root / raw["graphs"]["vision"]["file"],
-            text_graph=root / raw["graphs"]["text"]["file"],
-            precision=str(raw["precision"]),
-            variant=str(raw["variant"]),
-            vision_sha256=str(raw["graphs"]["vision"]["sha256"]),
-            text_sha256=str(raw["graphs"]["text"]["sha256"]),
-            attention=str(raw.get("attention", "explicit")),  # manifests from before --attention: plain ONNX
-            raw=raw,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelDirError(f"{str(path)!r} is missing or has a malformed field ({exc!r}): re-export the model") from None
-    for graph in (manifest.vision_graph, manifest.text_graph):
-        if not graph.is_file():
-            raise ModelDirError(f"{str(path)!r} names {graph.name!r}, which is not in {str(root)!r}: re-export the model")
-    return manifest
+    f = _Fields(root, raw)
+    graphs = {name: f.graph(name) for name in GRAPHS}
+    vision, text = graphs["vision"].files[0], graphs["text"].files[0]
+    return Manifest(
+        root=root,
+        image_size=f.integer("image.size", 1, MAX_IMAGE_SIZE),
+        mean=f.rgb("image.mean"),
+        std=f.rgb("image.std", positive=True),
+        context_length=f.integer("text.context_length", 1, CONTEXT_LENGTH),
+        embed_dim=f.integer("embed_dim", 1),
+        vision_graph=vision,
+        text_graph=text,
+        precision=f.choice("precision", PRECISIONS),
+        variant=f.string("variant"),
+        vision_sha256=graphs["vision"].sha256[vision],
+        text_sha256=graphs["text"].sha256[text],
+        attention=f.choice("attention", ATTENTIONS, default="explicit"),  # manifests from before --attention
+        graphs=graphs,
+        raw=raw,
+    )
+
+
+_MISSING = object()
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Fields:
+    """Typed reads of one manifest's fields; each problem is a one-line :class:`ModelDirError` that names the
+    folder, the field, its value, what was expected, and the fix."""
+
+    def __init__(self, root: Path, raw: dict[str, Any]):
+        self.root, self.raw, self.resolved = root, raw, root.resolve()
+
+    def bad(self, name: str, value: object, expected: str) -> ModelDirError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+        return ModelDirError(f"model folder {str(self.root)!r}: {f'{MANIFEST} {name}'.strip()} is {shown}, expected "
+                             f"{expected}: {REEXPORT}")
+
+    def get(self, name: str, default: Any = _MISSING) -> Any:
+        value: Any = self.raw
+        for depth, key in enumerate(name.split(".")):
+            if not isinstance(value, dict):
+                raise self.bad(".".join(name.split(".")[:depth]), value, "an object")
+            if key not in value:
+                if default is not _MISSING:
+                    return default
+                raise ModelDirError(f"model folder {str(self.root)!r}: {MANIFEST} has no {name}: {REEXPORT}")
+            value = value[key]
+        return value
+
+    def integer(self, name: str, low: int, high: int | None = None) -> int:
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise self.bad(name, value, f"an integer in {low}..{high}" if high else f"an integer >= {low}")
+        return value
+
+    def rgb(self, name: str, positive: bool = False) -> tuple[float, float, float]:
+        value = self.get(name)
+        numbers = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in value)
+        if not numbers:
+            raise self.bad(name, value, f"3 finite numbers{', each > 0' if positive else ''}")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+    def string(self, name: str) -> str:
+        value = self.get(name)
+        if not isinstance(value, str):
+            raise self.bad(name, value, "a string")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.get(name, default)
+        if value not in options:
+            raise self.bad(name, value, f"one of {', '.join(options)}")
+        return value
+
+    def sha256(self, name: str, value: object) -> str:
+        if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
+            raise self.bad(name, value, "64 hex digits")
+        return value.lower()
+
+    def file(self, name: str, value: object) -> Path:
+        """``value`` as a file of the folder: relative, no ``..``, and still inside it once symlinks resolve."""
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
+            raise self.bad(name, value, "a file name inside the folder")
+        path = self.root / value
+        try:
+            inside = path.resolve().is_relative_to(self.resolved)
+            exists = path.is_file()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+            inside = exists = False
+        if not inside:
+            raise self.bad(name, value, "a file that stays inside the folder once symlinks resolve")
+        if not exists:
+            raise ModelDirError(f"model folder {str(self.root)!r}: {MANIFEST} {name} names {value!r}, which is not "
+                                "a file in the folder: the folder is incomplete; re-export or re-download it")
+        return path
+
+    def graph(self, tower: str) -> GraphFiles:
+        """``graphs.<tower>``: its file and sha256, its external data files and (newer manifests) their sha256."""
+        at = f"graphs.{tower}"
+        main = self.file(f"{at}.file", self.get(f"{at}.file"))
+        sha256 = {main: self.sha256(f"{at}.sha256", self.get(f"{at}.sha256"))}
+        names = self.get(f"{at}.files", [])
+        if not isinstance(names, list):
+            raise self.bad(f"{at}.files", names, "a list of file names")
+        data = [p for p in dict.fromkeys(self.file(f"{at}.files", n) for n in names) if p != main]
+        hashes = self.get(f"{at}.data_sha256", {})
+        if not isinstance(hashes, dict):
+            raise self.bad(f"{at}.data_sha256", hashes, "an object of file name -> sha256")
+        for name, digest in hashes.items():
+            path = self.file(f"{at}.data_sha256", name)
+            if path not in data:
+                raise self.bad(f"{at}.data_sha256", name, f"one of {at}.files")
+            sha256[path] = self.sha256(f"{at}.data_sha256[{name!r}]", digest)
+        return GraphFiles((main, *data), sha256)

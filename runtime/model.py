@@ -15,9 +15,10 @@ from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
 from .scoring import l2_normalize, score_rows
 from .resolve import cache_root
-from .session import TENSORRT, TrtProfile, create_session, parse_device, run_one
+from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
-from .constants import BATCH_SIZE, TEXT_INPUT, VISION_INPUT
+from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
+from .verify import verify_graph
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,18 @@ def trt_cache_root() -> Path:
     return cache_root() / "tensorrt"
 
 
+def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
+    """Each graph's input and output as its manifest declares them ("N", "L": dynamic axes).
+
+    >>> print(declared_io(read_manifest("models/tiny"))["vision"][0])    # doctest: +SKIP
+    'pixel_values' float32 (N, 3, 32, 32)
+    """
+    n, d = m.image_size, m.embed_dim
+    return {"vision": (TensorSpec(VISION_INPUT, "float32", ("N", 3, n, n)),
+                       TensorSpec(VISION_OUTPUT, "float32", ("N", d))),
+            "text": (TensorSpec(TEXT_INPUT, "int64", ("N", "L")), TensorSpec(TEXT_OUTPUT, "float32", ("N", d)))}
+
+
 class LongCLIP:
     """An exported LongCLIP model folder, ready to embed and score.
 
@@ -95,12 +108,19 @@ class LongCLIP:
                         "those nodes run on CUDA between TensorRT engines; for TensorRT export with "
                         "`longclip-export --attention explicit`", m.root)
         # Loading is start-up latency that every process pays: ONNX Runtime builds the two sessions without the
-        # GIL, so both, and the tokenizer's vocabulary, load at once.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="longclip-load") as pool:
+        # GIL, so both, the tokenizer's vocabulary and the graphs' sha256 (when not stamped) load at once. The
+        # sessions are not used before their graphs are verified, and a wrong sha256 is the error reported.
+        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="longclip-load") as pool:
+            checks = [pool.submit(verify_graph, graph) for graph in m.graphs.values()]
             vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt)
             text = pool.submit(create_session, m.text_graph, device, threads, text_trt)
             tokenizer = pool.submit(default_tokenizer)
+            for check in checks:
+                check.result()
             self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
+        io = declared_io(m)
+        check_io(self.vision, m.vision_graph, *io["vision"])
+        check_io(self.text, m.text_graph, *io["text"])
 
     @property
     def provider(self) -> str:

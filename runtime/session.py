@@ -7,6 +7,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from .errors import DeviceUnavailableError
+from .errors import DeviceUnavailableError, ModelDirError
+from .manifest import REEXPORT
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,21 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
+_GRAPH_ERRORS = tuple(getattr(_ort_state, name) for name in (
+    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotFound",
+    "NotImplemented") if hasattr(_ort_state, name))
+"""What ONNX Runtime raises for a graph file it cannot load (truncated, garbage, missing external data, unknown
+ops); a device that does not initialize is caught after the session is built, by its providers."""
+
+
+def _load_error(path: str | os.PathLike[str], exc: Exception) -> ModelDirError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    innermost = first.rsplit("[ONNXRuntimeError] : ", 1)[-1]  # ORT nests its errors: "... [ONNXRuntimeError] : 1 : ..."
+    reason = re.sub(r"^\d+ : (\w+) : (Load model from .* failed:)?", r"\1: ", innermost)
+    return ModelDirError(f"cannot load graph {os.fspath(path)!r} ({reason}): the file is damaged or incomplete, or "
+                         f"not for onnxruntime {ort.__version__}; {REEXPORT}")
+
+
 def create_session(
     path: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
     trt: TrtProfile | None = None,
@@ -141,7 +159,8 @@ def create_session(
 
     ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU. TensorRT is only
     used when asked for: its first run builds engines for minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that
-    does not initialize raises :class:`DeviceUnavailableError` instead of quietly running on the CPU.
+    does not initialize raises :class:`DeviceUnavailableError` instead of quietly running on the CPU; a graph that
+    ONNX Runtime cannot load raises :class:`ModelDirError`.
     """
     kind, device_id = parse_device(device)
     available = ort.get_available_providers()
@@ -160,7 +179,10 @@ def create_session(
     chain = provider_chain(wanted, device_id, trt)
     if trt is not None and wanted == "tensorrt":
         trt.cache_dir.mkdir(parents=True, exist_ok=True)
-    session = ort.InferenceSession(str(path), sess_options=_options(threads), providers=chain)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=_options(threads), providers=chain)
+    except _GRAPH_ERRORS as exc:
+        raise _load_error(path, exc) from None
     active = session.get_providers()
     if active[0] != primary:
         if kind != "auto":
@@ -172,6 +194,49 @@ def create_session(
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
     log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
     return session
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A declared graph input or output: name, numpy dtype, and dims (a name such as ``"N"``: a dynamic axis)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name!r} {self.dtype} ({', '.join(map(str, self.dims))})"
+
+
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+
+
+def _found(arg: ort.NodeArg) -> TensorSpec:
+    dims = tuple(d if isinstance(d, (int, str)) else "?" for d in arg.shape)  # None: a dim ONNX leaves unnamed
+    return TensorSpec(arg.name, _DTYPES.get(arg.type, arg.type), dims)
+
+
+def _matches(found: list[TensorSpec], want: TensorSpec) -> bool:
+    if len(found) != 1:
+        return False
+    (got,) = found
+    if (got.name, got.dtype, len(got.dims)) != (want.name, want.dtype, len(want.dims)):
+        return False
+    return all(isinstance(g, str) or isinstance(w, str) or g == w for g, w in zip(got.dims, want.dims))
+
+
+def check_io(session: ort.InferenceSession, path: str | os.PathLike[str], want_input: TensorSpec,
+             want_output: TensorSpec) -> None:
+    """:class:`ModelDirError` unless ``session`` has exactly one input and one output as declared: names, dtypes,
+    ranks, and each size that both the graph and the declaration fix."""
+    for kind, args, want in (("input", session.get_inputs(), want_input),
+                             ("output", session.get_outputs(), want_output)):
+        found = [_found(arg) for arg in args]
+        if not _matches(found, want):
+            raise ModelDirError(f"graph {os.fspath(path)!r} has {kind} {', '.join(map(str, found)) or 'none'}, its "
+                                f"manifest declares {want}: graph and manifest disagree (graphs swapped, or another "
+                                f"model's); {REEXPORT}")
 
 
 def run_one(session: ort.InferenceSession, input_name: str, array: np.ndarray,

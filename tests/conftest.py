@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,27 @@ import pytest
 GOLDENS = Path(__file__).parent / "goldens"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the export extra (torch)")
+
+
+def copy_model(src: Path, dst: Path, edit: Callable[[dict], object] | None = None) -> Path:
+    """A copy of the model folder ``src`` at ``dst``; ``edit(manifest)`` changes its manifest in place."""
+    shutil.copytree(src, dst)
+    if edit is not None:
+        manifest = json.loads((dst / "manifest.json").read_text())
+        edit(manifest)
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Iterator[Path]:
+    """``$LONGCLIP_CACHE`` (graph stamps, TensorRT engines) in a temporary folder, never the user's: subprocesses
+    inherit it too."""
+    cache = tmp_path_factory.mktemp("longclip-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LONGCLIP_CACHE", str(cache))
+    yield cache
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

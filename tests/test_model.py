@@ -1,5 +1,9 @@
-"""LongCLIP: scores equal the PyTorch reference, batching is exact, TensorRT profiles follow the batch size."""
+"""LongCLIP: scores equal the PyTorch reference, batching is exact, TensorRT profiles follow the batch size, and a
+damaged model folder is one line, never a traceback or wrong scores."""
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -7,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import GOLDENS, needs_torch
+from conftest import GOLDENS, copy_model, needs_torch
 from longclip.runtime import DeviceUnavailableError, LongCLIP, ModelDirError
+from longclip.runtime.manifest import read_manifest, sha256_file
 
 IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")]
 TEXTS = ["a photo of a cat", "A long caption " * 40, " ".join(["a"] * 19)]
@@ -84,6 +89,7 @@ def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tm
 
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
     monkeypatch.setattr(model_module, "create_session", fake_session)
+    monkeypatch.setattr(model_module, "check_io", lambda *args: None)  # no sessions to check
     model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=16)
     vision, text = seen["vision.onnx"], seen["text.onnx"]
     assert (vision.min_shape, vision.opt_shape, vision.max_shape) == ((1, 3, 32, 32), (16, 3, 32, 32), (16, 3, 32, 32))
@@ -138,6 +144,114 @@ def test_tensorrt_profiles_cover_a_batch_size_above_64(tiny_model_dir, monkeypat
     seen = {}
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
     monkeypatch.setattr(model_module, "create_session", lambda path, device, threads, trt: seen.update({path.name: trt}))
+    monkeypatch.setattr(model_module, "check_io", lambda *args: None)  # no sessions to check
     model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=128)
     assert seen["vision.onnx"].max_shape == (128, 3, 32, 32) and seen["text.onnx"].max_shape == (128, 248)
     assert seen["vision.onnx"].opt_shape == (32, 3, 32, 32) and seen["text.onnx"].opt_shape == (32, 77)
+
+
+def _damaged(tiny_model_dir, tmp_path, damage, edit=None):
+    """A copy of the tiny model, its files changed by ``damage(folder)`` (and its manifest by ``edit``)."""
+    folder = copy_model(tiny_model_dir, tmp_path / "tiny", edit)
+    damage(folder)
+    return folder
+
+
+def _truncate(folder, name="text.onnx"):
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
+
+
+def _swap(folder):
+    os.replace(folder / "text.onnx", folder / "t")
+    os.replace(folder / "vision.onnx", folder / "text.onnx")
+    os.replace(folder / "t", folder / "vision.onnx")
+
+
+def _rehash(damage):
+    """``damage``, then a manifest that records the damaged file's sha256: only ONNX Runtime can tell."""
+    def both(folder):
+        damage(folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["graphs"]["text"]["sha256"] = sha256_file(folder / "text.onnx")
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return both
+
+
+def _swap_entries(manifest):
+    manifest["graphs"]["vision"], manifest["graphs"]["text"] = manifest["graphs"]["text"], manifest["graphs"]["vision"]
+
+
+def _flip_last_byte(folder):
+    data = bytearray((folder / "vision.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "vision.onnx").write_bytes(bytes(data))
+
+
+SHA_SAYS = "the manifest says {}: the folder {!r} was modified or is incomplete; re-export or re-download it"
+DISAGREE = "graph and manifest disagree (graphs swapped, or another model's); re-export with `longclip-export"
+
+
+@pytest.mark.parametrize(("damage", "edit", "message"), [
+    (_truncate, None, "graph text.onnx's sha256 is "),
+    (_swap, None, "graph vision.onnx's sha256 is {text}, " + SHA_SAYS.format("{vision}", "{folder}")),
+    (_flip_last_byte, None, "graph vision.onnx's sha256 is "),
+    (_rehash(_truncate), None, "cannot load graph '{folder}/text.onnx' (INVALID_PROTOBUF: Protobuf parsing failed.): "
+                               "the file is damaged or incomplete"),
+    (_rehash(lambda f: (f / "text.onnx").write_bytes(b"not onnx")), None, "(INVALID_PROTOBUF: Protobuf parsing"),
+    (_rehash(lambda f: (f / "text.onnx").write_bytes(b"")), None, "(INVALID_ARGUMENT: No graph was found"),
+    (lambda f: None, _swap_entries, "graph '{folder}/text.onnx' has input 'input_ids' int64 (batch, length), its "
+                                    "manifest declares 'pixel_values' float32 (N, 3, 32, 32): " + DISAGREE),
+    (lambda f: None, lambda m: m.update(embed_dim=64), "graph '{folder}/vision.onnx' has output 'image_embeds' "
+                                                      "float32 (batch, 32), its manifest declares 'image_embeds' "
+                                                      "float32 (N, 64): " + DISAGREE),
+    (lambda f: None, lambda m: m["image"].update(size=64), "has input 'pixel_values' float32 (batch, 3, 32, 32), its "
+                                                          "manifest declares 'pixel_values' float32 (N, 3, 64, 64)"),
+], ids=["truncated", "swapped-files", "flipped-byte", "truncated-rehashed", "garbage", "empty", "swapped-entries",
+        "embed-dim", "image-size"])
+def test_damaged_graphs_are_one_line_errors(tiny_model_dir, tmp_path, damage, edit, message):
+    folder = _damaged(tiny_model_dir, tmp_path, damage, edit)
+    hashes = {tower: sha256_file(tiny_model_dir / f"{tower}.onnx") for tower in ("vision", "text")}
+    with pytest.raises(ModelDirError) as err:
+        LongCLIP(folder, device="cpu")
+    assert message.format(folder=folder, **hashes) in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(("damage", "edit", "message"), [
+    (lambda f: (f / "manifest.json").write_text("[]"), None, "manifest.json is [], expected a JSON object"),
+    (lambda f: None, lambda m: m["image"].update(std=[0, 0, 0]), "image.std is [0, 0, 0], expected 3 finite numbers"),
+    (_truncate, None, "graph text.onnx's sha256 is "),
+    (lambda f: None, _swap_entries, "has input 'input_ids' int64 (batch, length), its manifest declares"),
+], ids=["list", "std-0", "truncated", "swapped-entries"])
+def test_cli_refuses_a_damaged_folder_with_one_line(tiny_model_dir, tmp_path, damage, edit, message):
+    folder = _damaged(tiny_model_dir, tmp_path, damage, edit)
+    shutil.copy(IMAGES[1], tmp_path / "a.jpg")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"image_path": "a.jpg", "text": "a cat"}) + "\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(folder), "-o",
+                           "out.jsonl", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("longclip-run: error: ") and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and proc.stdout == ""
+
+
+@needs_torch
+def test_damaged_external_data_is_caught(tmp_path, tiny_checkpoint, monkeypatch):
+    from longclip.export import build, onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    folder = build.export_model(tiny_checkpoint, tmp_path / "ext").model_dir
+    graph = read_manifest(folder).graphs["text"]
+    assert graph.files == (folder / "text.onnx", folder / "text.onnx.data")
+    assert graph.sha256[folder / "text.onnx.data"] == sha256_file(folder / "text.onnx.data")
+    assert LongCLIP(folder, device="cpu").encode_texts(["a cat"]).shape == (1, 32)
+    data = bytearray((folder / "text.onnx.data").read_bytes())
+    data[100] ^= 0xFF
+    (folder / "text.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match=r"graph text.onnx.data's sha256 is [0-9a-f]{64}, the manifest says"):
+        LongCLIP(folder, device="cpu")
+    (folder / "text.onnx.data").unlink()
+    with pytest.raises(ModelDirError, match="names 'text.onnx.data', which is not a file in the folder"):
+        LongCLIP(folder, device="cpu")
