@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .constants import MANIFEST
-from .constants import CHECKPOINT_SUFFIXES
-from .errors import CheckpointError, ModelDirError
+from .checkpoints import checkpoints_in as _checkpoints_in, pick_checkpoint
+from .constants import CHECKPOINT_SUFFIXES, MANIFEST
+from .errors import ModelDirError
 from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,21 +41,6 @@ def hf_hub_cache() -> Path:
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
     return Path(home) / "hub"
-
-
-def _checkpoints_in(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()]
-
-
-def pick_checkpoint(folder: Path) -> Path:
-    """The spec's rule for a folder: a name containing "longclip" first, then sorted order (choice logged)."""
-    found = sorted(_checkpoints_in(folder), key=lambda p: ("longclip" not in p.name.lower(), str(p.relative_to(folder))))
-    if not found:
-        raise CheckpointError(f"no {'/'.join(CHECKPOINT_SUFFIXES)} file under {str(folder)!r}: pass the checkpoint "
-                              "file itself or an exported model folder")
-    if len(found) > 1:
-        log.info("%d checkpoints under %s; using %s", len(found), folder, found[0])
-    return found[0]
 
 
 def _from_hf_cache(repo_id: str) -> Path | None:

@@ -89,7 +89,7 @@ def test_bad_names(tmp_path, cache):
     with pytest.raises(CheckpointError, match="no .pt/.bin/.ckpt/.safetensors file"):
         resolve_model_dir(tmp_path / "empty", cache)
     (tmp_path / "broken.pt").write_bytes(b"garbage")
-    with pytest.raises(ModelDirError, match="cannot use checkpoint .*broken.pt.*cannot load"):
+    with pytest.raises(ModelDirError, match="cannot use checkpoint .*broken.pt.*is not a checkpoint: expected a state dict"):
         resolve_model_dir(tmp_path / "broken.pt", cache)
     with pytest.raises(ModelDirError, match="does not exist"):
         resolve_model_dir("no/such/place/here", cache)
