@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -124,6 +126,59 @@ def _preload_once() -> None:
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
+CPU_FIX = "pass --device cpu (Python: device='cpu')"
+"""The way out of every device error, in both interfaces' spelling: the session does not know which is in use."""
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def ort_wheel() -> str:
+    """The installed ONNX Runtime distribution and version, e.g. ``"onnxruntime 1.32.0 (the CPU wheel)"``."""
+    for name, what in (("onnxruntime-gpu", "the GPU wheel"), ("onnxruntime", "the CPU wheel")):
+        if version := _installed(name):
+            return f"{name} {version} ({what})"
+    return f"onnxruntime {ort.__version__}"
+
+
+def nvidia_devices() -> list[str] | None:
+    """``/dev/nvidia0``, ``/dev/nvidia1``, ...: the GPUs an NVIDIA driver exposes; None off Linux (unknown)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: int(p.removeprefix("/dev/nvidia")))
+
+
+def not_offered(device: str | None, provider: str, available: list[str]) -> DeviceUnavailableError:
+    """``provider`` is not in this ONNX Runtime build at all: the CPU wheel (or another build) is installed."""
+    if CUDA not in available and _installed("onnxruntime-gpu") and _installed("onnxruntime"):
+        fix = ("onnxruntime and onnxruntime-gpu are both installed and the CPU wheel's module won: pip uninstall -y "
+               "onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (README, 'GPU')")
+    elif CUDA not in available:
+        fix = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, 'GPU')"
+    else:
+        fix = "install an onnxruntime build that has it (README, 'GPU')"
+    return DeviceUnavailableError(f"device {device!r} needs {provider}, which the installed {ort_wheel()} does not "
+                                  f"have (it offers {', '.join(available)}): {fix}, or {CPU_FIX}")
+
+
+def not_initialized(device: str | None, provider: str, device_id: int) -> DeviceUnavailableError:
+    """``provider`` is in this build but did not start: no GPU or driver here, no such GPU, or missing libraries."""
+    gpus = nvidia_devices()
+    if gpus == []:
+        why = "no NVIDIA GPU or driver on this machine (no /dev/nvidia*): run on a GPU machine"
+    elif gpus is not None and device_id >= len(gpus):
+        why = f"there is no GPU {device_id} here ({len(gpus)} found: {', '.join(gpus)}): pass another index"
+    else:
+        why = ("the GPU is there, so CUDA or cuDNN libraries are missing: onnxruntime-gpu 1.31+ needs CUDA 13 and "
+               "cuDNN 9, from the system or pip install 'onnxruntime-gpu[cuda,cudnn]' (README, 'GPU')")
+    return DeviceUnavailableError(f"device {device!r}: {provider} of {ort_wheel()} did not initialize: {why}, "
+                                  f"or {CPU_FIX}")
+
+
 def _options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -151,10 +206,7 @@ def create_session(
         if kind == "auto":
             wanted, primary = "cpu", CPU
         else:
-            raise DeviceUnavailableError(
-                f"device {device!r} needs {primary}, but this onnxruntime offers {available}: "
-                "install onnxruntime-gpu (see README, 'GPU') or pass device='cpu'"
-            )
+            raise not_offered(device, primary, available)
     if wanted != "cpu":
         load_gpu_libraries()
     chain = provider_chain(wanted, device_id, trt)
@@ -164,11 +216,7 @@ def create_session(
     active = session.get_providers()
     if active[0] != primary:
         if kind != "auto":
-            raise DeviceUnavailableError(
-                f"device {device!r}: {primary} did not initialize (session runs on {active}); check the CUDA/cuDNN "
-                "libraries onnxruntime-gpu needs (onnxruntime-gpu 1.31: CUDA 13 and cuDNN 9, from the system or "
-                "`pip install 'onnxruntime-gpu[cuda,cudnn]'`), or pass device='cpu'"
-            )
+            raise not_initialized(device, primary, device_id)
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
     log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
     return session

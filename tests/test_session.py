@@ -16,8 +16,12 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU onnxruntime is installed")
-    with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
+    with pytest.raises(DeviceUnavailableError) as caught:
         create_session(tiny_model_dir / "vision.onnx", device)
+    message = str(caught.value)
+    assert message.startswith(f"device {device!r} needs ") and "(the CPU wheel) does not have" in message, message
+    assert message.endswith("pip install onnxruntime-gpu (README, 'GPU'), or pass --device cpu (Python: "
+                            "device='cpu')"), message
 
 
 def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
@@ -82,6 +86,31 @@ class _FakeSession:
 
     def get_providers(self):
         return ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(("gpus", "device", "why"), [
+    ([], "cuda", "no NVIDIA GPU or driver on this machine (no /dev/nvidia*): run on a GPU machine"),
+    ([], "tensorrt", "no NVIDIA GPU or driver on this machine (no /dev/nvidia*): run on a GPU machine"),
+    (["/dev/nvidia0"], "cuda:1", "there is no GPU 1 here (1 found: /dev/nvidia0): pass another index"),
+    (["/dev/nvidia0"], "cuda", "the GPU is there, so CUDA or cuDNN libraries are missing: onnxruntime-gpu 1.31+ "
+     "needs CUDA 13 and cuDNN 9"),
+])
+def test_explicit_gpu_that_does_not_initialize_says_why(tiny_model_dir, monkeypatch, gpus, device, why):
+    """The GPU wheel's provider is there but does not start: no GPU here, no such GPU, or missing libraries."""
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(session, "nvidia_devices", lambda: gpus)
+    with pytest.raises(DeviceUnavailableError) as caught:
+        create_session(tiny_model_dir / "vision.onnx", device)
+    message = str(caught.value)
+    assert message.startswith(f"device {device!r}: ") and " did not initialize: " in message, message
+    assert why in message and message.endswith(", or pass --device cpu (Python: device='cpu')"), message
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "tensorrt"])
