@@ -32,7 +32,7 @@ from ..lock import OutputLock
 from ..model import LongCLIP
 from ..prefetch import input_pool
 from ..preprocess import MAX_PIXELS
-from ..rows import Columns, check_columns, check_output_columns, no_rows, with_scores
+from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, with_scores
 from ..tables import TableReader, TableWriter, same_file
 from .chunk import CHUNK_ROWS, ChunkResult, score_chunk
 
@@ -123,6 +123,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     reader = TableReader(input_path)
     check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(reader.columns, opts.output_key, opts.overwrite_columns)
+    check_image_root(opts.image_root)
     output = Path(output_path)
     if same_file(reader.path, output):
         raise InputError(f"output {str(output)!r} is the input file: choose another output (the input is never "
