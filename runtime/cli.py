@@ -110,10 +110,9 @@ def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOpti
                quiet: bool) -> RunSummary:
     from .engines.local import execute, plan_file
     from .model import TRT_MAX_BATCH, LongCLIP
-    from .resolve import resolve_model_dir
 
     with plan_file(input_path, output_path, opts, resume) as plan:
-        model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device,
+        model = LongCLIP(model_name, device=None if device == "auto" else device,
                          max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH))
         return execute(plan, model, progress=None if not quiet else False)
 
