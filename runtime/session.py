@@ -138,18 +138,26 @@ def _installed(distribution: str) -> str | None:
 
 
 def ort_wheel() -> str:
-    """The installed ONNX Runtime distribution and version, e.g. ``"onnxruntime 1.32.0 (the CPU wheel)"``."""
+    """The installed ONNX Runtime distribution and version, e.g. ``"the CPU wheel (onnxruntime 1.32.0)"``."""
     for name, what in (("onnxruntime-gpu", "the GPU wheel"), ("onnxruntime", "the CPU wheel")):
         if version := _installed(name):
-            return f"{name} {version} ({what})"
+            return f"{what} ({name} {version})"
     return f"onnxruntime {ort.__version__}"
 
 
 def nvidia_devices() -> list[str] | None:
-    """``/dev/nvidia0``, ``/dev/nvidia1``, ...: the GPUs an NVIDIA driver exposes; None off Linux (unknown)."""
-    if not sys.platform.startswith("linux"):
+    """``/dev/nvidia0``, ``/dev/nvidia1``, ...: the GPUs an NVIDIA driver exposes. None where that cannot be told
+    this way: off Linux, and under WSL, whose GPUs appear as ``/dev/dxg``."""
+    if not sys.platform.startswith("linux") or os.path.exists("/dev/dxg"):
         return None
     return sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: int(p.removeprefix("/dev/nvidia")))
+
+
+def no_gpu(device: str | None, provider: str) -> DeviceUnavailableError:
+    """The GPU wheel on a machine without an NVIDIA GPU or driver: said before ONNX Runtime tries (and prints)."""
+    return DeviceUnavailableError(f"device {device!r} needs a GPU for {provider} of {ort_wheel()}, and this "
+                                  "machine has no NVIDIA GPU or driver (no /dev/nvidia*): run on a GPU machine, or "
+                                  f"{CPU_FIX}")
 
 
 def not_offered(device: str | None, provider: str, available: list[str]) -> DeviceUnavailableError:
@@ -161,20 +169,22 @@ def not_offered(device: str | None, provider: str, available: list[str]) -> Devi
         fix = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, 'GPU')"
     else:
         fix = "install an onnxruntime build that has it (README, 'GPU')"
-    return DeviceUnavailableError(f"device {device!r} needs {provider}, which the installed {ort_wheel()} does not "
+    return DeviceUnavailableError(f"device {device!r} needs {provider}, which {ort_wheel()} does not "
                                   f"have (it offers {', '.join(available)}): {fix}, or {CPU_FIX}")
 
 
 def not_initialized(device: str | None, provider: str, device_id: int) -> DeviceUnavailableError:
-    """``provider`` is in this build but did not start: no GPU or driver here, no such GPU, or missing libraries."""
+    """``provider`` is in this build and a GPU is here (or cannot be told), but it did not start: no such GPU, or
+    missing CUDA / cuDNN libraries."""
     gpus = nvidia_devices()
-    if gpus == []:
-        why = "no NVIDIA GPU or driver on this machine (no /dev/nvidia*): run on a GPU machine"
-    elif gpus is not None and device_id >= len(gpus):
+    libraries = ("onnxruntime-gpu 1.31+ needs CUDA 13 and cuDNN 9, from the system or pip install "
+                 "'onnxruntime-gpu[cuda,cudnn]' (README, 'GPU')")
+    if gpus and device_id >= len(gpus):
         why = f"there is no GPU {device_id} here ({len(gpus)} found: {', '.join(gpus)}): pass another index"
-    else:
-        why = ("the GPU is there, so CUDA or cuDNN libraries are missing: onnxruntime-gpu 1.31+ needs CUDA 13 and "
-               "cuDNN 9, from the system or pip install 'onnxruntime-gpu[cuda,cudnn]' (README, 'GPU')")
+    elif gpus:
+        why = f"the GPU is there, so CUDA or cuDNN libraries are missing: {libraries}"
+    else:  # cannot tell from here (not Linux, WSL)
+        why = f"no GPU is visible, or CUDA or cuDNN libraries are missing (nvidia-smi tells which): {libraries}"
     return DeviceUnavailableError(f"device {device!r}: {provider} of {ort_wheel()} did not initialize: {why}, "
                                   f"or {CPU_FIX}")
 
@@ -194,19 +204,21 @@ def create_session(
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for ``path``.
 
-    ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU. TensorRT is only
-    used when asked for: its first run builds engines for minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that
-    does not initialize raises :class:`DeviceUnavailableError` instead of quietly running on the CPU.
+    ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU (at once, and quietly,
+    where the GPU wheel finds no GPU). TensorRT is only used when asked for: its first run builds engines for
+    minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that cannot run raises :class:`DeviceUnavailableError`
+    saying why, instead of quietly running on the CPU.
     """
     kind, device_id = parse_device(device)
     available = ort.get_available_providers()
-    wanted = "cuda" if kind == "auto" and CUDA in available else ("cpu" if kind == "auto" else kind)
+    no_gpu_here = nvidia_devices() == []
+    gpu = CUDA in available and not no_gpu_here
+    wanted = ("cuda" if gpu else "cpu") if kind == "auto" else kind
     primary = _PRIMARY[wanted]
     if primary not in available:
-        if kind == "auto":
-            wanted, primary = "cpu", CPU
-        else:
-            raise not_offered(device, primary, available)
+        raise not_offered(device, primary, available)
+    if wanted != "cpu" and no_gpu_here:
+        raise no_gpu(device, primary)
     if wanted != "cpu":
         load_gpu_libraries()
     chain = provider_chain(wanted, device_id, trt)

@@ -79,8 +79,8 @@ def test_device_without_a_gpu_is_one_line_that_says_which_case(tmp_path, tiny_mo
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU onnxruntime is installed")
     proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--device", "cuda", cwd=tmp_path)
-    _one_line_refusal(proc, "longclip-run: error: device 'cuda' needs CUDAExecutionProvider, which the installed "
-                      f"onnxruntime {ort.__version__} (the CPU wheel) does not have (it offers ")
+    _one_line_refusal(proc, "longclip-run: error: device 'cuda' needs CUDAExecutionProvider, which the CPU wheel "
+                      f"(onnxruntime {ort.__version__}) does not have (it offers ")
     assert proc.stderr.rstrip().endswith("pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, "
                                          "'GPU'), or pass --device cpu (Python: device='cpu')")
     assert not (tmp_path / "out.jsonl").exists()
