@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 
 from longclip.runtime.constants import CONTEXT_LENGTH
 from longclip.runtime.errors import CheckpointError
-from longclip.runtime.resolve import pick_checkpoint
+from longclip.runtime.checkpoints import checkpoint_format, not_a_checkpoint, pick_checkpoint
 
 from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
 
@@ -34,18 +36,47 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def _read(path: Path) -> object:
-    if path.suffix.lower() == ".safetensors":
+    """The object in a checkpoint file, chosen by its first bytes (never by its name)."""
+    kind = checkpoint_format(path)
+    if kind is None:
+        raise CheckpointError(not_a_checkpoint(path))
+    if kind == "safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
             raise CheckpointError(f"{str(path)!r} is safetensors: pip install safetensors") from None
         return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped: read them whole
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch warns about pickle protocols; the outcome is what matters here
+        warnings.simplefilter("ignore")
+        # legacy (non-zip) files cannot be memory-mapped: they are read whole
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_error(path: Path, exc: BaseException) -> CheckpointError:
+    """Our one line for torch's failure to load ``path``: a refused pickle, a damaged archive, or its first line.
+
+    torch's own ``weights_only`` message advises a load that would run the file's code: it is never passed on.
+
+    >>> print(load_error(Path("evil.pt"), RuntimeError("Weights only load failed. (1) ... Unsupported global: "
+    ...                                               "GLOBAL os.system was not an allowed global")))
+    'evil.pt' is refused: besides tensors it holds Python objects (os.system) that loading would run; a LongCLIP checkpoint is a state dict of tensors (torch.save(model.state_dict(), path))
+    """
+    text = _ANSI.sub("", str(exc)).strip()
+    name = repr(str(path))
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return CheckpointError(f"{name} is refused: besides tensors it holds Python objects{what} that loading would "
+                               "run; a LongCLIP checkpoint is a state dict of tensors (torch.save(model.state_dict(), "
+                               "path))")
+    if "central directory" in text or "zip archive" in text:
+        return CheckpointError(f"{name} is damaged: its zip archive is truncated or corrupt; download or copy it again")
+    first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+    return CheckpointError(f"cannot read {name} as a checkpoint ({first}): download or copy it again, or pass another "
+                           "file")
 
 
 def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -72,8 +103,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load {str(path)!r} safely: {first_line}") from None
+        raise load_error(path, exc) from None
     return unwrap_state_dict(obj, path)
 
 

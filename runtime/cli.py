@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 @click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICES)} (cuda:N too).")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1),
               help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
-@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+@click.option("--image-root", default=None,
               help="Folder that relative image paths resolve against [default: the current directory].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
 @click.option("--chunk-rows", default=CHUNK_ROWS, show_default=True, type=click.IntRange(1),
@@ -111,10 +111,9 @@ def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOpti
                quiet: bool) -> RunSummary:
     from .engines.local import execute, plan_file
     from .model import TRT_MAX_BATCH, LongCLIP
-    from .resolve import resolve_model_dir
 
     with plan_file(input_path, output_path, opts, resume) as plan:
-        model = LongCLIP(resolve_model_dir(model_name), device=None if device == "auto" else device,
+        model = LongCLIP(model_name, device=None if device == "auto" else device,
                          max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH))
         return execute(plan, model, progress=None if not quiet else False)
 
@@ -125,7 +124,7 @@ def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOption
     from .resolve import resolve_model_dir
 
     ray_opts = RayOptions(ray_address, workers, log_level=logging.ERROR if quiet else logging.WARNING)
-    with plan_ray(input_path, output_path, opts, device) as plan:
+    with plan_ray(input_path, output_path, opts, device, local_ray=ray_address is None) as plan:
         return execute_ray(plan, resolve_model_dir(model_name), ray_opts, progress=False if quiet else None)
 
 

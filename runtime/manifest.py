@@ -187,12 +187,14 @@ class _Fields:
         return value.lower()
 
     def file(self, name: str, value: object) -> Path:
-        """``value`` as a file of the folder: relative, no ``..``, and still inside it once symlinks resolve."""
+        """``value`` as a file of the folder: relative, no ``..``, and still inside it once symlinks resolve (or,
+        in a Hugging Face snapshot, inside its repo's ``blobs``, where the snapshot's links point)."""
         if not isinstance(value, str) or not value or Path(value).is_absolute() or ".." in Path(value).parts:
             raise self.bad(name, value, "a file name inside the folder")
         path = self.root / value
         try:
-            inside = path.resolve().is_relative_to(self.resolved)
+            target = path.resolve()
+            inside = any(target.is_relative_to(home) for home in self._homes())
             exists = path.is_file()
         except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
             inside = exists = False
@@ -202,6 +204,12 @@ class _Fields:
             raise ModelDirError(f"model folder {str(self.root)!r}: {MANIFEST} {name} names {value!r}, which is not "
                                 "a file in the folder: the folder is incomplete; re-export or re-download it")
         return path
+
+    def _homes(self) -> list[Path]:
+        """Where the folder's files may really be: the folder, and for a hub snapshot its repo's blobs."""
+        snapshots = self.resolved.parent
+        blobs = [snapshots.parent / "blobs"] if snapshots.name == "snapshots" else []
+        return [self.resolved, *blobs]
 
     def graph(self, tower: str) -> GraphFiles:
         """``graphs.<tower>``: its file and sha256, its external data files and (newer manifests) their sha256."""

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from .manifest import Manifest, read_manifest
 from .preprocess import ImageInput, preprocess_images
 from .scoring import l2_normalize, score_rows
-from .resolve import cache_root
+from .resolve import cache_root, resolve_model_dir
 from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
 from .tokenizer import default_tokenizer, eot_positions
 from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
@@ -83,8 +83,22 @@ def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
             "text": (TensorSpec(TEXT_INPUT, "int64", ("N", "L")), TensorSpec(TEXT_OUTPUT, "float32", ("N", d)))}
 
 
+def _one_name(model_name: str | os.PathLike[str] | None, model_dir: str | os.PathLike[str] | None
+              ) -> str | os.PathLike[str]:
+    """``model_name``, or its older keyword ``model_dir``: exactly one of them."""
+    if (model_name is None) == (model_dir is None):
+        raise TypeError("LongCLIP() takes one model: pass model_name (an exported folder, a checkpoint or a Hugging "
+                        f"Face repo id), not {'both it and model_dir' if model_name is not None else 'neither'}")
+    return model_name if model_name is not None else model_dir  # type: ignore[return-value]
+
+
 class LongCLIP:
-    """An exported LongCLIP model folder, ready to embed and score.
+    """A LongCLIP model, ready to embed and score.
+
+    ``model_name`` takes every form ``longclip-run -m`` and ``ImageLongCLIPEvaluator`` take, resolved the same way
+    (:func:`.resolve.resolve_model_dir`): an exported folder, a checkpoint file or a folder holding one (exported
+    once into a cache; needs the export extra), or a Hugging Face repo id. ``model_dir=`` is its older name.
+    ``device``: ``None``/``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"tensorrt[:N]"``.
 
     ``max_batch`` matters on TensorRT only, whose engines are built for batches up to it (larger batches are split
     there); CPU and CUDA run any batch as given.
@@ -94,9 +108,10 @@ class LongCLIP:
     array([0.62], dtype=float32)
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
-                 max_batch: int = TRT_MAX_BATCH):
-        self.manifest: Manifest = read_manifest(model_dir)
+    def __init__(self, model_name: str | os.PathLike[str] | None = None, device: str | None = None,
+                 threads: int | None = None, max_batch: int = TRT_MAX_BATCH, *,
+                 model_dir: str | os.PathLike[str] | None = None):
+        self.manifest: Manifest = read_manifest(resolve_model_dir(_one_name(model_name, model_dir)))
         m, cache = self.manifest, trt_cache_root()
         n, batch, opt = m.image_size, max(1, max_batch), min(BATCH_SIZE, max(1, max_batch))
         vision_trt = TrtProfile(VISION_INPUT, (1, 3, n, n), (opt, 3, n, n), (batch, 3, n, n), m.vision_sha256, cache)

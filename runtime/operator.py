@@ -14,7 +14,6 @@ import pandas as pd
 
 from .engines.chunk import score_frame
 from .model import LongCLIP
-from .resolve import resolve_model_dir
 from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,8 @@ DEFAULT_MODEL = "BeichenZhang/LongCLIP-L-336px"
 class ImageLongCLIPEvaluator:
     """Score ``image_path`` + ``text`` rows with LongCLIP: ``(cos + 1) / 2`` in ``[0, 1]``.
 
-    ``model_name``: an exported model folder, a checkpoint file or a folder holding one (exported once into a
-    cache), or a Hugging Face repo id found in the local cache or downloaded. ``device``: ``None`` (best provider
+    ``model_name``: any form ``LongCLIP`` takes (an exported model folder, a checkpoint file or a folder holding one,
+    exported once into a cache, or a Hugging Face repo id found in the local cache or downloaded). ``device``: ``None`` (best provider
     that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
 
     >>> evaluator = ImageLongCLIPEvaluator("models/tiny")            # doctest: +SKIP
@@ -44,7 +43,7 @@ class ImageLongCLIPEvaluator:
     """
 
     def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None):
-        self.model = LongCLIP(resolve_model_dir(model_name), device=device)
+        self.model = LongCLIP(model_name, device=device)
         log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
 
     def run(

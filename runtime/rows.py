@@ -77,6 +77,27 @@ def check_output_columns(columns: Sequence[object], output_key: str, overwrite: 
                              f"output key, or pass {option} to replace it")
 
 
+def check_image_root(image_root: str | os.PathLike[str] | None, option: str = "--image-root") -> None:
+    """Raise :class:`InputError` unless ``image_root`` is None (the current directory) or an existing folder: a
+    missing one would turn every relative image path into ``missing_file``.
+
+    >>> try:
+    ...     check_image_root("/nonexistent")
+    ... except InputError as error:
+    ...     print(error)
+    --image-root '/nonexistent' does not exist: pass the folder that the relative image paths are relative to
+    """
+    if image_root is None:
+        return
+    root = os.fspath(image_root)
+    if not os.path.exists(root):
+        raise InputError(f"{option} {root!r} does not exist: pass the folder that the relative image paths are "
+                         "relative to")
+    if not os.path.isdir(root):
+        raise InputError(f"{option} {root!r} is not a folder: pass the folder that the relative image paths are "
+                         "relative to")
+
+
 class _Absent:
     """The cell of a key that a JSON row does not have: null when scored, left out again when written as JSON (a
     ``NaN`` the row does have is kept)."""

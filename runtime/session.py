@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -127,6 +129,69 @@ def _preload_once() -> None:
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
+CPU_FIX = "pass --device cpu (Python: device='cpu')"
+"""The way out of every device error, in both interfaces' spelling: the session does not know which is in use."""
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def ort_wheel() -> str:
+    """The installed ONNX Runtime distribution and version, e.g. ``"the CPU wheel (onnxruntime 1.32.0)"``."""
+    for name, what in (("onnxruntime-gpu", "the GPU wheel"), ("onnxruntime", "the CPU wheel")):
+        if version := _installed(name):
+            return f"{what} ({name} {version})"
+    return f"onnxruntime {ort.__version__}"
+
+
+def nvidia_devices() -> list[str] | None:
+    """``/dev/nvidia0``, ``/dev/nvidia1``, ...: the GPUs an NVIDIA driver exposes. None where that cannot be told
+    this way: off Linux, and under WSL, whose GPUs appear as ``/dev/dxg``."""
+    if not sys.platform.startswith("linux") or os.path.exists("/dev/dxg"):
+        return None
+    return sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: int(p.removeprefix("/dev/nvidia")))
+
+
+def no_gpu(device: str | None, provider: str) -> DeviceUnavailableError:
+    """The GPU wheel on a machine without an NVIDIA GPU or driver: said before ONNX Runtime tries (and prints)."""
+    return DeviceUnavailableError(f"device {device!r} needs a GPU for {provider} of {ort_wheel()}, and this "
+                                  "machine has no NVIDIA GPU or driver (no /dev/nvidia*): run on a GPU machine, or "
+                                  f"{CPU_FIX}")
+
+
+def not_offered(device: str | None, provider: str, available: list[str]) -> DeviceUnavailableError:
+    """``provider`` is not in this ONNX Runtime build at all: the CPU wheel (or another build) is installed."""
+    if CUDA not in available and _installed("onnxruntime-gpu") and _installed("onnxruntime"):
+        fix = ("onnxruntime and onnxruntime-gpu are both installed and the CPU wheel's module won: pip uninstall -y "
+               "onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (README, 'GPU')")
+    elif CUDA not in available:
+        fix = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, 'GPU')"
+    else:
+        fix = "install an onnxruntime build that has it (README, 'GPU')"
+    return DeviceUnavailableError(f"device {device!r} needs {provider}, which {ort_wheel()} does not "
+                                  f"have (it offers {', '.join(available)}): {fix}, or {CPU_FIX}")
+
+
+def not_initialized(device: str | None, provider: str, device_id: int) -> DeviceUnavailableError:
+    """``provider`` is in this build and a GPU is here (or cannot be told), but it did not start: no such GPU, or
+    missing CUDA / cuDNN libraries."""
+    gpus = nvidia_devices()
+    libraries = ("onnxruntime-gpu 1.31+ needs CUDA 13 and cuDNN 9, from the system or pip install "
+                 "'onnxruntime-gpu[cuda,cudnn]' (README, 'GPU')")
+    if gpus and device_id >= len(gpus):
+        why = f"there is no GPU {device_id} here ({len(gpus)} found: {', '.join(gpus)}): pass another index"
+    elif gpus:
+        why = f"the GPU is there, so CUDA or cuDNN libraries are missing: {libraries}"
+    else:  # cannot tell from here (not Linux, WSL)
+        why = f"no GPU is visible, or CUDA or cuDNN libraries are missing (nvidia-smi tells which): {libraries}"
+    return DeviceUnavailableError(f"device {device!r}: {provider} of {ort_wheel()} did not initialize: {why}, "
+                                  f"or {CPU_FIX}")
+
+
 def _options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -157,23 +222,22 @@ def create_session(
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for ``path``.
 
-    ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU. TensorRT is only
-    used when asked for: its first run builds engines for minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that
-    does not initialize raises :class:`DeviceUnavailableError` instead of quietly running on the CPU; a graph that
-    ONNX Runtime cannot load raises :class:`ModelDirError`.
+    ``device=None``/``"auto"`` takes CUDA when its provider really initializes, else the CPU (at once, and quietly,
+    where the GPU wheel finds no GPU). TensorRT is only used when asked for: its first run builds engines for
+    minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that cannot run raises :class:`DeviceUnavailableError`
+    saying why, instead of quietly running on the CPU; a graph that ONNX Runtime cannot load raises
+    :class:`ModelDirError`.
     """
     kind, device_id = parse_device(device)
     available = ort.get_available_providers()
-    wanted = "cuda" if kind == "auto" and CUDA in available else ("cpu" if kind == "auto" else kind)
+    no_gpu_here = nvidia_devices() == []
+    gpu = CUDA in available and not no_gpu_here
+    wanted = ("cuda" if gpu else "cpu") if kind == "auto" else kind
     primary = _PRIMARY[wanted]
     if primary not in available:
-        if kind == "auto":
-            wanted, primary = "cpu", CPU
-        else:
-            raise DeviceUnavailableError(
-                f"device {device!r} needs {primary}, but this onnxruntime offers {available}: "
-                "install onnxruntime-gpu (see README, 'GPU') or pass device='cpu'"
-            )
+        raise not_offered(device, primary, available)
+    if wanted != "cpu" and no_gpu_here:
+        raise no_gpu(device, primary)
     if wanted != "cpu":
         load_gpu_libraries()
     chain = provider_chain(wanted, device_id, trt)
@@ -186,11 +250,7 @@ def create_session(
     active = session.get_providers()
     if active[0] != primary:
         if kind != "auto":
-            raise DeviceUnavailableError(
-                f"device {device!r}: {primary} did not initialize (session runs on {active}); check the CUDA/cuDNN "
-                "libraries onnxruntime-gpu needs (onnxruntime-gpu 1.31: CUDA 13 and cuDNN 9, from the system or "
-                "`pip install 'onnxruntime-gpu[cuda,cudnn]'`), or pass device='cpu'"
-            )
+            raise not_initialized(device, primary, device_id)
         log.warning("%s did not initialize; running %s on %s", primary, os.fspath(path), active[0])
     log.debug("session %s on %s", os.path.basename(os.fspath(path)), session.get_providers()[0])
     return session

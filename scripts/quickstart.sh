@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fresh machine -> a scored file, offline. The model is a RANDOM-WEIGHT checkpoint in the official layout:
 # this proves the plumbing (export, parity gate, torch-free scoring), not image/text alignment.
-# For real scores, export a released checkpoint instead: longclip-export longclip-L@336px.pt -o models/longclip-L-336
+# For real scores, export a released checkpoint instead: README, "Real checkpoints".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q ".[export]"
+python -m pip install -q -c .ci/constraints.txt ".[export]"   # torch: the tested CPU build (see the file)
 python -m longclip.export.random_checkpoint tiny models/tiny-random.pt
 longclip-export models/tiny-random.pt -o models/tiny --overwrite
 mkdir -p models/demo

@@ -73,6 +73,39 @@ def test_outputs_never_overwrite_data(tmp_path, tiny_model_dir, args, message):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_device_without_a_gpu_is_one_line_that_says_which_case(tmp_path, tiny_model_dir, pairs):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU onnxruntime is installed")
+    proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--device", "cuda", cwd=tmp_path)
+    _one_line_refusal(proc, "longclip-run: error: device 'cuda' needs CUDAExecutionProvider, which the CPU wheel "
+                      f"(onnxruntime {ort.__version__}) does not have (it offers ")
+    assert proc.stderr.rstrip().endswith("pip uninstall -y onnxruntime && pip install onnxruntime-gpu (README, "
+                                         "'GPU'), or pass --device cpu (Python: device='cpu')")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("root", "message"), [
+    ("/nonexistent", "--image-root '/nonexistent' does not exist: pass the folder that the relative image paths are "
+     "relative to"),
+    ("a.jpg", "--image-root 'a.jpg' is not a folder: pass the folder that the relative image paths are relative to"),
+])
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_image_root_that_is_no_folder_is_refused_up_front(tmp_path, tiny_model_dir, pairs, root, message, engine):
+    proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--image-root", root, "--engine", engine,
+                cwd=tmp_path)
+    _one_line_refusal(proc, f"longclip-run: error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "in.jsonl"]
+
+
+def test_image_root_on_a_ray_cluster_is_the_nodes_business(tmp_path, tiny_model_dir, pairs):
+    """With --ray-address the folder need only exist on the nodes: the driver does not refuse it."""
+    proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--image-root", "/nonexistent", "--engine", "ray",
+                "--ray-address", "127.0.0.1:1", cwd=tmp_path)
+    assert proc.returncode == 1 and "--image-root" not in proc.stderr, proc.stderr
+
+
 def test_overwrite_columns_replaces_them_in_place(tmp_path, tiny_model_dir):
     shutil.copy(IMG / "small_41x97.jpg", tmp_path / "a.jpg")
     _jsonl(tmp_path / "in.jsonl", [{"image_path": "a.jpg", "longclip_score": "old", "text": "a cat",

@@ -6,6 +6,7 @@ Runs in an environment with open-dataflow and its pins (numpy 1.26, pandas 2.3.3
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -96,12 +97,15 @@ def test_compiled_pipeline(workspace):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="checks the torch-free message")
-def test_checkpoint_without_export_extra_says_what_to_run(tmp_path, monkeypatch):
+def test_checkpoint_without_export_extra_says_what_to_run(tmp_path, monkeypatch, caplog):
     from longclip.runtime import ImageLongCLIPEvaluator, ModelDirError
 
     checkpoint = os.environ.get("LONGCLIP_TEST_CHECKPOINT")
     if not checkpoint:
         pytest.skip("set LONGCLIP_TEST_CHECKPOINT")
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
+    caplog.set_level(logging.INFO, logger="longclip")
     with pytest.raises(ModelDirError, match=r"needs the export extra: pip install 'longclip\[export\]'"):
         ImageLongCLIPEvaluator(model_name=checkpoint)
+    assert "exporting" not in caplog.text  # nothing announced that will not happen
+    assert not (tmp_path / "exports").exists()

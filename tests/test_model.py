@@ -54,9 +54,9 @@ def test_pil_images_and_paths_agree(tiny_model_dir):
 
 
 def test_model_dir_errors(tmp_path):
-    with pytest.raises(ModelDirError, match="does not exist: run `longclip-export"):
+    with pytest.raises(ModelDirError, match=r"nope' does not exist; pass an exported folder \(longclip-export "):
         LongCLIP(tmp_path / "nope")
-    with pytest.raises(ModelDirError, match="no manifest.json"):
+    with pytest.raises(ModelDirError, match="is a folder without manifest.json or a .pt/.bin/.ckpt/.safetensors file"):
         LongCLIP(tmp_path)
     (tmp_path / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(ModelDirError, match="re-export"):

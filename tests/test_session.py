@@ -16,8 +16,12 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU onnxruntime is installed")
-    with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
+    with pytest.raises(DeviceUnavailableError) as caught:
         create_session(tiny_model_dir / "vision.onnx", device)
+    message = str(caught.value)
+    assert message.startswith(f"device {device!r} needs ") and " which the CPU wheel (onnxruntime " in message, message
+    assert message.endswith("pip install onnxruntime-gpu (README, 'GPU'), or pass --device cpu (Python: "
+                            "device='cpu')"), message
 
 
 def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
@@ -84,6 +88,56 @@ class _FakeSession:
         return ["CPUExecutionProvider"]
 
 
+def _gpu_wheel(monkeypatch, gpus):
+    """As if onnxruntime-gpu were installed, on a machine whose driver shows ``gpus``; every session runs on the
+    CPU, as ORT's do after a GPU provider fails."""
+    import onnxruntime as ort
+
+    from longclip.runtime import session
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(session, "nvidia_devices", lambda: gpus)
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt:1"])
+def test_the_gpu_wheel_without_a_gpu_says_so_before_onnxruntime_tries(tiny_model_dir, monkeypatch, device):
+    import onnxruntime as ort
+
+    _gpu_wheel(monkeypatch, [])
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: pytest.fail("ONNX Runtime must not try (and print)"))
+    with pytest.raises(DeviceUnavailableError) as caught:
+        create_session(tiny_model_dir / "vision.onnx", device)
+    assert str(caught.value).startswith(f"device {device!r} needs a GPU for ")
+    assert str(caught.value).endswith("and this machine has no NVIDIA GPU or driver (no /dev/nvidia*): run on a GPU "
+                                      "machine, or pass --device cpu (Python: device='cpu')")
+
+
+def test_auto_with_the_gpu_wheel_and_no_gpu_takes_the_cpu_at_once(tiny_model_dir, monkeypatch, caplog):
+    _gpu_wheel(monkeypatch, [])
+    assert create_session(tiny_model_dir / "vision.onnx", None).asked == ["CPUExecutionProvider"]
+    assert "did not initialize" not in caplog.text
+
+
+@pytest.mark.parametrize(("gpus", "device", "why"), [
+    (["/dev/nvidia0"], "cuda:1", "there is no GPU 1 here (1 found: /dev/nvidia0): pass another index"),
+    (["/dev/nvidia0"], "cuda", "the GPU is there, so CUDA or cuDNN libraries are missing: onnxruntime-gpu 1.31+ "
+     "needs CUDA 13 and cuDNN 9"),
+    (["/dev/nvidia0", "/dev/nvidia1"], "tensorrt:1", "the GPU is there, so CUDA or cuDNN libraries are missing"),
+    (None, "cuda", "no GPU is visible, or CUDA or cuDNN libraries are missing (nvidia-smi tells which)"),  # WSL
+])
+def test_explicit_gpu_that_does_not_initialize_says_why(tiny_model_dir, monkeypatch, gpus, device, why):
+    """The GPU wheel's provider is there and so is a GPU, but it does not start: no such GPU, or no libraries."""
+    _gpu_wheel(monkeypatch, gpus)
+    with pytest.raises(DeviceUnavailableError) as caught:
+        create_session(tiny_model_dir / "vision.onnx", device)
+    message = str(caught.value)
+    assert message.startswith(f"device {device!r}: ") and " did not initialize: " in message, message
+    assert why in message and message.endswith(", or pass --device cpu (Python: device='cpu')"), message
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "tensorrt"])
 def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatch, device):
     import onnxruntime as ort
@@ -94,6 +148,7 @@ def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatc
                                                                  "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
     monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(session, "nvidia_devices", lambda: ["/dev/nvidia0", "/dev/nvidia1"])
     with pytest.raises(DeviceUnavailableError, match="did not initialize"):
         create_session(tiny_model_dir / "vision.onnx", device)
 
@@ -106,6 +161,7 @@ def test_auto_falls_back_to_the_cpu_with_a_warning(tiny_model_dir, monkeypatch, 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
     monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(session, "nvidia_devices", lambda: ["/dev/nvidia0"])
     made = create_session(tiny_model_dir / "vision.onnx", None)
     assert made.asked[0][0] == "CUDAExecutionProvider" and made.get_providers() == ["CPUExecutionProvider"]
     assert "did not initialize" in caplog.text

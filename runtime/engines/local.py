@@ -34,7 +34,7 @@ from ..errors import InputError, WriteError, error_code
 from ..lock import OutputLock
 from ..model import LongCLIP
 from ..preprocess import MAX_PIXELS
-from ..rows import Columns, check_columns, check_output_columns, no_rows, output_schema, with_scores
+from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
 from ..tables import TableReader, same_file
 from ..writers import TableWriter, write_error
 from .chunk import CHUNK_ROWS, default_pool
@@ -128,6 +128,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     if reader.columns or reader.n_rows:  # a JSON input without rows has no columns, and nothing to score
         check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(reader.columns, opts.output_key, opts.overwrite_columns)
+    check_image_root(opts.image_root)
     output = Path(output_path)
     if same_file(reader.path, output):
         raise InputError(f"output {str(output)!r} is the input file: choose another output (the input is never "

@@ -32,7 +32,7 @@ from ..errors import EngineError, InputError, LongCLIPError, error_code
 from ..lock import OutputLock
 from ..manifest import read_manifest
 from ..model import TRT_MAX_BATCH, LongCLIP
-from ..rows import check_columns, check_output_columns, error_key, no_rows, with_scores
+from ..rows import check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
@@ -255,13 +255,19 @@ class RayPlan:
         self.close()
 
 
-def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), device: str | None = None) -> RayPlan:
+def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), device: str | None = None,
+             local_ray: bool = True) -> RayPlan:
     """Check a Ray run on the driver before any model loads or Ray starts; :class:`InputError` or
-    :class:`EngineError` names the first problem. A local output is locked from here on."""
+    :class:`EngineError` names the first problem. A local output is locked from here on.
+
+    ``local_ray``: the workers run on this machine, so ``opts.image_root`` must be a folder here too; on a cluster
+    it need only exist on the nodes."""
     shards = find_shards(source)
     columns = shard_columns(shards)
     check_columns(columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(columns, opts.output_key, opts.overwrite_columns)
+    if local_ray:
+        check_image_root(opts.image_root)
     target = output_target(destination)
     if not target.folder:
         TableWriter.check(target.path)
@@ -331,5 +337,5 @@ def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: 
     """
     from ..resolve import resolve_model_dir
 
-    with plan_ray(source, destination, opts, device) as plan:
+    with plan_ray(source, destination, opts, device, local_ray=ray_opts.address is None) as plan:
         return execute_ray(plan, resolve_model_dir(model), ray_opts, progress)

@@ -17,7 +17,7 @@ from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 @click.option("--text-key", default=TEXT_KEY, show_default=True, help="Column holding texts.")
 @click.option("--output-key", default=OUTPUT_KEY, show_default=True,
               help="Score column; reasons are read from <output-key>_error.")
-@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+@click.option("--image-root", default=None,
               help="Folder that relative image paths resolve against [default: the current directory].")
 @click.option("--title", default=None, help="Page title [default: 'LongCLIP scores: <file name>'].")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")

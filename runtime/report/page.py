@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import MISSING_FILE, InputError, RowError
 from ..preprocess import load_image
-from ..rows import cell_key, is_null, resolve_image_path
+from ..rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..tables import TableReader, same_file
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
@@ -421,6 +421,7 @@ def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | 
                  opts: ReportOptions = ReportOptions()) -> ReportData:
     """Read a scored file (``.jsonl/.json/.csv/.parquet``) once and write the report to ``html_path`` atomically."""
     out = check_report_path(html_path, scored.path if isinstance(scored, TableReader) else scored)
+    check_image_root(opts.image_root)
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
     page = render(data)

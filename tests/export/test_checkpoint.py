@@ -1,4 +1,7 @@
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,8 +82,11 @@ def test_pickle_with_code_is_refused_not_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"visual.conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError) as caught:
         load_state_dict(path)
+    assert str(caught.value) == (f"{str(path)!r} is refused: besides tensors it holds Python objects (io.open) "
+                                 "that loading would run; a LongCLIP checkpoint is a state dict of tensors "
+                                 "(torch.save(model.state_dict(), path))")
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
@@ -92,7 +98,8 @@ def test_truncated_file(tmp_path, tiny_checkpoint):
     data = tiny_checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointError, match="cut.pt"):
+    with pytest.raises(CheckpointError, match=r"cut.pt' is damaged: its zip archive is truncated or corrupt; download "
+                                              "or copy it again"):
         load_state_dict(path)
 
 
@@ -138,3 +145,41 @@ def test_directory_search_prefers_longclip_then_sorted(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no .pt/.bin/.ckpt/.safetensors file"):
         find_checkpoint(tmp_path / "empty")
+
+
+def test_legacy_format_is_read(tmp_path, tiny_state):
+    import torch
+
+    from longclip.export.checkpoint import load_state_dict
+
+    path = tmp_path / "old.pt"
+    torch.save(tiny_state, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_state_dict(path)["text_projection"], tiny_state["text_projection"])
+
+
+def _export(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "longclip.export.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("pairs.jsonl", b'{"image_path": "a.png", "text": "a cat"}\n',
+     "'pairs.jsonl' is not a checkpoint: expected a state dict saved by torch.save (e.g. longclip-L@336px.pt) or a "
+     ".safetensors file"),
+    ("plain.pt", pickle.dumps({"weight": [1.0, 2.0]}, protocol=4),
+     "'plain.pt' is not a checkpoint: expected a state dict saved by torch.save (e.g. longclip-L@336px.pt) or a "
+     ".safetensors file"),
+    ("evil.pt", None, "'evil.pt' is refused: besides tensors it holds Python objects (io.open) that loading "
+     "would run; a LongCLIP checkpoint is a state dict of tensors (torch.save(model.state_dict(), path))"),
+])
+def test_export_cli_says_in_one_line_what_the_file_is(tmp_path, name, content, message):
+    """Never torch's own advice: it suggests weights_only=False, which would run the file's code."""
+    import torch
+
+    if content is None:
+        torch.save({"x": _Payload(tmp_path / "pwned")}, tmp_path / name, pickle_module=pickle)
+    else:
+        (tmp_path / name).write_bytes(content)
+    proc = _export(tmp_path, name, "-o", "out")
+    assert proc.returncode == 1 and proc.stderr == f"longclip-export: error: {message}\n", proc.stderr
+    assert "weights_only" not in proc.stderr and not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()

@@ -35,6 +35,19 @@ def test_cli_refusal_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
+@pytest.mark.parametrize(("root", "message"), [
+    ("/nonexistent", "--image-root '/nonexistent' does not exist: pass the folder that the relative image paths are "
+     "relative to"),
+    ("s.jsonl", "--image-root 's.jsonl' is not a folder: pass the folder that the relative image paths are relative "
+     "to"),
+])
+def test_cli_refuses_an_image_root_that_is_no_folder(tmp_path, root, message):
+    (tmp_path / "s.jsonl").write_text('{"image_path": "a.png", "text": "t", "longclip_score": 0.5}\n')
+    proc = report_cli(tmp_path, "s.jsonl", "-o", "r.html", "--image-root", root)
+    assert_one_line_refusal(proc, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
 def test_cli_writes_a_report(tmp_path):
     write(scored_frame(60), tmp_path / "scored.parquet")
     proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", "scored.parquet", "-o", "r.html",
