@@ -10,6 +10,7 @@ import click
 
 from .console import configure_logging
 from .constants import BATCH_SIZE
+from .decode_pool import DECODE_TIMEOUT
 from .engines.chunk import CHUNK_ROWS
 from .errors import EngineError, InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
@@ -19,6 +20,7 @@ from .tables import FORMATS, same_file
 
 if TYPE_CHECKING:
     from .engines.local import RunOptions, RunSummary
+    from .engines.ray import RayOptions
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +47,12 @@ if TYPE_CHECKING:
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Refuse images with more pixels, or whose resize to the model size would have more, from their "
                    "header (decompression bombs, very thin images).")
+@click.option("--decode-workers", type=click.IntRange(0), default=None,
+              help="Processes that decode images and tokenize texts (0: threads of this process) [default: one per "
+                   "CPU this process may use, one fewer on a GPU].")
+@click.option("--decode-timeout", type=click.FloatRange(min=0, min_open=True), default=DECODE_TIMEOUT,
+              show_default=True, help="Seconds one image may take to decode before its worker is stopped "
+                                      "(the row gets decode_timeout).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one file. ray: Ray Data workers (needs the ray extra); INPUT may also be a "
                    "folder, a glob or an s3:// / gs:// URI.")
@@ -53,29 +61,37 @@ if TYPE_CHECKING:
                    "Ray for the run].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="With --engine ray: workers, one model each [default: one per GPU, else one per CPU but one].")
+@click.option("--cpus-per-worker", type=click.IntRange(1), default=1, show_default=True,
+              help="With --engine ray: CPUs each worker reserves; those beyond the first decode for it (GPU workers "
+                   "need them).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int,
-         max_pixels: int, engine: str, ray_address: str | None, workers: int | None, report_path: str | None,
-         quiet: bool) -> None:
+         max_pixels: int, decode_workers: int | None, decode_timeout: float, engine: str, ray_address: str | None,
+         workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
-    from .engines.local import RunOptions
+    from .engines.local import RunOptions, work_dir_for
 
     opts = RunOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
                       batch_size=batch_size, chunk_rows=chunk_rows, max_pixels=max_pixels,
                       overwrite_columns=overwrite_columns)
-    if engine == "local" and (ray_address or workers):
-        raise click.UsageError("--ray-address and --workers need --engine ray")
+    if engine == "local" and (ray_address or workers or cpus_per_worker != 1):
+        raise click.UsageError("--ray-address, --workers and --cpus-per-worker need --engine ray")
     try:
         _check_options(input_path, output_path, report_path, engine, resume)
         if engine == "ray":
-            summary = _run_ray(input_path, output_path, model_name, opts, device, ray_address, workers, quiet)
+            from .engines.ray import RayOptions
+
+            ray_opts = RayOptions(ray_address, workers, cpus_per_worker,
+                                  log_level=logging.ERROR if quiet else logging.WARNING)
+            summary = _run_ray(input_path, output_path, model_name, opts, device, ray_opts, quiet)
         else:
-            summary = _run_local(input_path, output_path, model_name, opts, device, resume, quiet)
+            summary = _run_local(input_path, output_path, model_name, opts, device, resume, decode_workers,
+                                 decode_timeout, quiet)
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
@@ -88,6 +104,12 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        kept = ("a Ray run leaves no partial output: run it again" if engine == "ray" else
+                f"the finished chunks are kept in {str(work_dir_for(Path(output_path)))!r}: run again with --resume "
+                "to continue")
+        click.echo(f"longclip-run: interrupted; {kept}", err=True)
+        raise SystemExit(130) from None
 
 
 def _check_options(input_path: str, output_path: str, report_path: str | None, engine: str, resume: bool) -> None:
@@ -108,23 +130,32 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 
 
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
-               quiet: bool) -> RunSummary:
+               decode_workers: int | None, decode_timeout: float, quiet: bool) -> RunSummary:
+    from .cpus import plan_cpus
+    from .decode_pool import ImageSpec, make_pool
     from .engines.local import execute, plan_file
+    from .manifest import read_manifest
     from .model import TRT_MAX_BATCH, LongCLIP
+    from .resolve import resolve_model_dir
+    from .session import wants_gpu
 
     with plan_file(input_path, output_path, opts, resume) as plan:
-        model = LongCLIP(model_name, device=None if device == "auto" else device,
-                         max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH))
-        return execute(plan, model, progress=None if not quiet else False)
+        model_dir = resolve_model_dir(model_name)
+        split = plan_cpus(wants_gpu(device), decode_workers)
+        # the workers start (a fresh interpreter each) while the model loads
+        with make_pool(ImageSpec.of(read_manifest(model_dir), opts.max_pixels), opts.batch_size,
+                       split.decode_workers, decode_timeout) as pool:
+            model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
+                             max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+            return execute(plan, model, progress=None if not quiet else False, pool=pool)
 
 
 def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,
-             ray_address: str | None, workers: int | None, quiet: bool) -> RunSummary:
-    from .engines.ray import RayOptions, execute_ray, plan_ray
+             ray_opts: RayOptions, quiet: bool) -> RunSummary:
+    from .engines.ray import execute_ray, plan_ray
     from .resolve import resolve_model_dir
 
-    ray_opts = RayOptions(ray_address, workers, log_level=logging.ERROR if quiet else logging.WARNING)
-    with plan_ray(input_path, output_path, opts, device, local_ray=ray_address is None) as plan:
+    with plan_ray(input_path, output_path, opts, device, local_ray=ray_opts.address is None) as plan:
         return execute_ray(plan, resolve_model_dir(model_name), ray_opts, progress=False if quiet else None)
 
 

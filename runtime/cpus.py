@@ -46,11 +46,13 @@ def _cgroup_quota() -> int | None:
 
 @dataclass(frozen=True)
 class CpuPlan:
-    """A run's split: ``decode_workers`` processes (0: decode on threads in this process) and ``model_threads``
-    ONNX Runtime intra-op threads per session."""
+    """A run's split: ``decode_workers`` processes (0: decode on threads in this process), ``model_threads`` ONNX
+    Runtime intra-op threads per session, and whether those may spin between runs (not where workers share the
+    cores)."""
 
     decode_workers: int
     model_threads: int
+    spin: bool = True
 
 
 def plan_cpus(gpu: bool, decode_workers: int | None = None, cpus: int | None = None) -> CpuPlan:
@@ -61,12 +63,14 @@ def plan_cpus(gpu: bool, decode_workers: int | None = None, cpus: int | None = N
     both get every core (the sessions do not spin, so idle threads cost nothing; see ``session.create_session``).
     ``decode_workers`` overrides the worker count (0: in-process).
 
-    >>> plan_cpus(gpu=True, cpus=16), plan_cpus(gpu=False, cpus=2), plan_cpus(gpu=False, decode_workers=0, cpus=8)
-    (CpuPlan(decode_workers=15, model_threads=1), CpuPlan(decode_workers=2, model_threads=2), CpuPlan(decode_workers=0, model_threads=8))
+    >>> plan_cpus(gpu=True, cpus=16)
+    CpuPlan(decode_workers=15, model_threads=1, spin=True)
+    >>> plan_cpus(gpu=False, cpus=2), plan_cpus(gpu=False, decode_workers=0, cpus=8)
+    (CpuPlan(decode_workers=2, model_threads=2, spin=False), CpuPlan(decode_workers=0, model_threads=8, spin=True))
     """
     cpus = cpus or available_cpus()
     if gpu:
         workers = max(1, cpus - 1) if decode_workers is None else decode_workers
         return CpuPlan(workers, 1)
     workers = cpus if decode_workers is None else decode_workers
-    return CpuPlan(workers, cpus)
+    return CpuPlan(workers, cpus, spin=workers == 0)

@@ -118,6 +118,9 @@ class DecodePool:
         self._thread.start()
 
     # -- the caller's side ------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
+
     def submit(self, job: tuple[Any, ...]) -> None:
         """Queue ``("image", job_id, source, slot)`` or ``("text", job_id, texts, context_length)``."""
         if self._failure is not None:
@@ -292,6 +295,9 @@ class ThreadPool:
         self._events = self.events
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="longclip-input")
         self._tokenizer: Any = None
+
+    def describe(self) -> str:
+        return f"{self.workers} thread{'s' if self.workers > 1 else ''} of this process"
 
     def submit(self, job: tuple[Any, ...]) -> None:
         self._executor.submit(self._run, job)

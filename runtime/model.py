@@ -101,7 +101,8 @@ class LongCLIP:
     ``device``: ``None``/``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"tensorrt[:N]"``.
 
     ``max_batch`` matters on TensorRT only, whose engines are built for batches up to it (larger batches are split
-    there); CPU and CUDA run any batch as given.
+    there); CPU and CUDA run any batch as given. ``threads``: ONNX Runtime's intra-op threads per session;
+    ``spin=False`` makes them sleep between runs (where decode workers share the cores).
 
     >>> model = LongCLIP("models/tiny")                       # doctest: +SKIP
     >>> model.score(["cat.jpg"], ["a photo of a cat"])        # doctest: +SKIP
@@ -110,7 +111,7 @@ class LongCLIP:
 
     def __init__(self, model_name: str | os.PathLike[str] | None = None, device: str | None = None,
                  threads: int | None = None, max_batch: int = TRT_MAX_BATCH, *,
-                 model_dir: str | os.PathLike[str] | None = None):
+                 model_dir: str | os.PathLike[str] | None = None, spin: bool = True):
         self.manifest: Manifest = read_manifest(resolve_model_dir(_one_name(model_name, model_dir)))
         m, cache = self.manifest, trt_cache_root()
         n, batch, opt = m.image_size, max(1, max_batch), min(BATCH_SIZE, max(1, max_batch))
@@ -127,8 +128,8 @@ class LongCLIP:
         # sessions are not used before their graphs are verified, and a wrong sha256 is the error reported.
         with ThreadPoolExecutor(max_workers=5, thread_name_prefix="longclip-load") as pool:
             checks = [pool.submit(verify_graph, graph) for graph in m.graphs.values()]
-            vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt)
-            text = pool.submit(create_session, m.text_graph, device, threads, text_trt)
+            vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt, spin)
+            text = pool.submit(create_session, m.text_graph, device, threads, text_trt, spin)
             tokenizer = pool.submit(default_tokenizer)
             for check in checks:
                 check.result()

@@ -12,9 +12,11 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from .cpus import plan_cpus
 from .engines.chunk import score_frame
 from .model import LongCLIP
 from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
+from .session import wants_gpu
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ class ImageLongCLIPEvaluator:
     """
 
     def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None):
-        self.model = LongCLIP(model_name, device=device)
+        self.split = plan_cpus(wants_gpu(device))  # decode workers start for each run, beside this model
+        self.model = LongCLIP(model_name, device=device, threads=self.split.model_threads, spin=self.split.spin)
         log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
 
     def run(
@@ -62,6 +65,7 @@ class ImageLongCLIPEvaluator:
         frame: pd.DataFrame = storage.read("dataframe")
         check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
         check_output_columns(list(frame.columns), output_key, overwrite_columns, option="overwrite_columns=True")
-        scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None)
+        scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None,
+                             decode_workers=self.split.decode_workers)
         storage.write(scored)
         return [output_key]

@@ -92,3 +92,23 @@ def other_model_dir(tmp_path_factory) -> Path:
     torch.save(official_state_dict(seed=1), folder / "longclip-other.pt")
     export_model(folder / "longclip-other.pt", folder / "model")
     return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def slow_model_dir(tmp_path_factory) -> Path:
+    """A model whose image tower takes ~0.1 s per 224-px image on two cores (784 patches, 4 layers of width
+    256): a batch of 64 runs for seconds, long enough to be interrupted in the middle."""
+    if not HAS_TORCH:
+        pytest.skip("needs the export extra (torch)")
+    import torch
+
+    from longclip.export import export_model
+    from longclip.export.model import LongCLIPConfig
+    from longclip.export.random_checkpoint import random_state_dict
+
+    cfg = LongCLIPConfig(embed_dim=32, image_size=224, patch_size=8, vision_width=256, vision_layers=4,
+                         text_width=64, text_layers=1)
+    folder = tmp_path_factory.mktemp("slow")
+    torch.save(random_state_dict(cfg), folder / "longclip-slow.pt")
+    export_model(folder / "longclip-slow.pt", folder / "model")
+    return folder / "model"

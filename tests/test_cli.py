@@ -4,8 +4,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,33 @@ def test_batch_size_reaches_both_graphs_through_the_console_script(tmp_path, tin
     assert [int(n) for name, n in seen if name == "pixel_values"] == want
     assert [int(n) for name, n in seen if name == "input_ids"] == want
     assert np.isfinite(pd.read_json(tmp_path / "out.jsonl", lines=True)["longclip_score"]).all()
+
+
+def test_ctrl_c_in_the_middle_of_a_long_batch_ends_the_run_at_once_and_resumably(tmp_path, slow_model_dir):
+    for i in range(64):
+        Image.new("RGB", (230, 226), (i * 4, 90, 255 - i * 4)).save(tmp_path / f"{i}.png")
+    _jsonl(tmp_path / "in.jsonl", [{"image_path": f"{i % 64}.png", "text": f"caption {i}"} for i in range(128)])
+    args = ["in.jsonl", "-m", slow_model_dir, "-o", "out.jsonl", "--batch-size", "64", "--chunk-rows", "64",
+            "--device", "cpu"]
+    proc = subprocess.Popen([str(SCRIPT), *map(str, args)], cwd=tmp_path, text=True, stderr=subprocess.PIPE)
+    work = tmp_path / ".out.jsonl.longclip-run"
+    deadline = time.monotonic() + 60
+    while not work.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # the first batch of 64 images (~6 s on two cores) is running now
+    assert proc.poll() is None, proc.stderr.read()
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    took = time.monotonic() - sent
+    stderr = proc.stderr.read()
+    assert code == 130 and stderr.strip().splitlines()[-1] == (
+        f"longclip-run: interrupted; the finished chunks are kept in '{work.name}': run again with --resume to "
+        "continue"), stderr
+    assert "Traceback" not in stderr and took < 2.5, (took, stderr)
+    assert work.is_dir() and not (tmp_path / "out.jsonl").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".lock", ".partial"))]
+    resumed = _cli(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    out = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    assert len(out) == 128 and out["longclip_score"].between(0, 1).all()

@@ -83,7 +83,7 @@ def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tm
 
     seen = {}
 
-    def fake_session(path, device, threads, trt):
+    def fake_session(path, device, threads, trt, spin=True):
         seen[path.name] = trt
         return None
 
@@ -143,7 +143,7 @@ def test_tensorrt_profiles_cover_a_batch_size_above_64(tiny_model_dir, monkeypat
 
     seen = {}
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
-    monkeypatch.setattr(model_module, "create_session", lambda path, device, threads, trt: seen.update({path.name: trt}))
+    monkeypatch.setattr(model_module, "create_session", lambda path, device, threads, trt, spin=True: seen.update({path.name: trt}))
     monkeypatch.setattr(model_module, "check_io", lambda *args: None)  # no sessions to check
     model_module.LongCLIP(tiny_model_dir, device="tensorrt", max_batch=128)
     assert seen["vision.onnx"].max_shape == (128, 3, 32, 32) and seen["text.onnx"].max_shape == (128, 248)

@@ -63,6 +63,8 @@ class RunSummary:
     resumed_rows: int = 0
     seconds: float = 0.0
     provider: str = ""
+    busy: dict[str, float] = field(default_factory=dict)  # seconds each tower ran (the local engine)
+    decode: str = ""  # what decoded: "2 worker processes", "2 threads"
 
     def add(self, result: ChunkResult) -> None:
         self.add_codes(Counter(error_code(e) for e in result.errors))
@@ -86,6 +88,9 @@ class RunSummary:
         if self.truncated is not None:
             lines.append(f"texts cut at {self.context_length} tokens: {self.truncated}")
         lines.append(f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}")
+        if self.busy and self.seconds > 0:
+            shares = ", ".join(f"{tower} tower {100 * t / self.seconds:.0f}%" for tower, t in self.busy.items())
+            lines.append(f"model busy: {shares} of the time; decoding on {self.decode}")
         if self.resumed_rows:
             lines.append(f"resumed: {self.resumed_rows} rows were already scored")
         return "\n".join(lines)
@@ -245,6 +250,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             contextlib.nullcontext() if owned is None else owned:
         pipeline = Pipeline(model, pool or owned, root, opts.batch_size)  # type: ignore[arg-type]
+        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
         for part, result in zip(parts, pipeline.run(works())):
             reasons = unread.popleft()
             result.errors[:] = [r or e for r, e in zip(reasons, result.errors)]

@@ -109,7 +109,7 @@ class Pipeline:
         self._free = list(range(pool.n_slots))[::-1]
         self._jobs: dict[int, tuple[_Chunk, int, int]] = {}  # pool job -> (chunk, seq or token part, slot or -1)
         self._ids = itertools.count()
-        self.busy = {"vision": 0.0, "text": 0.0}  # seconds each tower spent running
+        self.busy = {"image": 0.0, "text": 0.0}  # seconds each tower spent running
 
     # -- the caller's side ------------------------------------------------------------------------------------
     def run(self, works: Iterable[Work]) -> Iterator[ChunkResult]:
@@ -273,7 +273,7 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - raised again on the main thread
                 self.pool.events.put(("model_failed", exc))
                 return
-            self.busy["vision" if kind == "vision" else "text"] += time.perf_counter() - start
+            self.busy["image" if kind == "vision" else "text"] += time.perf_counter() - start
             self.pool.events.put((kind, chunk, keys, embeds))
 
     # -- a finished chunk -------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 
 from .. import errors
+from ..cpus import available_cpus, plan_cpus
+from ..decode_pool import ImageSpec, make_pool
 from ..errors import EngineError, InputError, LongCLIPError, error_code
 from ..lock import OutputLock
 from ..manifest import read_manifest
@@ -36,10 +38,8 @@ from ..rows import check_columns, check_image_root, check_output_columns, error_
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
-from ..cpus import available_cpus, plan_cpus
-from ..decode_pool import ImageSpec, make_pool
-from .pipeline import Pipeline, Work
 from .local import RunOptions, RunSummary
+from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,11 @@ class Scorer:
 
     def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1):
         gpu = device not in (None, "cpu")
-        split = plan_cpus(gpu, cpus=cpus)
-        workers = 0 if cpus == 1 else split.decode_workers  # one CPU: decode on threads, beside the model
+        split = plan_cpus(gpu, 0 if cpus == 1 else None, cpus=cpus)  # one CPU: decode on threads, beside the model
         self.model = LongCLIP(model_dir, device=device, threads=split.model_threads,
-                              max_batch=max(opts.batch_size, TRT_MAX_BATCH))
-        self.pool = make_pool(ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size, workers)
+                              max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+        self.pool = make_pool(ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size,
+                              split.decode_workers)
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
 

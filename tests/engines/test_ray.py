@@ -268,7 +268,7 @@ def test_cli_refusals_are_one_line(tmp_path, tiny_model_dir, args, prelude, mess
 
 def test_cli_ray_options_need_the_ray_engine(tmp_path, tiny_model_dir):
     proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--workers", "2", cwd=tmp_path)
-    assert proc.returncode == 2 and "--ray-address and --workers need --engine ray" in proc.stderr
+    assert proc.returncode == 2 and "--ray-address, --workers and --cpus-per-worker need --engine ray" in proc.stderr
 
 
 @needs_ray
