@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -219,7 +220,7 @@ def _to_arrow(frame: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:
         frame = frame.copy()
         for name in frame.columns:
             if frame[name].dtype == object:
-                frame[name] = frame[name].map(lambda v: None if v is ABSENT else v)
+                frame[name] = _cells(frame[name], lambda v: None if v is ABSENT else v)
         return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     typed = [f.name for f in schema if frame[f.name].dtype != object]  # numpy and Arrow-backed columns
     converted = pa.Table.from_pandas(frame[typed], preserve_index=False) if typed else None
@@ -233,8 +234,15 @@ def _csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for name in out.columns:
         if out[name].dtype == object or isinstance(out[name].dtype, pd.ArrowDtype):
-            out[name] = out[name].astype(object).map(_csv_cell)
+            out[name] = _cells(out[name], _csv_cell)  # a lone surrogate left in: the file writes U+FFFD for it
     return out
+
+
+def _cells(column: pd.Series, convert: Callable[[Any], Any]) -> pd.Series:
+    """``convert`` of each cell, as object cells. ``Series.map`` would infer a dtype from the results: an integer
+    beside a float becomes a float (2**53 + 1 loses its last digit), and pandas 3 turns strings into its string
+    dtype, which cannot hold a lone surrogate. ``tolist`` also reads Arrow types pandas cannot cast (string_view)."""
+    return pd.Series([convert(v) for v in column.tolist()], index=column.index, dtype=object)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -252,7 +260,7 @@ def _utf8_cells(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for name in out.columns:
         if out[name].dtype == object:
-            out[name] = out[name].map(_utf8_cell)
+            out[name] = _cells(out[name], _utf8_cell)
     return out
 
 
