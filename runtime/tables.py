@@ -3,7 +3,8 @@
 A :class:`TableReader` checks the whole input before any work (a malformed line is named up front), hashes its
 bytes (a resume is refused when they changed) and, for JSON, learns each column's kinds of value (so a parquet
 output gets types that hold them); then it hands out chunks of a fixed number of rows, the same chunks on every
-pass. A line or record that is not valid UTF-8 costs only that row: it comes with the reason ``bad_encoding``.
+pass. A line or record that is not valid UTF-8 costs only that row: it comes with the reason ``bad_encoding``, and
+so does a JSON row with a key that UTF-8 cannot hold (that key is left out: no output format could name it).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class TableReader:
         self.n_rows = 0
         self.sha256 = ""
         self._records: list[dict[str, Any]] | None = None
+        self._record_reasons: list[str] = []
         self._kinds = ColumnKinds()
         self._arrow_schema: pa.Schema | None = None
         try:
@@ -114,7 +116,7 @@ class TableReader:
                     raise InputError(f"{str(self.path)!r} line {number} is not valid JSON: {exc}") from None
                 if not isinstance(row, dict):
                     raise InputError(f"{str(self.path)!r} line {number} is a JSON {type(row).__name__}, not an object")
-                yield number, row, reason
+                yield number, *_without_bad_keys(row, f"line {number} of {str(self.path)!r}", reason)
 
     # -- one JSON array ----------------------------------------------------------------------------------------
     def _scan_json(self) -> None:
@@ -127,9 +129,11 @@ class TableReader:
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise InputError(f"{str(self.path)!r} must hold a JSON array of objects (one per row)")
         seen: dict[str, None] = {}
-        for row in data:
-            seen.update(dict.fromkeys(row))
-            self._kinds.add(row)
+        for number, row in enumerate(data, 1):
+            data[number - 1], reason = _without_bad_keys(row, f"row {number} of {str(self.path)!r}", "")
+            seen.update(dict.fromkeys(data[number - 1]))
+            self._kinds.add(data[number - 1])
+            self._record_reasons.append(reason)
         self.columns, self._records, self.n_rows = list(seen), data, len(data)
 
     # -- CSV ----------------------------------------------------------------------------------------------------
@@ -205,8 +209,8 @@ class TableReader:
             for group in _groups(self._csv_records(), n):
                 yield pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object), [r for _, r in group]
         elif self._records is not None:
-            for group in _groups(self._records, n):
-                yield self._frame(group), [""] * len(group)
+            for group in _groups(zip(self._records, self._record_reasons), n):
+                yield self._frame([row for row, _ in group]), [reason for _, reason in group]
         else:
             for group in _groups(self._jsonl_rows(), n):
                 yield self._frame([row for _, row, _ in group]), [reason for *_, reason in group]
@@ -228,6 +232,22 @@ class TableReader:
 
 def _has_surrogates(text: str) -> bool:
     return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _without_bad_keys(row: dict[str, Any], where: str, reason: str) -> tuple[dict[str, Any], str]:
+    """``row`` less its keys that UTF-8 cannot hold (a lone surrogate: a ``"\\ud800"`` escape, or a byte that was not
+    UTF-8), and its reason saying so: such a key would be a column that no output format can name.
+
+    >>> _without_bad_keys({"text": "a", "k\\udcffy": 1}, "line 2 of 'in.jsonl'", "")
+    ({'text': 'a'}, "bad_encoding: line 2 of 'in.jsonl' has a key that is not valid unicode, left out: ['k\\\\udcffy']")
+    """
+    bad = [key for key in row if _has_surrogates(key)]
+    if not bad:
+        return row, reason
+    left_out = f"{bad!r:.200}"
+    reason = (f"{reason}; keys left out: {left_out}" if reason
+              else f"{errors.BAD_ENCODING}: {where} has a key that is not valid unicode, left out: {left_out}")
+    return {key: value for key, value in row.items() if key not in bad}, reason
 
 
 def _sha256_file(path: Path) -> str:
