@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,7 @@ class TableReader:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = _loads(line)
                 except ValueError as exc:
                     if reason:  # not UTF-8 and not JSON either: the row is lost, the run goes on
                         yield number, {}, reason
@@ -123,7 +124,7 @@ class TableReader:
         raw = self.path.read_bytes()
         self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
-            data = json.loads(raw.decode("utf-8-sig"))
+            data = _loads(raw.decode("utf-8-sig"))
         except ValueError as exc:  # UnicodeDecodeError too: one array cannot lose one row
             raise InputError(f"{str(self.path)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -179,11 +180,15 @@ class TableReader:
     def _set_header(self, fields: list[str]) -> None:
         if any(_has_surrogates(v) for v in fields):
             raise InputError(f"{str(self.path)!r}: the header is not valid UTF-8; fix the file's column names")
-        repeated = sorted({c for c in fields if fields.count(c) > 1})
-        if repeated:
-            raise InputError(f"{str(self.path)!r} has the column name(s) {repeated} more than once in its header: "
-                             "give every column its own name")
+        self._refuse_repeated(fields, "in its header")
         self.columns = fields
+
+    def _refuse_repeated(self, names: list[str], where: str) -> None:
+        """A name twice would make its column ambiguous in every output (pandas selects both)."""
+        repeated = sorted(name for name, n in Counter(names).items() if n > 1)
+        if repeated:
+            raise InputError(f"{str(self.path)!r} has the column name(s) {repeated} more than once {where}: give "
+                             "every column its own name")
 
     # -- parquet ------------------------------------------------------------------------------------------------
     def _scan_parquet(self) -> None:
@@ -192,7 +197,16 @@ class TableReader:
         meta = pq.ParquetFile(self.path)
         self._arrow_schema = meta.schema_arrow.remove_metadata()
         self.columns, self.n_rows = list(meta.schema_arrow.names), meta.metadata.num_rows
+        self._refuse_repeated(self.columns, "in its schema")
         self.sha256 = _sha256_file(self.path)  # the whole file, not only the footer
+        # Every page decoded now, one row group at a time: a corrupt one is named before any work, not after the
+        # model has scored the rows before it (the footer alone says nothing about the pages).
+        for group in range(meta.num_row_groups):
+            try:
+                meta.read_row_group(group)
+            except (OSError, ValueError) as exc:  # pyarrow's IO and parse errors
+                raise InputError(f"cannot read {str(self.path)!r}: row group {group} (of {meta.num_row_groups}) is "
+                                 f"corrupt: {str(exc).splitlines()[0]}") from None
 
     # -- chunks -------------------------------------------------------------------------------------------------
     def chunks(self, n: int) -> Iterator[pd.DataFrame]:
@@ -232,6 +246,15 @@ class TableReader:
 
 def _has_surrogates(text: str) -> bool:
     return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, with a value nested deeper than Python's parser goes as a ``ValueError`` (named like any
+    malformed line) instead of a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply for Python's JSON parser") from None
 
 
 def _without_bad_keys(row: dict[str, Any], where: str, reason: str) -> tuple[dict[str, Any], str]:
