@@ -110,7 +110,9 @@ class TableWriter:
                 self._write_json(frame)
             elif self.format == ".csv":
                 assert self._file is not None
-                _csv_cells(frame).to_csv(self._file, header=not self._header, index=False)
+                # CRLF, as RFC 4180: Python's csv quotes a field holding a character of the line terminator, and
+                # only then; with "\n" alone, a caption holding a bare "\r" split its record in two for any reader
+                _csv_cells(frame).to_csv(self._file, header=not self._header, index=False, lineterminator="\r\n")
                 self._header = True
             else:
                 self._write_parquet(frame)
