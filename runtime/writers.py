@@ -85,6 +85,7 @@ class TableWriter:
         self._header = False
         self._parts: list[Path] = []
         self._parquet: Any = None
+        self._sink: IO[bytes] | None = None  # the parquet writer's file
         self._file: IO[Any] | None = None
         if self.format in (".jsonl", ".json"):
             self._file = open(self._tmp, "wb")
@@ -142,13 +143,22 @@ class TableWriter:
         table = self._arrow(frame)
         if self.schema is None:
             part = self._tmp.with_name(f"{self._tmp.name}.{len(self._parts):06d}")
-            pq.write_table(table, part)
             self._parts.append(part)
+            with open(part, "wb") as sink:
+                pq.write_table(table, sink)
             return
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._tmp, self.schema)
+            self._open_parquet(self.schema)
         if table.num_rows:
             self._parquet.write_table(table)
+
+    def _open_parquet(self, schema: pa.Schema) -> None:
+        """A ParquetWriter on the temporary file, opened here as a Python file: pyarrow takes a path as UTF-8 text,
+        and a file's name need not be (an OUTPUT named with a byte that is not UTF-8)."""
+        import pyarrow.parquet as pq
+
+        self._sink = open(self._tmp, "wb")
+        self._parquet = pq.ParquetWriter(self._sink, schema)
 
     def _arrow(self, frame: pd.DataFrame) -> pa.Table:
         """``frame`` as an Arrow table of ``self.schema`` (when given), without pandas metadata: a nested or
@@ -167,11 +177,21 @@ class TableWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schemas = [pq.read_schema(p) for p in self._parts]
+        schemas = []
+        for part in self._parts:
+            with open(part, "rb") as f:
+                schemas.append(pq.read_schema(f))
         schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-        with pq.ParquetWriter(self._tmp, schema) as writer:
-            for part in self._parts:
-                writer.write_table(pq.read_table(part).cast(schema))
+        self._open_parquet(schema)
+        for part in self._parts:
+            with open(part, "rb") as f:
+                self._parquet.write_table(pq.read_table(f).cast(schema))
+        self._close_parquet()
+
+    def _close_parquet(self) -> None:
+        assert self._sink is not None
+        self._parquet.close()  # writes the footer into the sink, which pyarrow does not close
+        self._sink.close()
 
     def commit(self) -> None:
         """Finish the file and move it to ``path`` atomically; on failure nothing is left behind."""
@@ -184,10 +204,8 @@ class TableWriter:
                 self._merge_parquet()
             else:
                 if self._parquet is None:  # no rows: the file still has the schema
-                    import pyarrow.parquet as pq
-
-                    self._parquet = pq.ParquetWriter(self._tmp, self.schema)
-                self._parquet.close()
+                    self._open_parquet(self.schema)
+                self._close_parquet()
             os.chmod(self._tmp, 0o644)  # mkstemp made it private; the output is an ordinary file
             os.replace(self._tmp, self.path)
         except OSError as exc:
@@ -201,7 +219,8 @@ class TableWriter:
         if self._done:
             return
         self._done = True
-        for close in (getattr(self._file, "close", None), getattr(self._parquet, "close", None)):
+        for close in (getattr(self._file, "close", None), getattr(self._parquet, "close", None),
+                      getattr(self._sink, "close", None)):
             try:
                 if close is not None:
                     close()
