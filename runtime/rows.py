@@ -122,28 +122,33 @@ ABSENT = _Absent()
 def is_null(value: object) -> bool:
     """A missing cell: ``None``, ``pd.NA``, ``NaT``, a float NaN, or a key absent from its JSON row.
 
-    >>> [is_null(v) for v in (None, float("nan"), pd.NA, ABSENT, "", 0)]
-    [True, True, True, True, False, False]
+    >>> [is_null(v) for v in (None, float("nan"), np.float32("nan"), pd.NA, ABSENT, "", 0)]
+    [True, True, True, True, True, False, False]
     """
     return (value is None or value is pd.NA or value is pd.NaT or value is ABSENT
-            or (isinstance(value, float) and math.isnan(value)))
+            or (isinstance(value, (float, np.floating)) and math.isnan(value)))  # np.float32 is no float
 
 
 _NULL = object()
 
 
 def cell_key(value: object) -> Hashable:
-    """Dictionary key of a cell, so equal cells are encoded once: nulls share one key, unhashable values (lists)
-    key by their repr.
+    """Dictionary key of a cell, so equal cells are encoded once: nulls share one key, other values that are not
+    strings key by their type too (``1``, ``1.0`` and ``True`` are equal in Python, but each gets a reason that
+    names it), and values that cannot be hashed (a list, a tuple holding one) by their repr.
 
-    >>> cell_key("a.jpg") == cell_key("a.jpg"), cell_key(None) == cell_key(float("nan"))
-    (True, True)
+    >>> cell_key("a.jpg") == cell_key("a.jpg"), cell_key(None) == cell_key(float("nan")), cell_key(1) == cell_key(True)
+    (True, True, False)
     """
     if is_null(value):
         return _NULL
-    if isinstance(value, Hashable):
+    if isinstance(value, str):
         return value
-    return ("unhashable", repr(value))
+    try:
+        hash(value)
+    except TypeError:  # isinstance(value, Hashable) holds for a tuple that holds a list
+        return ("unhashable", type(value), repr(value))
+    return (type(value), value)
 
 
 def resolve_image_path(value: object, image_root: Path | None) -> Path:

@@ -3,9 +3,10 @@ late on a value it cannot hold.
 
 The rule, per column (README, "Command line"): only strings -> string; only booleans -> bool; only integers within
 int64 -> int64; integers and floats -> float64 (while every integer is exact as a float64, up to 2**53); only
-lists, or only objects, that Arrow can hold as one nested type -> that type; only nulls -> null. Anything else (a
-column that mixes kinds, an integer beyond int64, nested values of clashing types) is written as strings: each
-string as itself, every other value as its JSON text. Absent keys and nulls are nulls in every case.
+lists, or only objects, that Arrow can hold as one nested type and parquet can write -> that type; only nulls ->
+null. Anything else (a column that mixes kinds, an integer beyond int64, nested values of clashing types, an empty
+object ``{}`` that no other value gives a field) is written as strings: each string as itself, every other value
+as its JSON text. Absent keys and nulls are nulls in every case.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ColumnKinds:
             return pa.int64()
         if kinds <= {"int", "float"} and exact_ints:
             return pa.float64()
-        if kinds == {"nested"} and column.nested is not None:
+        if kinds == {"nested"} and column.nested is not None and _parquet_can_write(column.nested):
             return column.nested
         return pa.string()
 
@@ -125,6 +126,23 @@ def _fold_nested(column: _Column) -> None:
         column.kinds.add("json")
         column.nested = None
     column.pending = []
+
+
+def _parquet_can_write(kind: pa.DataType) -> bool:
+    """Whether parquet can hold ``kind``: it cannot write a struct without fields (all of a column's objects
+    empty, at any depth), and would fail only when the output is written, after every row is scored.
+
+    >>> import pyarrow as pa
+    >>> _parquet_can_write(pa.list_(pa.struct([("a", pa.int64())]))), _parquet_can_write(pa.list_(pa.struct([])))
+    (True, False)
+    """
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return kind.num_fields > 0 and all(_parquet_can_write(field.type) for field in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _parquet_can_write(kind.value_type)
+    return True
 
 
 def as_json_text(value: Any) -> str | None:

@@ -3,7 +3,8 @@
 A :class:`TableReader` checks the whole input before any work (a malformed line is named up front), hashes its
 bytes (a resume is refused when they changed) and, for JSON, learns each column's kinds of value (so a parquet
 output gets types that hold them); then it hands out chunks of a fixed number of rows, the same chunks on every
-pass. A line or record that is not valid UTF-8 costs only that row: it comes with the reason ``bad_encoding``.
+pass. A line or record that is not valid UTF-8 costs only that row: it comes with the reason ``bad_encoding``, and
+so does a JSON row with a key that UTF-8 cannot hold (that key is left out: no output format could name it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,7 @@ class TableReader:
         self.n_rows = 0
         self.sha256 = ""
         self._records: list[dict[str, Any]] | None = None
+        self._record_reasons: list[str] = []
         self._kinds = ColumnKinds()
         self._arrow_schema: pa.Schema | None = None
         try:
@@ -106,7 +109,7 @@ class TableReader:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = _loads(line)
                 except ValueError as exc:
                     if reason:  # not UTF-8 and not JSON either: the row is lost, the run goes on
                         yield number, {}, reason
@@ -114,22 +117,24 @@ class TableReader:
                     raise InputError(f"{str(self.path)!r} line {number} is not valid JSON: {exc}") from None
                 if not isinstance(row, dict):
                     raise InputError(f"{str(self.path)!r} line {number} is a JSON {type(row).__name__}, not an object")
-                yield number, row, reason
+                yield number, *_without_bad_keys(row, f"line {number} of {str(self.path)!r}", reason)
 
     # -- one JSON array ----------------------------------------------------------------------------------------
     def _scan_json(self) -> None:
         raw = self.path.read_bytes()
         self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
-            data = json.loads(raw.decode("utf-8-sig"))
+            data = _loads(raw.decode("utf-8-sig"))
         except ValueError as exc:  # UnicodeDecodeError too: one array cannot lose one row
             raise InputError(f"{str(self.path)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise InputError(f"{str(self.path)!r} must hold a JSON array of objects (one per row)")
         seen: dict[str, None] = {}
-        for row in data:
-            seen.update(dict.fromkeys(row))
-            self._kinds.add(row)
+        for number, row in enumerate(data, 1):
+            data[number - 1], reason = _without_bad_keys(row, f"row {number} of {str(self.path)!r}", "")
+            seen.update(dict.fromkeys(data[number - 1]))
+            self._kinds.add(data[number - 1])
+            self._record_reasons.append(reason)
         self.columns, self._records, self.n_rows = list(seen), data, len(data)
 
     # -- CSV ----------------------------------------------------------------------------------------------------
@@ -175,11 +180,15 @@ class TableReader:
     def _set_header(self, fields: list[str]) -> None:
         if any(_has_surrogates(v) for v in fields):
             raise InputError(f"{str(self.path)!r}: the header is not valid UTF-8; fix the file's column names")
-        repeated = sorted({c for c in fields if fields.count(c) > 1})
-        if repeated:
-            raise InputError(f"{str(self.path)!r} has the column name(s) {repeated} more than once in its header: "
-                             "give every column its own name")
+        self._refuse_repeated(fields, "in its header")
         self.columns = fields
+
+    def _refuse_repeated(self, names: list[str], where: str) -> None:
+        """A name twice would make its column ambiguous in every output (pandas selects both)."""
+        repeated = sorted(name for name, n in Counter(names).items() if n > 1)
+        if repeated:
+            raise InputError(f"{str(self.path)!r} has the column name(s) {repeated} more than once {where}: give "
+                             "every column its own name")
 
     # -- parquet ------------------------------------------------------------------------------------------------
     def _scan_parquet(self) -> None:
@@ -188,7 +197,16 @@ class TableReader:
         meta = pq.ParquetFile(self.path)
         self._arrow_schema = meta.schema_arrow.remove_metadata()
         self.columns, self.n_rows = list(meta.schema_arrow.names), meta.metadata.num_rows
+        self._refuse_repeated(self.columns, "in its schema")
         self.sha256 = _sha256_file(self.path)  # the whole file, not only the footer
+        # Every page decoded now, one row group at a time: a corrupt one is named before any work, not after the
+        # model has scored the rows before it (the footer alone says nothing about the pages).
+        for group in range(meta.num_row_groups):
+            try:
+                meta.read_row_group(group)
+            except (OSError, ValueError) as exc:  # pyarrow's IO and parse errors
+                raise InputError(f"cannot read {str(self.path)!r}: row group {group} (of {meta.num_row_groups}) is "
+                                 f"corrupt: {str(exc).splitlines()[0]}") from None
 
     # -- chunks -------------------------------------------------------------------------------------------------
     def chunks(self, n: int) -> Iterator[pd.DataFrame]:
@@ -205,8 +223,8 @@ class TableReader:
             for group in _groups(self._csv_records(), n):
                 yield pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object), [r for _, r in group]
         elif self._records is not None:
-            for group in _groups(self._records, n):
-                yield self._frame(group), [""] * len(group)
+            for group in _groups(zip(self._records, self._record_reasons), n):
+                yield self._frame([row for row, _ in group]), [reason for _, reason in group]
         else:
             for group in _groups(self._jsonl_rows(), n):
                 yield self._frame([row for _, row, _ in group]), [reason for *_, reason in group]
@@ -228,6 +246,31 @@ class TableReader:
 
 def _has_surrogates(text: str) -> bool:
     return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, with a value nested deeper than Python's parser goes as a ``ValueError`` (named like any
+    malformed line) instead of a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply for Python's JSON parser") from None
+
+
+def _without_bad_keys(row: dict[str, Any], where: str, reason: str) -> tuple[dict[str, Any], str]:
+    """``row`` less its keys that UTF-8 cannot hold (a lone surrogate: a ``"\\ud800"`` escape, or a byte that was not
+    UTF-8), and its reason saying so: such a key would be a column that no output format can name.
+
+    >>> _without_bad_keys({"text": "a", "k\\udcffy": 1}, "line 2 of 'in.jsonl'", "")
+    ({'text': 'a'}, "bad_encoding: line 2 of 'in.jsonl' has a key that is not valid unicode, left out: ['k\\\\udcffy']")
+    """
+    bad = [key for key in row if _has_surrogates(key)]
+    if not bad:
+        return row, reason
+    left_out = f"{bad!r:.200}"
+    reason = (f"{reason}; keys left out: {left_out}" if reason
+              else f"{errors.BAD_ENCODING}: {where} has a key that is not valid unicode, left out: {left_out}")
+    return {key: value for key, value in row.items() if key not in bad}, reason
 
 
 def _sha256_file(path: Path) -> str:

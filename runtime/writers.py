@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -84,6 +85,7 @@ class TableWriter:
         self._header = False
         self._parts: list[Path] = []
         self._parquet: Any = None
+        self._sink: IO[bytes] | None = None  # the parquet writer's file
         self._file: IO[Any] | None = None
         if self.format in (".jsonl", ".json"):
             self._file = open(self._tmp, "wb")
@@ -109,7 +111,9 @@ class TableWriter:
                 self._write_json(frame)
             elif self.format == ".csv":
                 assert self._file is not None
-                _csv_cells(frame).to_csv(self._file, header=not self._header, index=False)
+                # CRLF, as RFC 4180: Python's csv quotes a field holding a character of the line terminator, and
+                # only then; with "\n" alone, a caption holding a bare "\r" split its record in two for any reader
+                _csv_cells(frame).to_csv(self._file, header=not self._header, index=False, lineterminator="\r\n")
                 self._header = True
             else:
                 self._write_parquet(frame)
@@ -139,13 +143,22 @@ class TableWriter:
         table = self._arrow(frame)
         if self.schema is None:
             part = self._tmp.with_name(f"{self._tmp.name}.{len(self._parts):06d}")
-            pq.write_table(table, part)
             self._parts.append(part)
+            with open(part, "wb") as sink:
+                pq.write_table(table, sink)
             return
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._tmp, self.schema)
+            self._open_parquet(self.schema)
         if table.num_rows:
             self._parquet.write_table(table)
+
+    def _open_parquet(self, schema: pa.Schema) -> None:
+        """A ParquetWriter on the temporary file, opened here as a Python file: pyarrow takes a path as UTF-8 text,
+        and a file's name need not be (an OUTPUT named with a byte that is not UTF-8)."""
+        import pyarrow.parquet as pq
+
+        self._sink = open(self._tmp, "wb")
+        self._parquet = pq.ParquetWriter(self._sink, schema)
 
     def _arrow(self, frame: pd.DataFrame) -> pa.Table:
         """``frame`` as an Arrow table of ``self.schema`` (when given), without pandas metadata: a nested or
@@ -164,11 +177,21 @@ class TableWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schemas = [pq.read_schema(p) for p in self._parts]
+        schemas = []
+        for part in self._parts:
+            with open(part, "rb") as f:
+                schemas.append(pq.read_schema(f))
         schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-        with pq.ParquetWriter(self._tmp, schema) as writer:
-            for part in self._parts:
-                writer.write_table(pq.read_table(part).cast(schema))
+        self._open_parquet(schema)
+        for part in self._parts:
+            with open(part, "rb") as f:
+                self._parquet.write_table(pq.read_table(f).cast(schema))
+        self._close_parquet()
+
+    def _close_parquet(self) -> None:
+        assert self._sink is not None
+        self._parquet.close()  # writes the footer into the sink, which pyarrow does not close
+        self._sink.close()
 
     def commit(self) -> None:
         """Finish the file and move it to ``path`` atomically; on failure nothing is left behind."""
@@ -181,10 +204,8 @@ class TableWriter:
                 self._merge_parquet()
             else:
                 if self._parquet is None:  # no rows: the file still has the schema
-                    import pyarrow.parquet as pq
-
-                    self._parquet = pq.ParquetWriter(self._tmp, self.schema)
-                self._parquet.close()
+                    self._open_parquet(self.schema)
+                self._close_parquet()
             os.chmod(self._tmp, 0o644)  # mkstemp made it private; the output is an ordinary file
             os.replace(self._tmp, self.path)
         except OSError as exc:
@@ -198,7 +219,8 @@ class TableWriter:
         if self._done:
             return
         self._done = True
-        for close in (getattr(self._file, "close", None), getattr(self._parquet, "close", None)):
+        for close in (getattr(self._file, "close", None), getattr(self._parquet, "close", None),
+                      getattr(self._sink, "close", None)):
             try:
                 if close is not None:
                     close()
@@ -219,7 +241,7 @@ def _to_arrow(frame: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:
         frame = frame.copy()
         for name in frame.columns:
             if frame[name].dtype == object:
-                frame[name] = frame[name].map(lambda v: None if v is ABSENT else v)
+                frame[name] = _cells(frame[name], lambda v: None if v is ABSENT else v)
         return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     typed = [f.name for f in schema if frame[f.name].dtype != object]  # numpy and Arrow-backed columns
     converted = pa.Table.from_pandas(frame[typed], preserve_index=False) if typed else None
@@ -233,8 +255,15 @@ def _csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for name in out.columns:
         if out[name].dtype == object or isinstance(out[name].dtype, pd.ArrowDtype):
-            out[name] = out[name].astype(object).map(_csv_cell)
+            out[name] = _cells(out[name], _csv_cell)  # a lone surrogate left in: the file writes U+FFFD for it
     return out
+
+
+def _cells(column: pd.Series, convert: Callable[[Any], Any]) -> pd.Series:
+    """``convert`` of each cell, as object cells. ``Series.map`` would infer a dtype from the results: an integer
+    beside a float becomes a float (2**53 + 1 loses its last digit), and pandas 3 turns strings into its string
+    dtype, which cannot hold a lone surrogate. ``tolist`` also reads Arrow types pandas cannot cast (string_view)."""
+    return pd.Series([convert(v) for v in column.tolist()], index=column.index, dtype=object)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -252,7 +281,7 @@ def _utf8_cells(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for name in out.columns:
         if out[name].dtype == object:
-            out[name] = out[name].map(_utf8_cell)
+            out[name] = _cells(out[name], _utf8_cell)
     return out
 
 
