@@ -67,21 +67,27 @@ class ImageSpec:
 
 
 def shared_buffer(nbytes: int) -> tuple[int, mmap.mmap]:
-    """An anonymous file of ``nbytes`` (``/dev/shm`` when it has room, else the temp folder), mapped; its fd is
-    inherited by the workers. The file is unlinked at once, so nothing is left behind however the run ends."""
-    for folder in ("/dev/shm", tempfile.gettempdir()):
+    """An anonymous file of ``nbytes``, mapped; its fd is inherited by the workers, and nothing of it is left
+    behind however the run ends. ``memfd_create`` first (shared memory outside any mount, so Docker's 64 MB
+    ``/dev/shm`` does not bound it), else a file in ``/dev/shm`` or the temp folder, unlinked at once. The space is
+    reserved now (``posix_fallocate``): a full tmpfs would otherwise kill a worker with SIGBUS later."""
+    for folder in ("memfd", "/dev/shm", tempfile.gettempdir()):
         try:
-            fd, path = tempfile.mkstemp(prefix="longclip-pixels-", dir=folder)
-        except OSError:
+            if folder == "memfd":
+                fd = os.memfd_create("longclip-pixels", os.MFD_CLOEXEC)
+            else:
+                fd, path = tempfile.mkstemp(prefix="longclip-pixels-", dir=folder)
+                os.unlink(path)
+        except (OSError, AttributeError):  # no memfd_create (not Linux), an unwritable folder
             continue
-        os.unlink(path)
         try:
-            os.posix_fallocate(fd, 0, nbytes)  # reserve it now: a full tmpfs would otherwise SIGBUS a writer later
+            os.posix_fallocate(fd, 0, nbytes)
             return fd, mmap.mmap(fd, nbytes)
         except OSError as exc:
             log.debug("no room for %d bytes of pixels in %s (%s)", nbytes, folder, exc)
             os.close(fd)
-    raise OSError(f"no room for {nbytes} bytes of decoded pixels in /dev/shm or {tempfile.gettempdir()}")
+    raise OSError(f"no room for {nbytes} bytes of decoded pixels in shared memory, /dev/shm or "
+                  f"{tempfile.gettempdir()}")
 
 
 @dataclass(eq=False)  # compared by identity: a replaced worker is another one
@@ -343,7 +349,11 @@ def slots_for(batch_size: int, workers: int) -> int:
 
 def make_pool(spec: ImageSpec, batch_size: int, workers: int, timeout: float = DECODE_TIMEOUT
               ) -> DecodePool | ThreadPool:
-    """Worker processes, or threads when ``workers`` is 0 (two of them, so decoding overlaps inference)."""
-    if workers == 0:
-        return ThreadPool(spec, slots_for(batch_size, 2), 2)
-    return DecodePool(spec, slots_for(batch_size, workers), workers, timeout)
+    """Worker processes, or threads when ``workers`` is 0 (two of them, so decoding overlaps inference) or when no
+    shared memory can be had (said in a warning)."""
+    if workers > 0:
+        try:
+            return DecodePool(spec, slots_for(batch_size, workers), workers, timeout)
+        except OSError as exc:
+            log.warning("decoding on threads of this process instead of %d worker processes: %s", workers, exc)
+    return ThreadPool(spec, slots_for(batch_size, 2), 2)

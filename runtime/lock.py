@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import InputError
+from .errors import InputError, WriteError
 
 
 def lock_path_for(output: Path) -> Path:
@@ -61,9 +61,14 @@ class OutputLock:
             if _same_inode(fd, self.path):
                 break
             os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        except OSError as exc:  # a full disk, a quota: the run cannot write anything there either
+            self.release()
+            code = f"[Errno {exc.errno}] " if exc.errno else ""
+            raise WriteError(f"cannot write {str(self.path)!r}: {code}{exc.strerror or exc}") from None
 
     def release(self) -> None:
         if self._fd is None:

@@ -163,7 +163,7 @@ def test_small_shared_memory_falls_back_to_the_temp_folder(monkeypatch, tmp_path
     real = os.posix_fallocate
 
     def no_room_in_shm(fd, offset, length):
-        if os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm"):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(("/dev/shm", "/memfd:")):
             raise OSError(28, "No space left on device")
         return real(fd, offset, length)
 
@@ -175,3 +175,28 @@ def test_small_shared_memory_falls_back_to_the_temp_folder(monkeypatch, tmp_path
     finally:
         buffer.close()
         os.close(fd)
+
+
+def test_shared_memory_is_memfd_when_the_system_has_it():
+    from longclip.runtime import decode_pool
+
+    if not hasattr(os, "memfd_create"):
+        pytest.skip("no memfd_create here")
+    fd, buffer = decode_pool.shared_buffer(1 << 20)
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:longclip-pixels")  # no /dev/shm size limit
+    finally:
+        buffer.close()
+        os.close(fd)
+
+
+def test_no_shared_memory_at_all_decodes_on_threads(monkeypatch, caplog):
+    from longclip.runtime import decode_pool
+
+    def nothing(nbytes):
+        raise OSError("no room for it anywhere")
+
+    monkeypatch.setattr(decode_pool, "shared_buffer", nothing)
+    with decode_pool.make_pool(SPEC, 8, 2) as pool:
+        assert isinstance(pool, ThreadPool)
+    assert "decoding on threads of this process instead of 2 worker processes: no room" in caplog.text
