@@ -17,6 +17,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 _BLOCK = 1 << 22
+
+
+@dataclass
+class Chunk:
+    """``n`` rows of an input: their ``frame`` (every column), why a row could not be read (``reasons``: ``""``, or
+    e.g. ``bad_encoding: ...``, and the row is not scored), and, where the images are not in the frame's image
+    column as paths or bytes (WebDataset shards), what to decode for each row (``images``)."""
+
+    frame: pd.DataFrame
+    reasons: list[str]
+    images: list[object] | None = None
 
 
 def table_format(path: Path) -> str:
@@ -211,23 +223,24 @@ class TableReader:
     # -- chunks -------------------------------------------------------------------------------------------------
     def chunks(self, n: int) -> Iterator[pd.DataFrame]:
         """Consecutive DataFrames of ``n`` rows (the last may be shorter), with every column of the file."""
-        for frame, _ in self.chunks_with_reasons(n):
-            yield frame
+        for chunk in self.read_chunks(n):
+            yield chunk.frame
 
-    def chunks_with_reasons(self, n: int) -> Iterator[tuple[pd.DataFrame, list[str]]]:
+    def read_chunks(self, n: int) -> Iterator[Chunk]:
         """As :meth:`chunks`, each with the rows' read reasons (``""``, or ``bad_encoding: ...``)."""
         if self.format == ".parquet":
             for frame in self._parquet_frames(n):
-                yield frame, [""] * len(frame)
+                yield Chunk(frame, [""] * len(frame))
         elif self.format == ".csv":
             for group in _groups(self._csv_records(), n):
-                yield pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object), [r for _, r in group]
+                frame = pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object)
+                yield Chunk(frame, [r for _, r in group])
         elif self._records is not None:
             for group in _groups(zip(self._records, self._record_reasons), n):
-                yield self._frame([row for row, _ in group]), [reason for _, reason in group]
+                yield Chunk(self._frame([row for row, _ in group]), [reason for _, reason in group])
         else:
             for group in _groups(self._jsonl_rows(), n):
-                yield self._frame([row for _, row, _ in group]), [reason for *_, reason in group]
+                yield Chunk(self._frame([row for _, row, _ in group]), [reason for *_, reason in group])
 
     def _parquet_frames(self, n: int) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq

@@ -232,14 +232,15 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     unread: collections.deque[list[str]] = collections.deque()  # read reasons of the chunks in the pipeline
 
     def works() -> Iterator[Work]:
-        for part, (chunk, reasons) in zip(parts, reader.chunks_with_reasons(opts.chunk_rows)):
+        for part, chunk in zip(parts, reader.read_chunks(opts.chunk_rows)):
             if part.is_file():
                 done = _load_part(part)
                 summary.resumed_rows += len(done.errors)
                 unread.append([""] * len(done.errors))
                 yield Work([], [], done)
                 continue
-            images, texts = chunk[opts.image_key].tolist(), chunk[opts.text_key].tolist()
+            images = chunk.images if chunk.images is not None else chunk.frame[opts.image_key].tolist()
+            texts, reasons = chunk.frame[opts.text_key].tolist(), chunk.reasons
             for n, reason in enumerate(reasons):
                 if reason:  # a row that could not be read is not scored: it keeps that reason
                     images[n] = texts[n] = None
