@@ -128,7 +128,7 @@ class DecodePool:
         return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
 
     def submit(self, job: tuple[Any, ...]) -> None:
-        """Queue ``("image", job_id, source, slot)`` or ``("text", job_id, texts, context_length)``."""
+        """Queue ``("image", job_id, source, slot, name)`` or ``("text", job_id, texts, context_length)``."""
         if self._failure is not None:
             raise RuntimeError(f"the decode workers failed: {self._failure}") from self._failure
         self._inbox.put(job)
@@ -235,7 +235,7 @@ class DecodePool:
         if job[0] == "text":
             self._events.put(("text", job[1], None, None))
             return
-        name = job[2] if isinstance(job[2], str) else "<bytes>"
+        name = job[4] or (job[2] if isinstance(job[2], str) else "<bytes>")
         if worker.timed_out:
             reason = ImageError(errors.DECODE_TIMEOUT, f"decoding {name!r} took more than {self.timeout:g} s; the "
                                 "decoder was stopped (raise --decode-timeout if this is intended)")
@@ -314,10 +314,10 @@ class ThreadPool:
 
         try:
             if job[0] == "image":
-                _, job_id, source, slot = job
+                _, job_id, source, slot, name = job
                 s = self.spec
                 try:
-                    decode_image(source, s.size, s.mean, s.std, s.max_pixels, out=self.slots[slot])
+                    decode_image(source, s.size, s.mean, s.std, s.max_pixels, out=self.slots[slot], name=name)
                     self._events.put(("image", job_id, ""))
                 except ImageError as exc:
                     self._events.put(("image", job_id, str(exc)))

@@ -4,8 +4,9 @@ Started by :class:`.decode_pool.DecodePool` as a fresh interpreter (never a fork
 Runtime's threads, and no ``__main__`` guard needed in the user's script). It ignores Ctrl-C (its parent handles
 it), dies with its parent (``PR_SET_PDEATHSIG``, and EOF on its job pipe), and answers one job at a time:
 
-- ``("image", job, source, slot)`` -> ``("image", job, reason)``: the pixels of ``source`` (a path or bytes), as
-  ``preprocess.decode_image`` makes them, written into ``slots[slot]``; ``reason`` is ``""`` or the row's reason.
+- ``("image", job, source, slot, name)`` -> ``("image", job, reason)``: the pixels of ``source`` (a path or
+  bytes), as ``preprocess.decode_image`` makes them, written into ``slots[slot]``; ``reason`` is ``""`` or the
+  row's reason, naming the image ``name`` (default: its path, or ``<bytes>``).
 - ``("text", job, texts, context_length)`` -> ``("text", job, ids, lengths)``: ``Tokenizer.batch(texts)``.
 """
 
@@ -46,9 +47,9 @@ def serve(jobs: Connection, results: Connection, slots: np.ndarray, size: int, m
             return
         kind = job[0]
         if kind == "image":
-            _, job_id, source, slot = job
+            _, job_id, source, slot, name = job
             try:
-                decode_image(source, size, mean, std, max_pixels, out=slots[slot])
+                decode_image(source, size, mean, std, max_pixels, out=slots[slot], name=name)
                 reason = ""
             except ImageError as exc:
                 reason = str(exc)

@@ -304,14 +304,19 @@ def _decode(file: BinaryIO, name: str, size: int, mean: Sequence[float], std: Se
         return to_normalized_array(center_crop(resize(rgb, size), size), mean, std, out)
 
 
-def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image file, first frame, converted to RGB (alpha dropped, no EXIF transpose); for the report's
-    thumbnails. Rows of a run go through :func:`decode_image`, which also bounds their resize.
+def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIXELS, *,
+               name: str | None = None) -> Image.Image:
+    """Open an image (a file, or its bytes), first frame, converted to RGB (alpha dropped, no EXIF transpose); for
+    the report's thumbnails. Rows of a run go through :func:`decode_image`, which also bounds their resize.
 
-    Raises :class:`ImageError` whose code says what is wrong and whose message names the path.
+    Raises :class:`ImageError` whose code says what is wrong and whose message names the path (or ``name``).
     """
-    name = os.fspath(path)
-    with open_image_file(path) as file, _row_errors(name, file):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        file: BinaryIO = io.BytesIO(source)
+        name = name or "<bytes>"
+    else:
+        file, name = open_image_file(source), name or os.fspath(source)
+    with file, _row_errors(name, file):
         with Image.open(file) as image:
             _check_source(*image.size, max_pixels, name)
             return image.convert("RGB")

@@ -57,12 +57,14 @@ class ChunkResult:
 
 @dataclass
 class Work:
-    """One chunk to score: parallel lists of image cells and texts; ``done`` passes a finished (resumed) chunk
+    """One chunk to score: parallel lists of image cells (paths, or an image's bytes) and texts; ``names``: what
+    reasons call each image (default: its path, or ``<bytes>``); ``done`` passes a finished (resumed) chunk
     through in order without scoring it."""
 
     images: list[object]
     texts: list[object]
     done: ChunkResult | None = None
+    names: list[str] | None = None
 
 
 @dataclass
@@ -71,7 +73,7 @@ class _Chunk:
     # images: distinct keys in order of first appearance; "seq" is a key's place in that order
     keys: list[Hashable] = field(default_factory=list)
     image_failed: dict[Hashable, str] = field(default_factory=dict)
-    undispatched: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
+    undispatched: collections.deque[tuple[int, str | bytes, str | None]] = field(default_factory=collections.deque)
     decoded: dict[int, int | None] = field(default_factory=dict)  # seq -> slot (None: failed)
     next_seq: int = 0  # the next seq to put in a batch
     batch: list[tuple[Hashable, int]] = field(default_factory=list)
@@ -154,17 +156,18 @@ class Pipeline:
         if work.done is not None:
             return chunk
         seen: set[Hashable] = set()
-        for value in work.images:
+        for row, value in enumerate(work.images):
             key = cell_key(value)
             if key in seen:
                 continue
             seen.add(key)
             try:
-                path = resolve_image_path(value, self.root)
+                source = image_source(value, self.root)
             except RowError as exc:
                 chunk.image_failed[key] = str(exc)
                 continue
-            chunk.undispatched.append((len(chunk.keys), str(path)))
+            name = work.names[row] if work.names is not None else None
+            chunk.undispatched.append((len(chunk.keys), source, name))
             chunk.keys.append(key)
         texts: dict[Hashable, str] = {}
         for value in work.texts:
@@ -189,10 +192,10 @@ class Pipeline:
         """Send images to decode, in global order (a chunk's before the next one's), while slots are free."""
         for chunk in active:
             while chunk.undispatched and self._free:
-                seq, path = chunk.undispatched.popleft()
+                seq, source, name = chunk.undispatched.popleft()
                 job, slot = next(self._ids), self._free.pop()
                 self._jobs[job] = (chunk, seq, slot)
-                self.pool.submit(("image", job, path, slot))
+                self.pool.submit(("image", job, source, slot, name))
             if chunk.undispatched:
                 return
 
@@ -283,6 +286,14 @@ class Pipeline:
         cut = {t for t, n in zip(chunk.texts, chunk.lengths) if n > self.context_length}
         return assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
                         chunk.text_embeds, chunk.text_failed, cut)
+
+
+def image_source(value: object, root: Path | None) -> str | bytes:
+    """What a decode worker reads for an image cell: the bytes themselves (an image column of bytes), or the path
+    it names; :class:`ImageError` for a cell that is neither."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return str(resolve_image_path(value, root))
 
 
 def _text_jobs(texts: list[str]) -> list[tuple[int, int]]:

@@ -139,13 +139,14 @@ def content_security_policy(styles: list[str], scripts: list[str]) -> str:
             "base-uri 'none'; form-action 'none'")
 
 
-def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str:
-    """A JPEG data URI of the image at ``path``, longest side ``size``; :class:`ImageError` if it cannot be read.
+def thumbnail_uri(source: Path | bytes, size: int = THUMB_SIZE) -> str:
+    """A JPEG data URI of the image at ``source`` (a path, or the image's bytes), longest side ``size``;
+    :class:`ImageError` if it cannot be read.
 
     >>> thumbnail_uri(Path("photo.jpg"))[:23]  # doctest: +SKIP
     'data:image/jpeg;base64,'
     """
-    image = load_image(path)
+    image = load_image(source)
     image.thumbnail((size, size), reducing_gap=2.0)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=75, optimize=True)
@@ -165,6 +166,8 @@ class Thumbnails:
 
     def _make(self, value: object) -> str | RowError:
         try:
+            if isinstance(value, (bytes, bytearray, memoryview)):  # an image column of bytes (parquet)
+                return thumbnail_uri(bytes(value), self.size)
             return thumbnail_uri(resolve_image_path(value, self.root), self.size)
         except RowError as exc:
             return exc

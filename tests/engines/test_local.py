@@ -265,3 +265,32 @@ def test_reader_counts_rows_and_columns(tmp_path):
     reader = TableReader(tmp_path / "in.jsonl")
     assert (reader.columns, reader.n_rows) == (["a", "b", "c"], 3)
     assert [len(c) for c in reader.chunks(2)] == [2, 1]
+
+
+def test_image_bytes_in_a_parquet_column_score_as_the_same_files(tmp_path, model):
+    """A binary image column: each cell decoded as a file with those bytes is (same scores, same reasons), and
+    cells with the same bytes are encoded once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = NAMES * 2
+    cells = [(IMG / n).read_bytes() for n in names] + [b"", b"not an image", (IMG / NAMES[0]).read_bytes()[:200]]
+    texts = [f"caption {i}" for i in range(len(cells))]
+    pq.write_table(pa.table({"image_path": pa.array(cells, pa.binary()), "text": texts}), tmp_path / "bytes.parquet")
+    seen = []
+    original = model.vision.run
+    model.vision.run = lambda out, feeds, *rest: seen.append(len(feeds["pixel_values"])) or original(out, feeds, *rest)
+    try:
+        run_file(model, tmp_path / "bytes.parquet", tmp_path / "out.parquet", RunOptions(), progress=False)
+    finally:
+        model.vision.run = original
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert pq.read_schema(tmp_path / "out.parquet").field("image_path").type == pa.binary()  # kept as it came
+    assert sum(seen) == len(NAMES)  # each distinct image once
+    paths = [str(IMG / n) for n in names]
+    pq.write_table(pa.table({"image_path": paths, "text": texts[: len(names)]}), tmp_path / "paths.parquet")
+    run_file(model, tmp_path / "paths.parquet", tmp_path / "want.parquet", RunOptions(), progress=False)
+    want = pd.read_parquet(tmp_path / "want.parquet")["longclip_score"].to_numpy()
+    np.testing.assert_array_equal(out["longclip_score"].to_numpy()[: len(names)], want)  # bit for bit
+    assert [e.split(":")[0] for e in out["longclip_score_error"][len(names):]] == ["empty_file", "not_an_image",
+                                                                                  "undecodable"]
