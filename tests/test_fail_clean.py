@@ -492,7 +492,8 @@ def test_resume_refuses_an_edit_that_keeps_size_and_mtime(tmp_path, tiny_model_d
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (source.stat().st_size, source.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     before = without_debris(snapshot(tmp_path))
-    refused(cli(*args, "--resume", cwd=tmp_path), "cannot resume: input changed since the interrupted run")
+    refused(cli(*args, "--resume", cwd=tmp_path),
+            f"cannot resume: input {str(source.resolve())!r} changed since the interrupted run")
     assert snapshot(tmp_path) == before
     source.write_bytes(original)  # the same bytes again: the same run, resumable
     run = succeeded(cli(*args, "--resume", cwd=tmp_path))

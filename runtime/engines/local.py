@@ -187,7 +187,8 @@ def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> Non
             previous = {}
         changed = [k for k in state if previous.get(k) != state[k]]
         if changed:
-            names = ", ".join("input" if k == "input_sha256" else k for k in changed)
+            what = {"input": f"input {state['input']!r}", "input_sha256": f"input {state['input']!r}"}
+            names = ", ".join(dict.fromkeys(what.get(k, k) for k in changed))
             raise InputError(f"cannot resume: {names} changed since the interrupted run; "
                              "run again without --resume to start over")
         return

@@ -35,7 +35,7 @@ from ..decode_pool import DecodePool, ThreadPool
 from ..errors import RowError
 from ..model import LongCLIP
 from ..rows import cell_key, check_text, resolve_image_path, row_reason
-from ..scoring import score_rows
+from ..scoring import l2_normalize, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ class Pipeline:
             kind, chunk, keys, batch = task
             start = time.perf_counter()
             try:
-                if kind == "vision":
-                    embeds = self.model.run_vision(batch, stop)
-                else:
-                    embeds = self.model.run_text(batch, stop)
+                run = self.model.run_vision if kind == "vision" else self.model.run_text
+                # normalized once, here: an embedding kept (or read back from an embeddings folder) scores exactly
+                # as one just computed, and as LongCLIP.encode_* gives it
+                embeds = l2_normalize(run(batch, stop))
             except Exception as exc:  # noqa: BLE001 - raised again on the main thread
                 self.pool.events.put(("model_failed", exc))
                 return
