@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .console import configure_logging
+from .console import column_options, configure_logging
 from .constants import BATCH_SIZE
 from .decode_pool import DECODE_TIMEOUT
 from .engines.chunk import CHUNK_ROWS
 from .errors import EngineError, InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
-from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 from .session import DEVICES
 from .tables import FORMATS, same_file
 
@@ -30,17 +29,12 @@ if TYPE_CHECKING:
 @click.option("-o", "--output", "output_path", required=True,
               help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format); with --engine ray "
                    "also a folder of parquet shards (ends with /, or no suffix).")
-@click.option("--image-key", default=IMAGE_KEY, show_default=True, help="Column holding image paths.")
-@click.option("--text-key", default=TEXT_KEY, show_default=True, help="Column holding texts.")
-@click.option("--output-key", default=OUTPUT_KEY, show_default=True,
-              help="Score column to add; reasons go to <output-key>_error.")
+@column_options("Score column to add; reasons go to <output-key>_error.")
 @click.option("--overwrite-columns", is_flag=True,
               help="Replace input columns named like the score or reason column [default: refuse the run].")
 @click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICES)} (cuda:N too).")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1),
               help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
-@click.option("--image-root", default=None,
-              help="Folder that relative image paths resolve against [default: the current directory].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
 @click.option("--chunk-rows", default=CHUNK_ROWS, show_default=True, type=click.IntRange(1),
               help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")

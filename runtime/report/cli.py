@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..console import configure_logging
+from ..console import column_options, configure_logging
 from ..errors import LongCLIPError
-from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("scored_path", metavar="SCORED_FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "html_path", required=True, type=click.Path(dir_okay=False),
               help="The report to write, e.g. report.html (one self-contained file).")
-@click.option("--image-key", default=IMAGE_KEY, show_default=True, help="Column holding image paths.")
-@click.option("--text-key", default=TEXT_KEY, show_default=True, help="Column holding texts.")
-@click.option("--output-key", default=OUTPUT_KEY, show_default=True,
-              help="Score column; reasons are read from <output-key>_error.")
-@click.option("--image-root", default=None,
-              help="Folder that relative image paths resolve against [default: the current directory].")
+@column_options("Score column; reasons are read from <output-key>_error.")
 @click.option("--title", default=None, help="Page title [default: 'LongCLIP scores: <file name>'].")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 def main(scored_path: str, html_path: str, image_key: str, text_key: str, output_key: str, image_root: str | None,
