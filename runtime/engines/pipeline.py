@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..decode_pool import DecodePool, ThreadPool
-from ..errors import RowError
+from ..errors import EngineError, RowError
 from ..model import LongCLIP
 from ..rows import cell_key, check_text, resolve_image_path, row_reason
 from ..scoring import l2_normalize, score_rows
@@ -226,9 +226,11 @@ class Pipeline:
             (chunk.image_embeds if kind == "vision" else chunk.text_embeds).update(zip(keys, embeds))
             chunk.model_jobs -= 1
         elif kind == "model_failed":
-            raise event[1]
+            exc = event[1]
+            detail = " ".join(str(exc).split())[:300]
+            raise EngineError(f"the model failed on a batch: {type(exc).__name__}: {detail}") from exc
         elif kind == "pool_failed":
-            raise RuntimeError(f"the decode workers failed: {event[1]}")
+            raise EngineError(f"the decode workers failed: {event[1]}")
 
     def _batch_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
         """Batches in seq order: the decoded images from ``next_seq`` on, as far as every one has come back."""

@@ -294,3 +294,24 @@ def test_image_bytes_in_a_parquet_column_score_as_the_same_files(tmp_path, model
     np.testing.assert_array_equal(out["longclip_score"].to_numpy()[: len(names)], want)  # bit for bit
     assert [e.split(":")[0] for e in out["longclip_score_error"][len(names):]] == ["empty_file", "not_an_image",
                                                                                   "undecodable"]
+
+
+def test_a_model_that_fails_on_a_batch_stops_the_run_with_one_error_and_keeps_the_chunks(tmp_path, model,
+                                                                                       monkeypatch):
+    from longclip.runtime.errors import EngineError
+
+    _write(tmp_path / "in.jsonl", _rows(12))
+    real, calls = model.run_vision, []
+
+    def fail_on_the_second(batch, run_options=None):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\n(and more lines)")
+        return real(batch, run_options)
+
+    monkeypatch.setattr(model, "run_vision", fail_on_the_second)
+    opts = RunOptions(image_root=str(IMG), chunk_rows=4, batch_size=2)
+    with pytest.raises(EngineError, match="the model failed on a batch: RuntimeError: CUDA error: an illegal memory "
+                                          "access was encountered [(]and more lines[)]$"):
+        run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, progress=False)
+    assert not (tmp_path / "out.jsonl").exists() and work_dir_for(tmp_path / "out.jsonl").is_dir()
