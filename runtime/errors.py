@@ -76,10 +76,13 @@ EMPTY_TEXT = "empty_text"
 BAD_TEXT = "bad_text"  # invalid unicode (lone surrogates)
 TOO_LONG = "too_long"  # tokenize(..., truncate=False) only
 BAD_ENCODING = "bad_encoding"  # a jsonl line that is not UTF-8
+CORRUPT_SHARD = "corrupt_shard"  # one row for the rest of a WebDataset shard that stops being a valid tar
+DUPLICATE_MEMBER = "duplicate_member"  # a WebDataset sample with two image (or text) members: which is meant?
 
 IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADABLE, EMPTY_FILE, NOT_AN_IMAGE,
                UNDECODABLE, TOO_MANY_PIXELS, DECODER_CRASHED, DECODE_TIMEOUT)
 TEXT_CODES = (NULL_TEXT, NOT_TEXT, EMPTY_TEXT, BAD_TEXT, TOO_LONG)
+SHARD_CODES = (CORRUPT_SHARD, DUPLICATE_MEMBER)  # a WebDataset sample's, neither its image's nor its text's
 
 
 class ImageError(RowError):
