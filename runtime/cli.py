@@ -47,6 +47,13 @@ if TYPE_CHECKING:
 @click.option("--decode-timeout", type=click.FloatRange(min=0, min_open=True), default=DECODE_TIMEOUT,
               show_default=True, help="Seconds one image may take to decode before its worker is stopped "
                                       "(the row gets decode_timeout).")
+@click.option("--wds-image-ext", default="jpg,jpeg,png,webp", show_default=True,
+              help="WebDataset INPUT: the image is the sample's first member with one of these extensions, in this "
+                   "order of preference.")
+@click.option("--wds-text", default="txt", show_default=True,
+              help="WebDataset INPUT: the member with this extension is the text, or json:FIELD takes a field of "
+                   "the json member (json:caption, json:meta.caption).")
+@click.option("--wds-keep", default="", help="WebDataset INPUT: json fields copied to OUTPUT as columns (comma list).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one file. ray: Ray Data workers (needs the ray extra); INPUT may also be a "
                    "folder, a glob or an s3:// / gs:// URI.")
@@ -63,8 +70,9 @@ if TYPE_CHECKING:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int,
-         max_pixels: int, decode_workers: int | None, decode_timeout: float, engine: str, ray_address: str | None,
-         workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
+         max_pixels: int, decode_workers: int | None, decode_timeout: float, wds_image_ext: str, wds_text: str,
+         wds_keep: str, engine: str, ray_address: str | None, workers: int | None, cpus_per_worker: int,
+         report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
@@ -72,7 +80,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
 
     opts = RunOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
                       batch_size=batch_size, chunk_rows=chunk_rows, max_pixels=max_pixels,
-                      overwrite_columns=overwrite_columns)
+                      overwrite_columns=overwrite_columns, wds_image_ext=_names(wds_image_ext),
+                      wds_text=wds_text, wds_keep=_names(wds_keep))
     if engine == "local" and (ray_address or workers or cpus_per_worker != 1):
         raise click.UsageError("--ray-address, --workers and --cpus-per-worker need --engine ray")
     try:
@@ -104,6 +113,11 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                 "to continue")
         click.echo(f"longclip-run: interrupted; {kept}", err=True)
         raise SystemExit(130) from None
+
+
+def _names(values: str) -> tuple[str, ...]:
+    """``"jpg, png"`` -> ``("jpg", "png")``."""
+    return tuple(v.strip() for v in values.split(",") if v.strip())
 
 
 def _check_options(input_path: str, output_path: str, report_path: str | None, engine: str, resume: bool) -> None:

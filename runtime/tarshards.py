@@ -15,6 +15,7 @@ from .errors import InputError
 from .tables import FORMATS
 
 SUFFIX = ".tar"
+KEY_COLUMN, SHARD_COLUMN = "__key__", "__shard__"  # a WebDataset row's sample key and shard, first in its output
 _GLOB = "*?["
 _MAX_SHARDS = 1_000_000  # a brace pattern expanding to more is a typo, not a dataset
 _RANGE = re.compile(r"(\d+)\.\.(\d+)(?:\.\.(\d+))?")
@@ -166,3 +167,55 @@ def is_webdataset(location: str | os.PathLike[str]) -> bool:
         return False
     suffixes = {p.suffix.lower() for p in _files_below(Path(text))}
     return SUFFIX in suffixes and not suffixes & set(FORMATS)
+
+
+class ShardMember:
+    """An image inside a shard, as a scored WebDataset row names it (``__shard__`` and the member's name): what
+    the report shows a thumbnail of."""
+
+    __slots__ = ("shard", "name")
+
+    def __init__(self, shard: str, name: str):
+        self.shard, self.name = shard, name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShardMember) and (self.shard, self.name) == (other.shard, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.shard, self.name))
+
+    def __str__(self) -> str:
+        return f"{self.shard}:{self.name}"
+
+    __repr__ = __str__
+
+
+class MemberReader:
+    """Members' bytes by name, a shard's index read once (``tarfile``'s random access: headers only, data
+    skipped by seeking). For the few images a report shows; an unreadable member is :class:`ImageError`."""
+
+    def __init__(self) -> None:
+        self._shards: dict[Path, object] = {}
+
+    def read(self, shard: Path, name: str) -> bytes:
+        import tarfile
+
+        from . import errors
+        from .errors import ImageError
+
+        try:
+            archive = self._shards.get(shard)
+            if archive is None:
+                archive = self._shards[shard] = tarfile.open(shard, "r:")
+            file = archive.extractfile(name)  # type: ignore[attr-defined]
+        except (OSError, tarfile.TarError, KeyError) as exc:
+            raise ImageError(errors.MISSING_FILE, f"cannot read member {name!r} of shard {str(shard)!r}: "
+                             f"{exc}") from None
+        if file is None:
+            raise ImageError(errors.NOT_A_FILE, f"member {name!r} of shard {str(shard)!r} is not a file")
+        return file.read()
+
+    def close(self) -> None:
+        for archive in self._shards.values():
+            archive.close()  # type: ignore[attr-defined]
+        self._shards.clear()

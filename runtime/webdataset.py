@@ -41,7 +41,7 @@ from .errors import InputError
 from .rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
 from .tables import Chunk, _groups, _loads
-from .tarshards import SUFFIX, expand_braces, find_tar_shards, is_webdataset
+from .tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset
 from .tarstream import Entry, TarStream
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["KEY_COLUMN", "SHARD_COLUMN", "WdsOptions", "WdsReader", "expand_braces", "find_tar_shards",
            "is_webdataset"]
 
-KEY_COLUMN, SHARD_COLUMN = "__key__", "__shard__"
 _META = re.compile(r"__[^/]*__($|/)")  # the library's metadata names, skipped
 _BUFFER = 1 << 20
 
@@ -219,7 +218,7 @@ class WdsReader:
     format = SUFFIX
 
     def __init__(self, location: str | os.PathLike[str], opts: WdsOptions | None = None,
-                 image_key: str = IMAGE_KEY, text_key: str = TEXT_KEY):
+                 image_key: str = IMAGE_KEY, text_key: str = TEXT_KEY, scan: bool = True, name: str | None = None):
         self.opts = opts if opts is not None else WdsOptions()
         self.paths = find_tar_shards(location)
         self.path = self.paths[0]
@@ -229,7 +228,10 @@ class WdsReader:
             raise InputError(f"column {repeated[0]!r} would be both a WebDataset column and an image, text or kept "
                              "one: choose another --image-key / --text-key, or keep other fields")
         self._kinds = ColumnKinds()
-        self.n_rows = 0
+        self._name = name  # what rows and reasons call a single shard (default: its path as found)
+        self.n_rows, self.sha256 = 0, ""
+        if not scan:  # a Ray read task's view of its shard: streamed once, not counted, hashed or typed
+            return
         digest = hashlib.sha256()
         for values, _, _ in self._rows(images=False, digest=digest):
             self.n_rows += 1
@@ -268,7 +270,7 @@ class WdsReader:
             digest.update(shard_digest.digest())
 
     def _shard_rows(self, path: Path, images: bool, digest: Any) -> Iterator[_Row]:
-        shard = str(path)
+        shard = self._name or str(path)
         try:
             with open(path, "rb", buffering=_BUFFER) as file:
                 stream = TarStream(file, os.fstat(file.fileno()).st_size, digest)

@@ -526,8 +526,9 @@ FRAME_ONLY = [
     ("pd_na", pd.NA, "null_path", "missing (null)", "null_text", "missing (null)"),
     ("nat", pd.NaT, "null_path", "missing (null)", "null_text", "missing (null)"),
     ("float32_nan", np.float32("nan"), "null_path", "missing (null)", "null_text", "missing (null)"),
-    ("bytes", b"ok.jpg", "bad_path", "got b'ok.jpg'", "not_text", "got bytes (b'ok.jpg')"),
-    ("bytearray", bytearray(b"x"), "bad_path", "got bytearray(b'x')", "not_text", "got bytearray"),
+    # bytes are an image's encoded bytes (an image column of bytes): these are not an image
+    ("bytes", b"ok.jpg", "not_an_image", "'<bytes>'", "not_text", "got bytes (b'ok.jpg')"),
+    ("bytearray", bytearray(b"x"), "not_an_image", "'<bytes>'", "not_text", "got bytearray"),
     ("nested_list", [["ok.jpg", [1]]], "bad_path", "got [['ok.jpg', [1]]]", "not_text", "got list ("),
     ("tuple_holding_a_list", ("ok.jpg", [1]), "bad_path", "got ('ok.jpg', [1])", "not_text", "got tuple ("),
     ("array", np.array([1, 2]), "bad_path", "got array([1, 2])", "not_text", "got ndarray ("),

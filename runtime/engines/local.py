@@ -36,6 +36,8 @@ from ..model import LongCLIP
 from ..preprocess import MAX_PIXELS
 from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
 from ..tables import TableReader, same_file
+from ..tarshards import SHARD_COLUMN
+from ..webdataset import WdsOptions, WdsReader, is_webdataset
 from ..writers import TableWriter, write_error
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work
@@ -51,6 +53,10 @@ class RunOptions(Columns):
     chunk_rows: int = CHUNK_ROWS
     max_pixels: int = MAX_PIXELS
     overwrite_columns: bool = False  # replace an input column named like the score or reason column
+    # WebDataset inputs: which members are the image and the text, which json fields become columns
+    wds_image_ext: tuple[str, ...] = WdsOptions.image_ext
+    wds_text: str = WdsOptions.text
+    wds_keep: tuple[str, ...] = WdsOptions.keep
 
 
 @dataclass
@@ -105,7 +111,7 @@ class LocalPlan:
     """A checked run: the input scanned, columns and output checked, the output locked and its writer open.
     Use it in a ``with`` block (or call :meth:`close`): a plan that is not executed leaves nothing behind."""
 
-    reader: TableReader
+    reader: TableReader | WdsReader
     output: Path
     opts: RunOptions
     resume: bool
@@ -129,7 +135,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
               opts: RunOptions = RunOptions(), resume: bool = False) -> LocalPlan:
     """Check a run before any model loads; :class:`InputError` names the first problem. Holds the output's lock
     from here on, so a second run on the same output is refused now, not after its model loads."""
-    reader = TableReader(input_path)
+    reader = open_input(input_path, opts)
     if reader.columns or reader.n_rows:  # a JSON input without rows has no columns, and nothing to score
         check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(reader.columns, opts.output_key, opts.overwrite_columns)
@@ -151,7 +157,16 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     return LocalPlan(reader, output, opts, resume, lock, writer)
 
 
-def _fingerprint(reader: TableReader, model: LongCLIP, opts: RunOptions) -> dict[str, object]:
+def open_input(location: str | os.PathLike[str], opts: RunOptions = RunOptions()) -> TableReader | WdsReader:
+    """The checked reader of an INPUT: WebDataset shards (a ``.tar``, a folder, glob or brace pattern of them), or
+    one table file."""
+    if is_webdataset(location):
+        wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
+        return WdsReader(location, wds, opts.image_key, opts.text_key)
+    return TableReader(location)
+
+
+def _fingerprint(reader: TableReader | WdsReader, model: LongCLIP, opts: RunOptions) -> dict[str, object]:
     """What a resume must find unchanged: the input's bytes (not its size or mtime), the model's graphs and the
     options. Images are not fingerprinted: a changed image file keeps the score of its finished chunk."""
     return {
@@ -179,6 +194,7 @@ def _load_part(path: Path) -> ChunkResult:
 
 
 def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> None:
+    state = json.loads(json.dumps(state))  # as it reads back (tuples are lists in JSON)
     state_file = work / "state.json"
     if resume and state_file.is_file():
         try:
@@ -240,13 +256,16 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
                 unread.append([""] * len(done.errors))
                 yield Work([], [], done)
                 continue
-            images = chunk.images if chunk.images is not None else chunk.frame[opts.image_key].tolist()
-            texts, reasons = chunk.frame[opts.text_key].tolist(), chunk.reasons
+            frame, names = chunk.frame, None
+            images = chunk.images if chunk.images is not None else frame[opts.image_key].tolist()
+            if chunk.images is not None:  # members of shards: reasons name them so
+                names = [f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[opts.image_key])]
+            texts, reasons = frame[opts.text_key].tolist(), chunk.reasons
             for n, reason in enumerate(reasons):
                 if reason:  # a row that could not be read is not scored: it keeps that reason
                     images[n] = texts[n] = None
             unread.append(reasons)
-            yield Work(images, texts)
+            yield Work(images, texts, names=names)
 
     owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \

@@ -34,10 +34,12 @@ from ..errors import EngineError, InputError, LongCLIPError, error_code
 from ..lock import OutputLock
 from ..manifest import read_manifest
 from ..model import TRT_MAX_BATCH, LongCLIP
-from ..rows import check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
+from ..rows import ABSENT, check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
+from ..tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, find_tar_shards, is_webdataset
+from ..webdataset import WdsOptions, WdsReader
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
@@ -83,9 +85,19 @@ class Scorer:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         o = self.opts
-        work = Work(_values(batch, o.image_key), _values(batch, o.text_key))
+        images, texts, names = _values(batch, o.image_key), _values(batch, o.text_key), None
+        reasons = [""] * len(batch)
+        if IMAGE_BYTES in batch.columns:  # WebDataset rows: the member's bytes, and why a row could not be read
+            images, reasons = batch[IMAGE_BYTES].tolist(), [str(r) for r in batch[READ_REASON]]
+            names = [f"{s}:{m}" for s, m in zip(batch[SHARD_COLUMN], batch[o.image_key])]
+            batch = batch.drop(columns=[IMAGE_BYTES, READ_REASON])
+            for n, reason in enumerate(reasons):
+                if reason:
+                    images[n] = texts[n] = None
+        work = Work(images, texts, names=names)
         result = next(Pipeline(self.model, self.pool, self.root, o.batch_size).run([work]))
-        return with_scores(batch, result.scores, result.errors, o.output_key)
+        errors_ = [r or e for r, e in zip(reasons, result.errors)]
+        return with_scores(batch, result.scores, errors_, o.output_key)
 
     def __del__(self) -> None:
         pool = getattr(self, "pool", None)
@@ -158,8 +170,27 @@ def ray_session(ray: ModuleType, opts: RayOptions) -> Iterator[None]:
         ray.shutdown()
 
 
-def _read(ray: ModuleType, shards: Shards, columns: list[str]) -> Any:
-    """A Ray Dataset over the shards, in their order; CSV cells are strings as written, like the local engine."""
+IMAGE_BYTES, READ_REASON = "__longclip_image__", "__longclip_read_reason__"  # WebDataset rows between tasks
+
+
+def _read(ray: ModuleType, shards: Shards, columns: list[str], opts: RunOptions) -> Any:
+    """A Ray Dataset over the shards, in their order; CSV cells are strings as written, like the local engine;
+    WebDataset shards are read by this project's own reader, one task per shard (identical rows to the local
+    engine's), each row with its member's bytes and read reason in two columns the actors drop."""
+    if shards.format == SUFFIX:
+        wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
+
+        def read_shard(batch: dict[str, Any]) -> Iterator[pd.DataFrame]:
+            for path, name in zip(batch["path"], batch["name"]):  # read at its absolute path, named as found
+                reader = WdsReader(str(path), wds, opts.image_key, opts.text_key, scan=False, name=str(name))
+                for chunk in reader.read_chunks(opts.chunk_rows):
+                    frame = chunk.frame.map(lambda v: None if v is ABSENT else v)  # Arrow blocks: absent is null
+                    yield frame.assign(**{IMAGE_BYTES: chunk.images, READ_REASON: chunk.reasons})
+
+        names = shards.names or shards.paths
+        items = ray.data.from_items([{"path": p, "name": n} for p, n in zip(shards.paths, names)],
+                                    override_num_blocks=len(shards.paths))
+        return items.map_batches(read_shard, batch_size=1, batch_format="numpy")
     common: dict[str, Any] = {"filesystem": shards.filesystem, "partitioning": None, "file_extensions": None}
     if shards.format == ".parquet":
         return ray.data.read_parquet(shards.paths, **common)
@@ -262,8 +293,15 @@ def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), dev
 
     ``local_ray``: the workers run on this machine, so ``opts.image_root`` must be a folder here too; on a cluster
     it need only exist on the nodes."""
-    shards = find_shards(source)
-    columns = shard_columns(shards)
+    if is_webdataset(source):  # found here, read by the workers (a corpus is not scanned on the driver)
+        import pyarrow.fs as pafs
+
+        found = find_tar_shards(source)
+        shards = Shards(pafs.LocalFileSystem(), [str(p.resolve()) for p in found], SUFFIX, [str(p) for p in found])
+        columns = [KEY_COLUMN, SHARD_COLUMN, opts.image_key, opts.text_key, *opts.wds_keep]
+    else:
+        shards = find_shards(source)
+        columns = shard_columns(shards)
     check_columns(columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
     check_output_columns(columns, opts.output_key, opts.overwrite_columns)
     if local_ray:
@@ -303,7 +341,7 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
         summary = RunSummary(truncated=None, provider=f"Ray Data, {pool}")
         log.info("Ray Data: %s, %d %s shard(s)", pool, len(shards.paths), shards.format)
         try:
-            ds = _read(ray, shards, plan.columns)
+            ds = _read(ray, shards, plan.columns, opts)
             ds.context.execution_options.preserve_order = True
             if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
                 ds.context.enable_progress_bars = progress

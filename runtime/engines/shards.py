@@ -31,7 +31,8 @@ class Shards:
 
     filesystem: "pyarrow.fs.FileSystem"
     paths: list[str]
-    format: str  # one of FORMATS
+    format: str  # one of FORMATS, or ".tar" (WebDataset)
+    names: list[str] | None = None  # what rows call each shard, where that is not its path (WebDataset)
 
 
 @dataclass(frozen=True)

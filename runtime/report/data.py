@@ -20,6 +20,7 @@ import pandas as pd
 from ..errors import InputError, error_code
 from ..rows import Columns, check_columns, error_key, is_null
 from ..tables import TableReader
+from ..tarshards import SHARD_COLUMN, ShardMember
 
 BINS = 10_000
 """Score grid: bin ``k`` holds ``k/BINS <= s < (k+1)/BINS``; bin ``BINS`` holds ``s >= 1``. Slider step ``1/BINS``."""
@@ -237,6 +238,10 @@ class _Collector:
         """Pairs for the few rows that may be shown: their image and text cells are read in one take each."""
         images = chunk[self.opts.image_key].take(rows).tolist()
         texts = chunk[self.opts.text_key].take(rows).tolist()
+        if SHARD_COLUMN in chunk.columns:  # a WebDataset run: the image column names a member of __shard__
+            shards = chunk[SHARD_COLUMN].take(rows).tolist()
+            images = [ShardMember(s, m) if isinstance(s, str) and isinstance(m, str) else m
+                      for s, m in zip(shards, images)]
         out = {}
         for i, image, text in zip(rows, images, texts):
             error = str(errors[i])

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
@@ -35,6 +36,7 @@ from ..errors import MISSING_FILE, InputError, RowError
 from ..preprocess import load_image
 from ..rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..tables import TableReader, same_file
+from ..tarshards import MemberReader, ShardMember
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
 
@@ -163,14 +165,24 @@ class Thumbnails:
         self._made: dict[Hashable, str | RowError] = {}
         self._classes: dict[Hashable, tuple[str, str]] = {}
         self._rules: list[str] = []
+        self._members = MemberReader()  # WebDataset rows: shards opened once, read one member at a time
+        self._lock = threading.Lock()
 
     def _make(self, value: object) -> str | RowError:
         try:
             if isinstance(value, (bytes, bytearray, memoryview)):  # an image column of bytes (parquet)
                 return thumbnail_uri(bytes(value), self.size)
+            if isinstance(value, ShardMember):  # a WebDataset row: read from its shard
+                shard = resolve_image_path(value.shard, self.root)
+                with self._lock:
+                    data = self._members.read(shard, value.name)
+                return thumbnail_uri(data, self.size)
             return thumbnail_uri(resolve_image_path(value, self.root), self.size)
         except RowError as exc:
             return exc
+
+    def close(self) -> None:
+        self._members.close()
 
     def prefetch(self, values: Iterable[object]) -> None:
         """Make the thumbnails of ``values`` now, a few at a time (Pillow decodes without holding the GIL)."""
@@ -329,6 +341,7 @@ def render(data: ReportData) -> str:
     around = quantile_pairs(data, quantiles)
     examples = [p for pairs in data.failure_examples.values() for p in pairs]
     thumbs.prefetch(p.image for p in [*sample, *data.lowest, *data.highest, *sum(around.values(), []), *examples])
+    thumbs.close()  # every thumbnail is made: the shards a WebDataset report read from are closed
     k0, k1 = _grid_range(data) if stats.n else (0, 0)
     svg, geometry = histogram_svg(stats.counts[k0 : k1 + 1], k0, BINS) if stats.n else ("", {})
     payload = {"bins": BINS, "k0": k0, "k1": k1, "counts": stats.counts[k0 : k1 + 1].tolist(), "scored": stats.n,

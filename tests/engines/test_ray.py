@@ -304,3 +304,28 @@ def test_ray_plan_refuses_what_would_overwrite_data(tmp_path):
         with pytest.raises(InputError, match="is being written by another run"):
             plan_ray(str(tmp_path / "in.jsonl"), str(tmp_path / "out"), RunOptions(overwrite_columns=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@needs_ray
+def test_webdataset_shards_give_the_local_engines_rows_and_scores(tmp_path, ray_cluster, tiny_model_dir, model):
+    from test_webdataset_runs import _samples, _shard
+
+    from longclip.runtime.engines.ray import RayOptions
+
+    (tmp_path / "shards").mkdir()
+    _shard(tmp_path / "shards" / "0.tar", _samples(0, 7))
+    _shard(tmp_path / "shards" / "1.tar", _samples(7, 5) + [{"000099.txt": b"no image"}])
+    opts = RunOptions(chunk_rows=4, wds_keep=("width",))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_file(model, "shards/*.tar", tmp_path / "local.parquet", opts, progress=False)
+        _run_ray(tiny_model_dir, "shards/*.tar", str(tmp_path / "ray.parquet"), opts, "cpu", RayOptions(workers=1))
+    finally:
+        os.chdir(cwd)
+    local, ray = pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(tmp_path / "ray.parquet")
+    assert list(ray.columns) == list(local.columns)
+    pd.testing.assert_frame_equal(ray.drop(columns="longclip_score"), local.drop(columns="longclip_score"),
+                                  check_dtype=False)
+    np.testing.assert_array_equal(ray["longclip_score"].to_numpy(), local["longclip_score"].to_numpy())
+    assert local["longclip_score_error"].iloc[-1].startswith("missing_file: sample '000099' in 'shards/1.tar'")
