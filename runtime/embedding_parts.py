@@ -1,5 +1,5 @@
-"""The parquet side of an embeddings folder (layout: :mod:`.embeddings`): part names, one part written whole, a
-part's keys for the index, and the rows of a lookup read from the few row groups that hold them.
+"""The parquet side of an embeddings folder (layout: :mod:`.embeddings`): part names, one part written whole, and
+a part's keys and embeddings for the index.
 
 Writing: text and integers snappy; embeddings uncompressed (left out of the codec map): unit vectors' floats gain
 nothing from snappy and read 25% faster without it (zstd: 16% smaller, twice as slow to read); no dictionaries
@@ -26,26 +26,9 @@ COLUMNS = {"images": ("image_path", "resolved_path", "size", "mtime_ns", "sha256
 """Each kind's columns before ``embedding``."""
 METADATA = b"longclip.embeddings"
 """The schema metadata key of each part: the folder's ``model.json`` content."""
-ROW_GROUP_BYTES = 64 << 10
-"""Embedding bytes per row group: a lookup reads whole row groups. Measured on 1,000 random keys of 300k records at
-D=768: 16-row groups 230 ms, 32-row 322 ms, 64-row 343 ms, 128-row 612 ms; a DuckDB scan of a whole folder of
-16-row groups takes 20% longer than of 64-row ones."""
-
 _NAME = re.compile(r"part-(\d{8}T\d{12})Z-\d+-\d+\.parquet")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _INTEGERS = {"size", "mtime_ns"}
-
-
-def row_group_rows(dim: int, itemsize: int) -> int:
-    """Rows per row group: a power of two in 16..4096 holding at most :data:`ROW_GROUP_BYTES` of embeddings.
-
-    >>> row_group_rows(768, 4), row_group_rows(768, 2), row_group_rows(64, 4)
-    (16, 32, 256)
-    """
-    rows = 4096
-    while rows > 16 and rows * dim * itemsize > ROW_GROUP_BYTES:
-        rows //= 2
-    return rows
 
 
 def part_names(folder: Path) -> list[str]:
@@ -99,16 +82,16 @@ def part_table(kind: str, columns: dict[str, list[Any]], embeddings: np.ndarray,
                                 metadata={METADATA: json.dumps(identity)})
 
 
-def write_part(path: Path, table: pa.Table, row_group_rows: int) -> None:
-    """``table`` as the parquet file ``path``: written as ``.<name>.tmp`` beside it, fsynced, then renamed, so no
-    reader ever sees it half-written; :class:`WriteError` (nothing left behind) when that fails."""
+def write_part(path: Path, table: pa.Table) -> None:
+    """``table`` as the parquet file ``path``, one row group: written as ``.<name>.tmp`` beside it, fsynced, then
+    renamed, so no reader ever sees it half-written; :class:`WriteError` (nothing left behind) when that fails."""
     import pyarrow.parquet as pq
 
     tmp = path.with_name(f".{path.name}.tmp")
     codecs = {name: "snappy" for name in table.schema.names if name != "embedding"}
     try:
         with open(tmp, "wb") as sink:  # a Python file: pyarrow takes names as UTF-8, and a folder's need not be
-            pq.write_table(table, sink, row_group_size=row_group_rows, use_dictionary=False, compression=codecs,
+            pq.write_table(table, sink, row_group_size=max(1, table.num_rows), use_dictionary=False, compression=codecs,
                            write_statistics=False)
             sink.flush()
             os.fsync(sink.fileno())
@@ -126,36 +109,18 @@ def part_identity(path: Path) -> dict[str, Any]:
         return _identity(pq.read_schema(source))
 
 
-def part_keys(path: Path) -> tuple[dict[str, Any], list[bytes]]:
-    """A part's recorded identity and its rows' sha256 (32 bytes each, in row order)."""
+def part_records(path: Path) -> tuple[dict[str, Any], list[bytes], np.ndarray]:
+    """A part's recorded identity, its rows' sha256 (32 bytes each) and ``(N, D)`` embeddings, in row order."""
     import pyarrow.parquet as pq
 
     with _source(path) as source:
         part = pq.ParquetFile(source)
         identity = _identity(part.schema_arrow)
-        keys = part.read(columns=["sha256"]).column("sha256").to_pylist()
-    return identity, [bytes.fromhex(key) for key in keys]
-
-
-def read_rows(path: Path, rows: list[int], dim: int) -> tuple[list[str | None], np.ndarray]:
-    """The sha256 and ``(len(rows), dim) float32`` embeddings of ``rows`` of a part, reading only the row groups
-    that hold them. A row past the part's end is a ``ValueError``; an unreadable part an OSError or Arrow error."""
-    import pyarrow.parquet as pq
-
-    wanted = np.asarray(rows)
-    with _source(path) as source:
-        part = pq.ParquetFile(source)
-        sizes = np.array([part.metadata.row_group(i).num_rows for i in range(part.metadata.num_row_groups)])
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        if wanted.max() >= starts[-1]:
-            raise ValueError(f"the index names row {wanted.max()} of a part of {starts[-1]} rows")
-        groups = np.searchsorted(starts, wanted, side="right") - 1
-        read = np.unique(groups)
-        table = part.read_row_groups(read.tolist(), columns=["sha256", "embedding"])
-    offsets = np.concatenate([[0], np.cumsum(sizes[read])])
-    at = offsets[np.searchsorted(read, groups)] + wanted - starts[groups]
-    matrix = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return table.column("sha256").take(at).to_pylist(), matrix[at].astype(np.float32)
+        table = part.read(columns=["sha256", "embedding"], use_threads=False)
+    column = table.column("embedding")
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    keys = [bytes.fromhex(key) for key in table.column("sha256").to_pylist()]
+    return identity, keys, values.reshape(len(keys), column.type.list_size)
 
 
 def arrow_errors() -> tuple[type[Exception], ...]:

@@ -15,14 +15,14 @@ Layout of ``DIR`` (a contract: other tools read it):
 ``DIR/texts/part-*.parquet``
     ``text`` string, ``sha256`` string (of the text's UTF-8 bytes), ``embedding``.
 ``DIR/index.sqlite`` (+ ``-wal``, ``-shm``)
-    sha256 -> (part, row) of each key's newest record (:mod:`.embedding_index`); rebuilt from the parts if lost.
+    sha256 -> (part, row, embedding) of each key's newest record (:mod:`.embedding_index`): lookups read only
+    this. Derived from the parts: rebuilt from them when lost or damaged.
 
 A part holds the records added since the previous part: ``part_rows`` of them (4096 by default), or fewer at
 :meth:`EmbeddingStore.flush` / close. Its name ``part-<UTC YYYYmmddTHHMMSSffffff>Z-<pid>-<n>.parquet`` sorts in
 write order and never collides with another process's. It is written as ``.part-<...>.parquet.tmp``, fsynced,
 then renamed: never visible half-written; a killed run leaves at most that file, which every reader skips (a
-leading dot, no ``.parquet`` suffix). Row groups hold about 64 KB of embeddings (16 rows at D=768 float32), so a
-lookup reads little (:mod:`.embedding_parts`). Each part's schema metadata ``longclip.embeddings`` repeats
+leading dot, no ``.parquet`` suffix); one row group. Each part's schema metadata ``longclip.embeddings`` repeats
 model.json.
 
 Embeddings are stored L2-normalized, and ``add_*`` refuses a row whose norm is not 1 within 1e-5 rather than
@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .embedding_index import KINDS, PartIndex
-from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_keys, part_names, part_table,
-                              read_rows, row_group_rows, write_part)
-from .errors import InputError
+from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
+                              write_part)
+from .errors import InputError, WriteError
 from .lock import OutputLock
 from .manifest import sha256_file
 from .writers import write_error
@@ -189,13 +189,12 @@ class EmbeddingStore:
                 self._make_folders()
             self.identity = self._open_identity(identity)
             self._dtype = np.dtype(self.identity.dtype)
-            self._row_group_rows = row_group_rows(self.identity.embed_dim, self._dtype.itemsize)
             self._pending = {kind: _Pending(COLUMNS[kind]) for kind in KINDS}
             self._skipped: set[Path] = set()
+            self._unindexed: list[tuple[str, str, tuple[list[bytes], np.ndarray]]] = []
             parts = self._parts()
             self._namer = PartNamer([name for names in parts.values() for name in names])
-            opener = PartIndex.writer if write else PartIndex.reader
-            self._index = opener(self.root, parts, self._read_keys)
+            self._index = PartIndex.writer(self.root, parts, self._read_part) if write else PartIndex.reader(self.root)
             self._warn_unreadable()
         except BaseException:
             self._release()
@@ -287,14 +286,14 @@ class EmbeddingStore:
                     continue
         return None
 
-    def _read_keys(self, kind: str, name: str) -> list[bytes] | None:
-        """The keys of a part's rows, for the index; None (with a warning) for a part that cannot be used."""
+    def _read_part(self, kind: str, name: str) -> tuple[list[bytes], np.ndarray] | None:
+        """A part's keys and embeddings, for the index; None (with a warning) for a part that cannot be used."""
         path = self.root / kind / name
         try:
-            recorded, keys = part_keys(path)
-            if self.identity.differences(StoreIdentity.from_json(recorded)):
+            recorded, keys, embeddings = part_records(path)
+            if self.identity.differences(StoreIdentity.from_json(recorded)) or embeddings.dtype != self._dtype:
                 raise ValueError("it holds embeddings of another model or dtype")
-            return keys
+            return keys, embeddings
         except arrow_errors() as exc:
             self._skipped.add(path)
             log.warning("embeddings part %r cannot be used (%s): skipped; move it out of %r (DuckDB and pandas "
@@ -376,15 +375,28 @@ class EmbeddingStore:
         dim = self.identity.embed_dim
         embeddings = np.concatenate(pending.blocks) if pending.blocks else np.empty((0, dim), self._dtype)
         name = self._namer.next()
-        write_part(self.root / kind / name, part_table(kind, pending.columns, embeddings, self.identity.to_json()),
-                   self._row_group_rows)
+        write_part(self.root / kind / name, part_table(kind, pending.columns, embeddings, self.identity.to_json()))
         self._pending[kind] = _Pending(COLUMNS[kind])  # in a part now, whatever the index does
+        self._unindexed.append((kind, name, (pending.keys, embeddings)))
+        self._index_parts()
+
+    def _index_parts(self) -> None:
+        """Index the parts written and not indexed yet, oldest first. A full disk can refuse the index once a part
+        is in place: the part waits here (its records are misses meanwhile) for the next flush, close or open."""
         assert self._index is not None
-        self._index.add_part(kind, name, pending.keys)
+        while self._unindexed:
+            kind, name, records = self._unindexed[0]
+            try:
+                self._index.add_part(kind, name, records)
+            except WriteError as exc:
+                raise WriteError(f"{exc}: part {name} is in place, and is indexed at the next flush(), close() or "
+                                 "open") from None
+            self._unindexed.pop(0)
 
     def flush(self) -> None:
-        """Write the pending records (of each kind) as parts; nothing to write is no part."""
+        """Index the parts not indexed yet, then write the pending records (of each kind) as parts."""
         self._open_for_writing()
+        self._index_parts()
         for kind in KINDS:
             if self._pending[kind].rows:
                 self._write_part(kind)
@@ -400,7 +412,7 @@ class EmbeddingStore:
         return self._get("texts", sha256s)
 
     def has_images(self, sha256s: Iterable[str]) -> set[str]:
-        """The sha256s of ``sha256s`` cached (the index only: no part is read)."""
+        """The sha256s of ``sha256s`` cached (cheaper than :meth:`get_images`: no embedding is read)."""
         return self._has("images", sha256s)
 
     def has_texts(self, sha256s: Iterable[str]) -> set[str]:
@@ -418,27 +430,13 @@ class EmbeddingStore:
         keys, index = _keys(sha256s), self._open_index()
         pending = self._pending[kind]
         found = {key: pending.get(key).astype(np.float32) for key in keys if key in pending.where}
-        by_part: dict[str, list[tuple[int, bytes]]] = {}
-        for key, (part, row) in index.locate(kind, [key for key in keys if key not in found]).items():
-            by_part.setdefault(part, []).append((row, key))
-        for part, wanted in by_part.items():
-            found.update(self._read_rows(self.root / kind / part, wanted))
+        size = self.identity.embed_dim * self._dtype.itemsize
+        stored = {key: blob for key, blob in index.embeddings(kind, [k for k in keys if k not in found]).items()
+                  if len(blob) == size}  # any other length is not this folder's: a miss
+        if stored:
+            matrix = np.frombuffer(b"".join(stored.values()), self._dtype).reshape(len(stored), -1)
+            found.update(zip(stored, matrix.astype(np.float32)))
         return {given: found[key] for key, names in keys.items() if key in found for given in names}
-
-    def _read_rows(self, path: Path, wanted: list[tuple[int, bytes]]) -> dict[bytes, np.ndarray]:
-        """The embeddings of ``wanted`` (row, key) of one part. Each row's sha256 is checked against its key: a
-        part replaced under the index gives misses, never another image's vector."""
-        try:
-            found, matrix = read_rows(path, [row for row, _ in wanted], self.identity.embed_dim)
-        except arrow_errors() as exc:
-            log.warning("embeddings part %r cannot be read (%s): its %d records count as not cached", str(path),
-                        _clip(str(exc), 200), len(wanted))
-            return {}
-        vectors = {key: vector for (_, key), sha, vector in zip(wanted, found, matrix) if sha == key.hex()}
-        if len(vectors) < len(wanted):
-            log.warning("embeddings part %r does not hold %d records the index says it does: counted as not cached; "
-                        "open the folder for writing to rebuild the index", str(path), len(wanted) - len(vectors))
-        return vectors
 
     # -- closing ------------------------------------------------------------------------------------------------
 
