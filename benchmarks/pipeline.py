@@ -34,16 +34,17 @@ WORDS = ("a photo of the red house with two windows near a quiet river under gre
 
 
 def make_rows(folder: Path, rows: int, seed: int = 0) -> Path:
-    """``rows`` distinct 640x480 JPEGs (smooth noise, ~40 KB each) with captions of 10-60 words."""
+    """``rows`` distinct 640x480 JPEGs (smooth noise, ~40 KB each) with captions of 10-60 words; another ``seed``
+    gives the same images with other captions."""
     rng = np.random.default_rng(seed)
     images = folder / "images"
     images.mkdir(exist_ok=True)
-    data = folder / f"rows-{rows}.jsonl"
+    data = folder / (f"rows-{rows}.jsonl" if seed == 0 else f"rows-{rows}-captions-{seed}.jsonl")
     with open(data, "w") as f:
         for i in range(rows):
             path = images / f"{i:06d}.jpg"
+            base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)  # drawn either way: captions follow the seed
             if not path.exists():
-                base = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
                 Image.fromarray(base).resize((640, 480), Image.Resampling.BICUBIC).save(path, quality=90)
             caption = " ".join(rng.choice(WORDS, int(rng.integers(10, 61))))
             f.write(json.dumps({"image_path": f"images/{i:06d}.jpg", "text": f"{caption} {i}"}) + "\n")
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-bound", action="store_true", help="B/16 fp32 and int8 instead of the near-zero model")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="B/16 fp32: the same images with new captions, a warm --embeddings folder vs none")
     parser.add_argument("--baseline", type=Path, help="a checkout to compare with (model-bound)")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also run with these --decode-workers")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "longclip-bench-pipeline")
@@ -158,7 +161,24 @@ def main() -> None:
     data = make_rows(args.cache, args.rows)
     cores = available_cpus()
     lines = []
-    if not args.model_bound:
+    if args.embeddings:
+        import shutil
+
+        model = export(args.cache, "b16", b16_state)
+        folder = args.cache / f"embeddings-{args.rows}"
+        shutil.rmtree(folder, ignore_errors=True)
+        run_cli(data, model, ["--embeddings", str(folder)])  # the first captions fill the folder
+        new = make_rows(args.cache, args.rows, seed=1)
+        results = interleaved({"cold (no embeddings folder)": (new, model, [], None),
+                               "warm (--embeddings, images cached)": (new, model, ["--embeddings", str(folder)],
+                                                                      None)}, args.rounds)
+        lines += [f"Embeddings as a cache: random B/16 fp32, the same {args.rows} distinct 640x480 JPEGs with new "
+                  f"10-60-word captions, {cores} CPUs; best of {args.rounds} interleaved rounds.", "",
+                  "| case | rows/s (whole process) | wall s | image tower busy |", "| --- | ---: | ---: | ---: |"]
+        for name, runs in results.items():
+            b = best(runs, "rows/s (process)")
+            lines.append(f"| {name} | {b['rows/s (process)']:.2f} | {b['wall']:.1f} | {b.get('image busy %', 0):.0f}% |")
+    elif not args.model_bound:
         model = export(args.cache, "near-zero-336-p24", near_zero_state)
         rate = single_core_rate(data, 336)
         cases = {"threads (--decode-workers 0)": (data, model, ["--decode-workers", "0"], None),

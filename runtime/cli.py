@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 @click.argument("input_path", metavar="INPUT")
 @click.option("-m", "--model", "model_name", required=True,
               help="Exported model folder, checkpoint file/folder (exported once, cached), or Hugging Face repo id.")
-@click.option("-o", "--output", "output_path", required=True,
+@click.option("-o", "--output", "output_path", default=None,
               help="Output file: .jsonl, .json, .csv or .parquet (independent of INPUT's format); with --engine ray "
                    "also a folder of parquet shards (ends with /, or no suffix).")
 @column_options("Score column to add; reasons go to <output-key>_error.")
@@ -54,6 +55,14 @@ if TYPE_CHECKING:
               help="WebDataset INPUT: the member with this extension is the text, or json:FIELD takes a field of "
                    "the json member (json:caption, json:meta.caption).")
 @click.option("--wds-keep", default="", help="WebDataset INPUT: json fields copied to OUTPUT as columns (comma list).")
+@click.option("--embeddings", "embeddings_dir", default=None,
+              help="Folder that gets every image and text embedding the run computes, and gives those it already "
+                   "has (they are not decoded or encoded again); see README, Embeddings.")
+@click.option("--embeddings-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="How --embeddings stores them (fixed when the folder is made).")
+@click.option("--embed-only", is_flag=True,
+              help="With --embeddings: embed every distinct image and text into the folder, score nothing, write no "
+                   "OUTPUT (a table with only an image or only a text column will do).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, one file. ray: Ray Data workers (needs the ray extra); INPUT may also be a "
                    "folder, a glob or an s3:// / gs:// URI.")
@@ -71,8 +80,9 @@ if TYPE_CHECKING:
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int,
          max_pixels: int, decode_workers: int | None, decode_timeout: float, wds_image_ext: str, wds_text: str,
-         wds_keep: str, engine: str, ray_address: str | None, workers: int | None, cpus_per_worker: int,
-         report_path: str | None, quiet: bool) -> None:
+         wds_keep: str, embeddings_dir: str | None, embeddings_dtype: str, embed_only: bool, engine: str,
+         ray_address: str | None,
+         workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     configure_logging(quiet)
@@ -84,17 +94,25 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                       wds_text=wds_text, wds_keep=_names(wds_keep))
     if engine == "local" and (ray_address or workers or cpus_per_worker != 1):
         raise click.UsageError("--ray-address, --workers and --cpus-per-worker need --engine ray")
+    if embed_only and (embeddings_dir is None or output_path is not None or resume or report_path or engine == "ray"):
+        raise click.UsageError("--embed-only takes --embeddings DIR and no -o, --resume, --report or --engine ray "
+                               "(the folder keeps what a stopped run embedded: run it again)")
+    if not embed_only and output_path is None:
+        raise click.UsageError("Missing option '-o' / '--output'.")
     try:
         _check_options(input_path, output_path, report_path, engine, resume)
-        if engine == "ray":
+        if embed_only:
+            summary = _embed_only(input_path, model_name, opts, device, decode_workers, decode_timeout,
+                                  embeddings_dir, embeddings_dtype, quiet)  # type: ignore[arg-type]
+        elif engine == "ray":
             from .engines.ray import RayOptions
 
-            ray_opts = RayOptions(ray_address, workers, cpus_per_worker,
+            ray_opts = RayOptions(ray_address, workers, cpus_per_worker, embeddings_dir, embeddings_dtype,
                                   log_level=logging.ERROR if quiet else logging.WARNING)
             summary = _run_ray(input_path, output_path, model_name, opts, device, ray_opts, quiet)
         else:
             summary = _run_local(input_path, output_path, model_name, opts, device, resume, decode_workers,
-                                 decode_timeout, quiet)
+                                 decode_timeout, embeddings_dir, embeddings_dtype, quiet)
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
@@ -108,7 +126,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        kept = ("a Ray run leaves no partial output: run it again" if engine == "ray" else
+        kept = ("the embeddings folder keeps what was embedded: run it again to continue" if embed_only else
+                "a Ray run leaves no partial output: run it again" if engine == "ray" else
                 f"the finished chunks are kept in {str(work_dir_for(Path(output_path)))!r}: run again with --resume "
                 "to continue")
         click.echo(f"longclip-run: interrupted; {kept}", err=True)
@@ -138,7 +157,8 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 
 
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
-               decode_workers: int | None, decode_timeout: float, quiet: bool) -> RunSummary:
+               decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str,
+               quiet: bool) -> RunSummary:
     from .cpus import plan_cpus
     from .decode_pool import ImageSpec, make_pool
     from .engines.local import execute, plan_file
@@ -147,15 +167,44 @@ def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOpti
     from .resolve import resolve_model_dir
     from .session import wants_gpu
 
-    with plan_file(input_path, output_path, opts, resume) as plan:
+    with plan_file(input_path, output_path, opts, resume) as plan, contextlib.ExitStack() as stack:
         model_dir = resolve_model_dir(model_name)
+        manifest = read_manifest(model_dir)
+        store = None
+        if embeddings_dir is not None:  # another model's folder is refused here, before the model loads
+            from .embeddings import EmbeddingStore, StoreIdentity
+
+            store = stack.enter_context(EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)))
         split = plan_cpus(wants_gpu(device), decode_workers)
         # the workers start (a fresh interpreter each) while the model loads
-        with make_pool(ImageSpec.of(read_manifest(model_dir), opts.max_pixels), opts.batch_size,
-                       split.decode_workers, decode_timeout) as pool:
-            model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
-                             max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
-            return execute(plan, model, progress=None if not quiet else False, pool=pool)
+        pool = stack.enter_context(make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size,
+                                             split.decode_workers, decode_timeout))
+        model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
+                         max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+        return execute(plan, model, progress=None if not quiet else False, pool=pool, store=store)
+
+
+def _embed_only(input_path: str, model_name: str, opts: RunOptions, device: str, decode_workers: int | None,
+                decode_timeout: float, embeddings_dir: str, embeddings_dtype: str, quiet: bool) -> RunSummary:
+    from .cpus import plan_cpus
+    from .decode_pool import ImageSpec, make_pool
+    from .embeddings import EmbeddingStore, StoreIdentity
+    from .engines.local import embed_file, open_input
+    from .manifest import read_manifest
+    from .model import TRT_MAX_BATCH, LongCLIP
+    from .resolve import resolve_model_dir
+    from .session import wants_gpu
+
+    reader = open_input(input_path, opts)  # the input checked before the model loads
+    model_dir = resolve_model_dir(model_name)
+    manifest = read_manifest(model_dir)
+    split = plan_cpus(wants_gpu(device), decode_workers)
+    with EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)) as store, \
+            make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size, split.decode_workers,
+                      decode_timeout) as pool:
+        model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
+                         max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+        return embed_file(model, reader, store, opts, progress=None if not quiet else False, pool=pool)
 
 
 def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,

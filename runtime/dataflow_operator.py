@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 class ImageLongCLIPEvaluator(operator.ImageLongCLIPEvaluator, OperatorABC):
     __doc__ = operator.ImageLongCLIPEvaluator.__doc__
 
-    def __init__(self, model_name: str | os.PathLike[str] = operator.DEFAULT_MODEL, device: str | None = None):
+    def __init__(self, model_name: str | os.PathLike[str] = operator.DEFAULT_MODEL, device: str | None = None,
+                 embeddings_dir: str | os.PathLike[str] | None = None):
         OperatorABC.__init__(self)
-        operator.ImageLongCLIPEvaluator.__init__(self, model_name, device)
+        operator.ImageLongCLIPEvaluator.__init__(self, model_name, device, embeddings_dir)
 
     @staticmethod
     def get_desc(lang: str = "zh") -> str:

@@ -128,7 +128,8 @@ class DecodePool:
         return f"{self.workers} worker process{'es' if self.workers > 1 else ''}"
 
     def submit(self, job: tuple[Any, ...]) -> None:
-        """Queue ``("image", job_id, source, slot, name)`` or ``("text", job_id, texts, context_length)``."""
+        """Queue ``("image", job_id, source, slot, name, cache)`` or ``("text", job_id, texts, context_length)``
+        (``decode_worker`` says what they answer)."""
         if self._failure is not None:
             raise RuntimeError(f"the decode workers failed: {self._failure}") from self._failure
         self._inbox.put(job)
@@ -300,7 +301,7 @@ class ThreadPool:
         self.events: queue.Queue[Any] = queue.Queue()
         self._events = self.events
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="longclip-input")
-        self._tokenizer: Any = None
+        self._local = threading.local()
 
     def describe(self) -> str:
         return f"{self.workers} thread{'s' if self.workers > 1 else ''} of this process"
@@ -309,18 +310,13 @@ class ThreadPool:
         self._executor.submit(self._run, job)
 
     def _run(self, job: tuple[Any, ...]) -> None:
-        from .preprocess import decode_image
+        from .decode_worker import image_job
         from .tokenizer import default_tokenizer
 
         try:
             if job[0] == "image":
-                _, job_id, source, slot, name = job
-                s = self.spec
-                try:
-                    decode_image(source, s.size, s.mean, s.std, s.max_pixels, out=self.slots[slot], name=name)
-                    self._events.put(("image", job_id, ""))
-                except ImageError as exc:
-                    self._events.put(("image", job_id, str(exc)))
+                caches = self._local.__dict__.setdefault("caches", {})  # a store object per thread: not thread-safe
+                self._events.put(image_job(job, self.slots, self.spec, caches))
             else:
                 _, job_id, texts, context_length = job
                 ids, lengths = default_tokenizer().batch(texts, context_length)

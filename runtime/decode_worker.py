@@ -4,9 +4,11 @@ Started by :class:`.decode_pool.DecodePool` as a fresh interpreter (never a fork
 Runtime's threads, and no ``__main__`` guard needed in the user's script). It ignores Ctrl-C (its parent handles
 it), dies with its parent (``PR_SET_PDEATHSIG``, and EOF on its job pipe), and answers one job at a time:
 
-- ``("image", job, source, slot, name)`` -> ``("image", job, reason)``: the pixels of ``source`` (a path or
-  bytes), as ``preprocess.decode_image`` makes them, written into ``slots[slot]``; ``reason`` is ``""`` or the
-  row's reason, naming the image ``name`` (default: its path, or ``<bytes>``).
+- ``("image", job, source, slot, name, cache)`` -> ``("image", job, reason, meta, cached)``: the pixels of
+  ``source`` (a path or bytes), as ``preprocess.decode_image`` makes them, written into ``slots[slot]``; ``reason``
+  is ``""`` or the row's reason, naming the image ``name`` (default: its path, or ``<bytes>``). With ``cache`` not
+  None (an embeddings run), ``meta`` is ``(sha256, size, mtime_ns)`` of the image's bytes, and when ``cache`` names
+  an embeddings folder that has the image already, ``cached`` is True and nothing is decoded.
 - ``("text", job, texts, context_length)`` -> ``("text", job, ids, lengths)``: ``Tokenizer.batch(texts)``.
 """
 
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 from multiprocessing.connection import Connection
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +35,51 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def serve(jobs: Connection, results: Connection, slots: np.ndarray, size: int, mean: tuple[float, ...],
-          std: tuple[float, ...], max_pixels: int) -> None:
-    """Answer jobs until the job pipe closes (or a ``("stop",)`` job)."""
+def image_job(job: tuple[Any, ...], slots: np.ndarray, spec: Any, caches: dict[str, Any]) -> tuple[Any, ...]:
+    """Answer one image job (see the module doc); ``caches``: the embeddings folders opened so far, by path."""
     from .errors import ImageError
     from .preprocess import decode_image
 
+    _, job_id, source, slot, name, cache = job
+    meta = None
+    try:
+        if cache is not None:
+            source, meta = _read(source)
+            if cache and _store(caches, cache).has_images([meta[0]]):
+                return "image", job_id, "", meta, True
+            name = name or (job[2] if isinstance(job[2], str) else None)
+        decode_image(source, spec.size, spec.mean, spec.std, spec.max_pixels, out=slots[slot], name=name)
+        return "image", job_id, "", meta, False
+    except ImageError as exc:
+        return "image", job_id, str(exc), meta, False
+
+
+def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
+    """An image's bytes and ``(sha256, size, mtime_ns)``; a path is opened as ``decode_image`` opens it."""
+    import hashlib
+
+    from .preprocess import open_image_file
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, mtime = bytes(source), None
+    else:
+        with open_image_file(source) as file:
+            data, mtime = file.read(), os.fstat(file.fileno()).st_mtime_ns
+    return data, (hashlib.sha256(data).hexdigest(), len(data), mtime)
+
+
+def _store(caches: dict[str, Any], root: str) -> Any:
+    from .embeddings import EmbeddingStore
+
+    if root not in caches:
+        caches[root] = EmbeddingStore(root, write=False)
+    return caches[root]
+
+
+def serve(jobs: Connection, results: Connection, slots: np.ndarray, spec: Any) -> None:
+    """Answer jobs until the job pipe closes (or a ``("stop",)`` job)."""
     tokenizer = None
+    caches: dict[str, Any] = {}
     results.send(("ready", os.getpid()))
     while True:
         try:
@@ -47,13 +88,7 @@ def serve(jobs: Connection, results: Connection, slots: np.ndarray, size: int, m
             return
         kind = job[0]
         if kind == "image":
-            _, job_id, source, slot, name = job
-            try:
-                decode_image(source, size, mean, std, max_pixels, out=slots[slot], name=name)
-                reason = ""
-            except ImageError as exc:
-                reason = str(exc)
-            results.send(("image", job_id, reason))
+            results.send(image_job(job, slots, spec, caches))
         elif kind == "text":
             _, job_id, texts, context_length = job
             if tokenizer is None:
@@ -72,12 +107,15 @@ def main(argv: list[str]) -> None:
     mean = tuple(float(v) for v in argv[7].split(","))
     std = tuple(float(v) for v in argv[8].split(","))
     _die_with_parent(parent)
+    from .decode_pool import ImageSpec
+
     shape = (n_slots, 3, size, size)
     buffer = mmap.mmap(shm_fd, int(np.prod(shape)) * 4)
     slots = np.frombuffer(buffer, dtype=np.float32).reshape(shape)
+    spec = ImageSpec(size, mean, std, max_pixels)  # type: ignore[arg-type]
     with Connection(job_fd, writable=False) as jobs, Connection(result_fd, readable=False) as results:
         try:
-            serve(jobs, results, slots, size, mean, std, max_pixels)
+            serve(jobs, results, slots, spec)
         except (BrokenPipeError, EOFError):  # the parent is gone or closing
             pass
 

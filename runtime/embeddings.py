@@ -173,17 +173,19 @@ class EmbeddingStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], identity: StoreIdentity | None = None, *, write: bool = True,
-                 part_rows: int = PART_ROWS):
+                 part_rows: int = PART_ROWS, shared: bool = False):
         if identity is None and write:
             raise ValueError("a writing EmbeddingStore needs the identity of the model: StoreIdentity.of(manifest)")
         if part_rows < 1:
             raise ValueError(f"part_rows must be >= 1, got {part_rows}")
-        self.root, self.write, self.part_rows = Path(root), write, part_rows
+        # shared: a writer of parts beside the one that holds the lock (a Ray worker): no lock, the index read-only;
+        # its parts are indexed by the lock holder's refresh()
+        self.root, self.write, self.part_rows, self.shared = Path(root), write, part_rows, shared
         self._lock: OutputLock | None = None
         self._index: PartIndex | None = None
         self._check_folder()
         try:
-            if write:
+            if write and not shared:
                 self._lock = OutputLock(self._lock_target(), what="embeddings folder")
                 self._lock.acquire()
                 self._make_folders()
@@ -194,7 +196,8 @@ class EmbeddingStore:
             self._unindexed: list[tuple[str, str, tuple[list[bytes], np.ndarray]]] = []
             parts = self._parts()
             self._namer = PartNamer([name for names in parts.values() for name in names])
-            self._index = PartIndex.writer(self.root, parts, self._read_part) if write else PartIndex.reader(self.root)
+            own_index = write and not shared
+            self._index = PartIndex.writer(self.root, parts, self._read_part) if own_index else PartIndex.reader(self.root)
             self._warn_unreadable()
         except BaseException:
             self._release()
@@ -377,8 +380,9 @@ class EmbeddingStore:
         name = self._namer.next()
         write_part(self.root / kind / name, part_table(kind, pending.columns, embeddings, self.identity.to_json()))
         self._pending[kind] = _Pending(COLUMNS[kind])  # in a part now, whatever the index does
-        self._unindexed.append((kind, name, (pending.keys, embeddings)))
-        self._index_parts()
+        if not self.shared:
+            self._unindexed.append((kind, name, (pending.keys, embeddings)))
+            self._index_parts()
 
     def _index_parts(self) -> None:
         """Index the parts written and not indexed yet, oldest first. A full disk can refuse the index once a part
@@ -396,7 +400,8 @@ class EmbeddingStore:
     def flush(self) -> None:
         """Index the parts not indexed yet, then write the pending records (of each kind) as parts."""
         self._open_for_writing()
-        self._index_parts()
+        if not self.shared:
+            self._index_parts()
         for kind in KINDS:
             if self._pending[kind].rows:
                 self._write_part(kind)
@@ -450,6 +455,14 @@ class EmbeddingStore:
         if not self.write:
             raise InputError(f"embeddings folder {str(self.root)!r} is open read-only: open it with write=True to "
                              "add records")
+
+    def refresh(self) -> None:
+        """Index the parts that other writers (``shared`` stores: Ray workers) put in the folder meanwhile."""
+        self._open_for_writing()
+        assert self._index is not None and not self.shared
+        self.flush()
+        self._index.close()
+        self._index = PartIndex.writer(self.root, self._parts(), self._read_part)
 
     def close(self) -> None:
         """Write what is pending, close the index, release the folder's lock; a second call does nothing."""

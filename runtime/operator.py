@@ -6,9 +6,10 @@ This is the plain class; ``longclip.runtime.ImageLongCLIPEvaluator`` is the Data
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -17,6 +18,9 @@ from .engines.chunk import score_frame
 from .model import LongCLIP
 from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
 from .session import wants_gpu
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,13 @@ class ImageLongCLIPEvaluator:
     ['longclip_score']
     """
 
-    def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None):
+    def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None,
+                 embeddings_dir: str | os.PathLike[str] | None = None):
         self.split = plan_cpus(wants_gpu(device))  # decode workers start for each run, beside this model
         self.model = LongCLIP(model_name, device=device, threads=self.split.model_threads, spin=self.split.spin)
+        self.embeddings_dir = embeddings_dir
+        if embeddings_dir is not None:  # another model's folder is refused now, not at the first run
+            self._store().close()
         log.info("ImageLongCLIPEvaluator: %s on %s", self.model.manifest.variant, self.model.provider)
 
     def run(
@@ -65,7 +73,13 @@ class ImageLongCLIPEvaluator:
         frame: pd.DataFrame = storage.read("dataframe")
         check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
         check_output_columns(list(frame.columns), output_key, overwrite_columns, option="overwrite_columns=True")
-        scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None,
-                             decode_workers=self.split.decode_workers)
+        with self._store() if self.embeddings_dir is not None else contextlib.nullcontext() as store:
+            scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None,
+                                 decode_workers=self.split.decode_workers, store=store)
         storage.write(scored)
         return [output_key]
+
+    def _store(self) -> EmbeddingStore:
+        from .embeddings import EmbeddingStore, StoreIdentity
+
+        return EmbeddingStore(self.embeddings_dir, StoreIdentity.of(self.model.manifest))  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ def test_every_hostile_image_gets_its_reason_and_nothing_blocks(tmp_path, pool):
              str(tmp_path / "loop.png"): errors.BAD_PATH, str(tmp_path / "none.png"): errors.MISSING_FILE,
              str(SMALL): ""}
     for job, path in enumerate(cases):
-        pool.submit(("image", job, path, job, None))
+        pool.submit(("image", job, path, job, None, None))
     got = _collect(pool, len(cases), timeout=20)
     assert [errors.error_code(got[job][2]) for job in range(len(cases))] == list(cases.values())
     np.testing.assert_array_equal(pool.slots[len(cases) - 1], decode_image(SMALL, 64, SPEC.mean, SPEC.std))
@@ -76,9 +76,9 @@ def test_texts_are_tokenized_as_in_process(pool):
 
 def test_a_crash_costs_one_image_and_the_worker_is_replaced():
     with DecodePool(SPEC, 8, 1, timeout=30) as pool:
-        pool.submit(("image", 0, str(SMALL), 0, None))
-        pool.submit(("image", 1, _Unpickles(os._exit, 3), 1, None))  # the worker dies reading this job
-        pool.submit(("image", 2, str(SMALL), 2, None))  # sent to the same worker before it died: sent again
+        pool.submit(("image", 0, str(SMALL), 0, None, None))
+        pool.submit(("image", 1, _Unpickles(os._exit, 3), 1, None, None))  # the worker dies reading this job
+        pool.submit(("image", 2, str(SMALL), 2, None, None))  # sent to the same worker before it died: sent again
         pool.submit(("text", 3, ["after the crash"], 248))
         got = _collect(pool, 4)
     assert got[0][2] == "" and got[2][2] == "" and got[3][2] is not None
@@ -88,8 +88,8 @@ def test_a_crash_costs_one_image_and_the_worker_is_replaced():
 def test_a_hang_costs_one_image_after_the_timeout():
     with DecodePool(SPEC, 8, 1, timeout=1.5) as pool:
         start = time.monotonic()
-        pool.submit(("image", 0, _Unpickles(time.sleep, 600), 0, None))
-        pool.submit(("image", 1, str(SMALL), 1, None))
+        pool.submit(("image", 0, _Unpickles(time.sleep, 600), 0, None, None))
+        pool.submit(("image", 1, str(SMALL), 1, None, None))
         got = _collect(pool, 2, timeout=30)
     assert got[0][2].startswith(f"{errors.DECODE_TIMEOUT}: decoding ") and "more than 1.5 s" in got[0][2]
     assert got[1][2] == "" and time.monotonic() - start < 15
@@ -147,13 +147,13 @@ def test_a_script_without_a_main_guard_can_use_workers(tmp_path):
         from longclip.runtime.decode_pool import DecodePool, ImageSpec
         print("script body ran", flush=True)
         pool = DecodePool(ImageSpec(32, (0.5,) * 3, (0.5,) * 3, 10**6), 4, 2)
-        pool.submit(("image", 0, {str(SMALL)!r}, 0, None))
+        pool.submit(("image", 0, {str(SMALL)!r}, 0, None, None))
         print(pool.events.get(timeout=60))
         pool.close()
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("script body ran") == 1 and "('image', 0, '')" in proc.stdout
+    assert proc.stdout.count("script body ran") == 1 and "('image', 0, '', None, False)" in proc.stdout
 
 
 def test_small_shared_memory_falls_back_to_the_temp_folder(monkeypatch, tmp_path):

@@ -80,3 +80,20 @@ def test_score_columns_already_in_the_frame_are_refused_unless_asked(tiny_model_
         evaluator.run(MemoryStorage(frame), input_text_key="caption")
     assert evaluator.run(storage, overwrite_columns=True) == ["longclip_score"]
     assert storage.written[0]["longclip_score_error"].iloc[0] == ""
+
+
+def test_embeddings_dir_keeps_and_reuses_embeddings(tiny_model_dir, frame, tmp_path, monkeypatch):
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu", embeddings_dir=tmp_path / "emb")
+    first = MemoryStorage(frame)
+    evaluator.run(first)
+    stored = pd.read_parquet(tmp_path / "emb" / "images")
+    assert len(stored) == 3  # the distinct images that decode (rgb, small, rgba: its text failed, it is kept)
+    encoded = []
+    real = evaluator.model.run_vision
+    monkeypatch.setattr(evaluator.model, "run_vision", lambda batch, *rest: encoded.append(len(batch)) or
+                        real(batch, *rest))
+    again = MemoryStorage(frame)
+    evaluator.run(again)
+    assert encoded == []  # every image came from the folder
+    np.testing.assert_array_equal(again.written[0]["longclip_score"].to_numpy(),
+                                  first.written[0]["longclip_score"].to_numpy())

@@ -14,6 +14,7 @@ import pandas as pd
 from ..constants import BATCH_SIZE
 from ..cpus import plan_cpus
 from ..decode_pool import DecodePool, ImageSpec, ThreadPool, make_pool
+from ..embeddings import EmbeddingStore
 from ..model import LongCLIP
 from ..preprocess import MAX_PIXELS
 from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
@@ -54,19 +55,21 @@ def score_frame(
     chunk_rows: int = CHUNK_ROWS,
     batch_size: int = BATCH_SIZE,
     decode_workers: int | None = None,
+    store: EmbeddingStore | None = None,
 ) -> pd.DataFrame:
     """A copy of ``frame`` (index, order and columns kept) plus ``output_key`` and ``<output_key>_error``.
 
     Rows that cannot be scored get ``NaN`` and a reason; good rows get ``""`` as their error. The columns are
     the caller's to check (the operator's plan does). ``decode_workers``: processes (0: threads), default sized
-    from the CPUs this process may use.
+    from the CPUs this process may use. ``store``: an embeddings folder to keep and reuse embeddings in.
     """
     root = Path(image_root) if image_root is not None else None
     images, texts = frame[image_key].tolist(), frame[text_key].tolist()
     works = (Work(images[s : s + chunk_rows], texts[s : s + chunk_rows]) for s in range(0, len(frame), chunk_rows))
     scores, errors = np.full(len(frame), np.nan, dtype=np.float32), []
     with default_pool(model, batch_size, decode_workers=decode_workers) as pool:
-        for start, result in zip(range(0, len(frame), chunk_rows), Pipeline(model, pool, root, batch_size).run(works)):
+        pipeline = Pipeline(model, pool, root, batch_size, store=store)
+        for start, result in zip(range(0, len(frame), chunk_rows), pipeline.run(works)):
             scores[start : start + len(result.scores)] = result.scores
             errors.extend(result.errors)
     return with_scores(frame, scores, errors, output_key)

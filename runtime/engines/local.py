@@ -30,6 +30,7 @@ import numpy as np
 
 from ..constants import BATCH_SIZE
 from ..decode_pool import DecodePool, ThreadPool
+from ..embeddings import EmbeddingStore
 from ..errors import InputError, WriteError, error_code
 from ..lock import OutputLock
 from ..model import LongCLIP
@@ -71,6 +72,8 @@ class RunSummary:
     provider: str = ""
     busy: dict[str, float] = field(default_factory=dict)  # seconds each tower ran (the local engine)
     decode: str = ""  # what decoded: "2 worker processes", "2 threads"
+    cached: dict[str, int] = field(default_factory=dict)  # images / texts read from an embeddings folder
+    scoring: bool = True  # False: --embed-only
 
     def add(self, result: ChunkResult) -> None:
         self.add_codes(Counter(error_code(e) for e in result.errors))
@@ -90,10 +93,16 @@ class RunSummary:
         fresh = self.rows - self.resumed_rows
         rate = fresh / self.seconds if self.seconds > 0 else 0.0
         failed = ", ".join(f"{code} {n}" for code, n in self.failed.most_common()) or "none"
-        lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})"]
+        lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})"
+                 if self.scoring else f"rows {self.rows}: embedded, nothing scored (--embed-only)"]
         if self.truncated is not None:
             lines.append(f"texts cut at {self.context_length} tokens: {self.truncated}")
         lines.append(f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}")
+        if self.cached:
+            c = self.cached
+            lines.append(f"embeddings folder: {c['images added']} images and {c['texts added']} texts added; "
+                         f"from the embeddings folder: {c['images cached']} images, {c['texts cached']} texts "
+                         "(not decoded or encoded again)")
         if self.busy and self.seconds > 0:
             shares = ", ".join(f"{tower} tower {100 * t / self.seconds:.0f}%" for tower, t in self.busy.items())
             lines.append(f"model busy: {shares} of the time; decoding on {self.decode}")
@@ -231,9 +240,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
-            pool: DecodePool | ThreadPool | None = None) -> RunSummary:
+            pool: DecodePool | ThreadPool | None = None, store: EmbeddingStore | None = None) -> RunSummary:
     """Score the planned run with ``model`` (see the module doc); the plan's checks are not repeated. Decodes on
-    ``pool`` (its spec must be ``model``'s), else on workers sized for this process's CPUs."""
+    ``pool`` (its spec must be ``model``'s), else on workers sized for this process's CPUs. ``store``: an
+    embeddings folder that gets every embedding computed, and gives those it has (they are not computed again);
+    it is flushed before each chunk's result is kept, so a resumed run never lacks a finished chunk's embeddings."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -270,12 +281,14 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             contextlib.nullcontext() if owned is None else owned:
-        pipeline = Pipeline(model, pool or owned, root, opts.batch_size)  # type: ignore[arg-type]
-        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
+        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
+        summary.busy, summary.decode, summary.cached = pipeline.busy, pipeline.pool.describe(), pipeline.counts
         for part, result in zip(parts, pipeline.run(works())):
             reasons = unread.popleft()
             result.errors[:] = [r or e for r, e in zip(reasons, result.errors)]
             if not part.is_file():
+                if store is not None:
+                    store.flush()
                 try:
                     _save_part(part, result)
                 except OSError as exc:
@@ -307,3 +320,47 @@ def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: s
     """
     with plan_file(input_path, output_path, opts, resume) as plan:
         return execute(plan, model, progress, pool)
+
+
+def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | WdsReader, store: EmbeddingStore,
+               opts: RunOptions = RunOptions(), progress: bool | None = None,
+               pool: DecodePool | ThreadPool | None = None) -> RunSummary:
+    """Embed every distinct image and text of ``source`` (an INPUT, or its reader from :func:`open_input`) into
+    ``store`` without scoring (``--embed-only``): a table may hold only an image column or only a text column.
+    Nothing the store has is computed again, so a stopped run is continued by running it again."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    reader = source if isinstance(source, (TableReader, WdsReader)) else open_input(source, opts)
+    keys = [k for k in (opts.image_key, opts.text_key) if k in reader.columns]
+    if not keys and (reader.columns or reader.n_rows):
+        check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
+    root = Path(opts.image_root) if opts.image_root is not None else None
+    summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length, truncated=None,
+                         scoring=False)
+
+    def works() -> Iterator[Work]:
+        for chunk in reader.read_chunks(opts.chunk_rows):
+            frame, n = chunk.frame, len(chunk.frame)
+            images = (chunk.images if chunk.images is not None else
+                      frame[opts.image_key].tolist() if opts.image_key in frame.columns else [None] * n)
+            texts = frame[opts.text_key].tolist() if opts.text_key in frame.columns else [None] * n
+            for i, reason in enumerate(chunk.reasons):
+                if reason:
+                    images[i] = texts[i] = None
+            names = ([f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[opts.image_key])]
+                     if chunk.images is not None else None)
+            yield Work(images, texts, names=names)
+
+    show = sys.stderr.isatty() if progress is None else progress
+    owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
+    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
+            contextlib.nullcontext() if owned is None else owned:
+        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
+        summary.busy, summary.decode, summary.cached = pipeline.busy, pipeline.pool.describe(), pipeline.counts
+        for result in pipeline.run(works()):
+            store.flush()
+            summary.rows += len(result.errors)
+            bar.update(len(result.errors))
+    summary.seconds = time.perf_counter() - start
+    return summary

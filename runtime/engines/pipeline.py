@@ -32,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..decode_pool import DecodePool, ThreadPool
+from ..embeddings import EmbeddingStore, text_sha256
 from ..errors import EngineError, RowError
 from ..model import LongCLIP
 from ..rows import cell_key, check_text, resolve_image_path, row_reason
@@ -87,6 +88,12 @@ class _Chunk:
     text_embeds: dict[str, np.ndarray] = field(default_factory=dict)
     model_jobs: int = 0  # batches at the model, not back yet
     texts_sent: bool = False
+    # an embeddings run: each image's first row and source, its (sha256, size, mtime_ns), those found cached
+    first_row: dict[Hashable, int] = field(default_factory=dict)
+    sources: dict[Hashable, str | bytes] = field(default_factory=dict)
+    meta: dict[Hashable, tuple[str, int, int | None]] = field(default_factory=dict)
+    cached: list[Hashable] = field(default_factory=list)
+    cached_texts: set[str] = field(default_factory=set)
 
     @property
     def images_done(self) -> bool:
@@ -104,8 +111,16 @@ class Pipeline:
     """
 
     def __init__(self, model: LongCLIP, pool: DecodePool | ThreadPool, image_root: Path | None = None,
-                 batch_size: int = 32, max_chunks: int = MAX_CHUNKS):
+                 batch_size: int = 32, max_chunks: int = MAX_CHUNKS, store: EmbeddingStore | None = None,
+                 cache: bool = True):
         self.model, self.pool, self.root = model, pool, image_root
+        # an embeddings folder: every embedding computed goes there; with ``cache``, what it has is not computed
+        self.store = store
+        self._cache = None if store is None else (str(store.root) if cache else "")
+        self.counts = {"images cached": 0, "texts cached": 0, "images added": 0, "texts added": 0}
+        # what this pipeline added to the store (digests): an image met again in a later chunk, or batch, before its
+        # record is visible to the decode workers' lookups is encoded again but never recorded twice
+        self._recorded: set[bytes] = set()
         self.batch_size, self.max_chunks = batch_size, max_chunks
         self.context_length = model.manifest.context_length
         self._free = list(range(pool.n_slots))[::-1]
@@ -169,6 +184,8 @@ class Pipeline:
             name = work.names[row] if work.names is not None else None
             chunk.undispatched.append((len(chunk.keys), source, name))
             chunk.keys.append(key)
+            if self.store is not None:
+                chunk.first_row[key], chunk.sources[key] = row, source
         texts: dict[Hashable, str] = {}
         for value in work.texts:
             key = cell_key(value)
@@ -179,6 +196,11 @@ class Pipeline:
             except RowError as exc:
                 chunk.text_failed[key] = str(exc)
         chunk.texts = list(texts.values())
+        if self._cache:  # texts in the embeddings folder are tokenized (their length is counted), not encoded
+            shas = {text_sha256(t): t for t in chunk.texts}
+            for sha, embedding in self.store.get_texts(list(shas)).items():  # type: ignore[union-attr]
+                chunk.text_embeds[shas[sha]] = embedding
+                chunk.cached_texts.add(shas[sha])
         for part, (start, stop) in enumerate(_text_jobs(chunk.texts)):
             job = next(self._ids)
             self._jobs[job] = (chunk, part, -1)
@@ -195,7 +217,7 @@ class Pipeline:
                 seq, source, name = chunk.undispatched.popleft()
                 job, slot = next(self._ids), self._free.pop()
                 self._jobs[job] = (chunk, seq, slot)
-                self.pool.submit(("image", job, source, slot, name))
+                self.pool.submit(("image", job, source, slot, name, self._cache))
             if chunk.undispatched:
                 return
 
@@ -203,9 +225,16 @@ class Pipeline:
     def _handle(self, event: tuple[Any, ...], model_queue: queue.SimpleQueue[Any]) -> None:
         kind = event[0]
         if kind == "image":
-            _, job, reason = event
+            _, job, reason, *extra = event  # a failed worker's event has no meta
+            meta, cached = (extra + [None, False])[:2]
             chunk, seq, slot = self._jobs.pop(job)
-            if reason:
+            if meta is not None:
+                chunk.meta[chunk.keys[seq]] = meta
+            if cached:  # in the embeddings folder already: read from there when the chunk is done
+                chunk.cached.append(chunk.keys[seq])
+                self._free.append(slot)
+                chunk.decoded[seq] = None
+            elif reason:
                 chunk.image_failed[chunk.keys[seq]] = reason
                 self._free.append(slot)
                 chunk.decoded[seq] = None
@@ -261,9 +290,10 @@ class Pipeline:
         ids = np.concatenate([p[0] for p in parts])
         chunk.lengths = np.concatenate([p[1] for p in parts])
         chunk.token_parts.clear()
-        for rows, batch in self.model.text_batches(ids, self.batch_size):
+        todo = [n for n, text in enumerate(chunk.texts) if text not in chunk.cached_texts]
+        for rows, batch in self.model.text_batches(ids[todo], self.batch_size):
             chunk.model_jobs += 1
-            model_queue.put(("text_embeds", chunk, [chunk.texts[r] for r in rows], batch))
+            model_queue.put(("text_embeds", chunk, [chunk.texts[todo[r]] for r in rows], batch))
 
     # -- the model thread -------------------------------------------------------------------------------------
     def _model_loop(self, tasks: queue.SimpleQueue[Any], stop: ort.RunOptions) -> None:
@@ -281,10 +311,46 @@ class Pipeline:
             self.busy["image" if kind == "vision" else "text"] += time.perf_counter() - start
             self.pool.events.put((kind, chunk, keys, embeds))
 
+    def _keep(self, chunk: _Chunk) -> None:
+        """Read the chunk's cached image embeddings; add the ones it computed to the embeddings folder (an image
+        whose row failed for its text included)."""
+        store = self.store
+        assert store is not None
+        found = store.get_images([chunk.meta[key][0] for key in chunk.cached])
+        for key in chunk.cached:
+            chunk.image_embeds[key] = found[chunk.meta[key][0]]
+        cached = set(chunk.cached)
+        fresh = [key for key in chunk.keys if key in chunk.image_embeds and key not in cached and key in chunk.meta
+                 and self._first_time(chunk.meta[key][0])]
+        if fresh:
+            names = chunk.work.names
+            paths = [_record_path(chunk.work.images[chunk.first_row[k]], chunk.sources[k],
+                                  names[chunk.first_row[k]] if names else None) for k in fresh]
+            store.add_images([p for p, _ in paths], [r for _, r in paths], [chunk.meta[k][1] for k in fresh],
+                             [chunk.meta[k][2] for k in fresh], [chunk.meta[k][0] for k in fresh],
+                             np.stack([chunk.image_embeds[k] for k in fresh]))
+        texts = [t for t in chunk.texts if t in chunk.text_embeds and t not in chunk.cached_texts
+                 and self._first_time("t" + text_sha256(t))]
+        if texts:
+            store.add_texts(texts, [text_sha256(t) for t in texts], np.stack([chunk.text_embeds[t] for t in texts]))
+        self.counts["images cached"] += len(chunk.cached)
+        self.counts["texts cached"] += len(chunk.cached_texts)
+        self.counts["images added"] += len(fresh)
+        self.counts["texts added"] += len(texts)
+
+    def _first_time(self, key: str) -> bool:
+        digest = key.encode()
+        if digest in self._recorded:
+            return False
+        self._recorded.add(digest)
+        return True
+
     # -- a finished chunk -------------------------------------------------------------------------------------
     def _result(self, chunk: _Chunk) -> ChunkResult:
         if chunk.work.done is not None:
             return chunk.work.done
+        if self.store is not None:
+            self._keep(chunk)
         cut = {t for t, n in zip(chunk.texts, chunk.lengths) if n > self.context_length}
         return assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
                         chunk.text_embeds, chunk.text_failed, cut)
@@ -296,6 +362,14 @@ def image_source(value: object, root: Path | None) -> str | bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     return str(resolve_image_path(value, root))
+
+
+def _record_path(value: object, source: str | bytes, name: str | None) -> tuple[str | None, str | None]:
+    """``(image_path, resolved_path)`` of an image's record: the cell as given and the file it named; for bytes,
+    the name its reasons use (``shard:member``) and no file."""
+    if isinstance(source, bytes):
+        return name, None
+    return (str(value) if not isinstance(value, str) else value), source
 
 
 def _text_jobs(texts: list[str]) -> list[tuple[int, int]]:

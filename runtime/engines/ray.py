@@ -12,6 +12,7 @@ Ray is imported only here, only when this engine runs; ``pip install "longclip[r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -54,6 +55,8 @@ class RayOptions:
     address: str | None = None  # HOST:PORT, ray://HOST:PORT or auto; None: start a local Ray for this run
     workers: int | None = None  # actors, one model each; None: one per GPU, else one per CPU but one
     cpus_per_worker: int = 1  # CPUs each actor reserves: its model, and (beyond the first) its decode workers
+    embeddings_dir: str | None = None  # each actor writes its own parts there; the driver holds the lock, indexes
+    embeddings_dtype: str = "float32"
     object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
     shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
     log_level: int = logging.WARNING  # Ray's own loggers
@@ -73,15 +76,23 @@ class Scorer:
     """One Ray actor: one model and its decode workers, built once; a pandas batch in, the same batch plus score
     and reason out. It sizes itself from the CPUs Ray gave it (``cpus``), not from the node's."""
 
-    def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1):
+    def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1,
+                 embeddings: tuple[str, str] | None = None):
         gpu = device not in (None, "cpu")
         split = plan_cpus(gpu, 0 if cpus == 1 else None, cpus=cpus)  # one CPU: decode on threads, beside the model
         self.model = LongCLIP(model_dir, device=device, threads=split.model_threads,
                               max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
         self.pool = make_pool(ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size,
                               split.decode_workers)
+        self.store = None
+        if embeddings is not None:  # parts of its own; the driver holds the folder's lock and indexes them
+            from ..embeddings import EmbeddingStore, StoreIdentity
+
+            root, dtype = embeddings
+            self.store = EmbeddingStore(root, StoreIdentity.of(self.model.manifest, dtype), shared=True)
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
+        self.pipeline = Pipeline(self.model, self.pool, self.root, opts.batch_size, store=self.store)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         o = self.opts
@@ -95,14 +106,16 @@ class Scorer:
                 if reason:
                     images[n] = texts[n] = None
         work = Work(images, texts, names=names)
-        result = next(Pipeline(self.model, self.pool, self.root, o.batch_size).run([work]))
+        result = next(self.pipeline.run([work]))
+        if self.store is not None:
+            self.store.flush()
         errors_ = [r or e for r, e in zip(reasons, result.errors)]
         return with_scores(batch, result.scores, errors_, o.output_key)
 
     def __del__(self) -> None:
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.close()
+        for part in (getattr(self, "store", None), getattr(self, "pool", None)):
+            if part is not None:
+                part.close()
 
 
 def _values(batch: pd.DataFrame, key: str) -> list[object]:
@@ -330,8 +343,27 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     absolute path (it must be readable there on every node)."""
     start = time.perf_counter()
     shards, target, opts, kind = plan.shards, plan.target, plan.opts, plan.kind
-    model_dir = os.path.abspath(read_manifest(model_dir).root)
+    manifest = read_manifest(model_dir)
+    model_dir = os.path.abspath(manifest.root)
     ray = import_ray()
+    with contextlib.ExitStack() as stack:
+        store = None
+        if ray_opts.embeddings_dir is not None:  # the lock and the index stay here; the actors write parts
+            from ..embeddings import EmbeddingStore, StoreIdentity
+
+            store = stack.enter_context(EmbeddingStore(ray_opts.embeddings_dir,
+                                                       StoreIdentity.of(manifest, ray_opts.embeddings_dtype)))
+        embeddings = (os.path.abspath(ray_opts.embeddings_dir), ray_opts.embeddings_dtype) if store else None
+        summary = _execute(ray, plan, model_dir, ray_opts, progress, embeddings)
+        if store is not None:
+            store.refresh()  # the actors' parts into the index
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _execute(ray: ModuleType, plan: RayPlan, model_dir: str, ray_opts: RayOptions, progress: bool | None,
+             embeddings: tuple[str, str] | None) -> RunSummary:
+    shards, target, opts, kind = plan.shards, plan.target, plan.opts, plan.kind
     with ray_session(ray, ray_opts):
         resources = ray.cluster_resources()
         gpu = kind in ("cuda", "tensorrt") or (kind == "auto" and resources.get("GPU", 0) >= 1)
@@ -346,7 +378,7 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
             if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
                 ds.context.enable_progress_bars = progress
             scored = ds.map_batches(
-                Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker),
+                Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker, embeddings),
                 batch_format="pandas", batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=ray_opts.cpus_per_worker,
                 num_gpus=1 if gpu else 0)
@@ -360,7 +392,6 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
                 error = EngineError(f"{error}; Ray Data reads JSON with Arrow, one type per column: a column that "
                                     "mixes types (numbers and strings) cannot be read; fix it, or use --engine local")
             raise error from None
-    summary.seconds = time.perf_counter() - start
     return summary
 
 

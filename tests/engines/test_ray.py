@@ -329,3 +329,26 @@ def test_webdataset_shards_give_the_local_engines_rows_and_scores(tmp_path, ray_
                                   check_dtype=False)
     np.testing.assert_array_equal(ray["longclip_score"].to_numpy(), local["longclip_score"].to_numpy())
     assert local["longclip_score_error"].iloc[-1].startswith("missing_file: sample '000099' in 'shards/1.tar'")
+
+
+@needs_ray
+def test_ray_embeddings_are_written_by_the_workers_and_reused(tmp_path, ray_cluster, tiny_model_dir):
+    import pyarrow.dataset as pads
+
+    from longclip.runtime.engines.ray import RayOptions
+
+    rows = _mixed_rows(tmp_path)
+    _write_jsonl(tmp_path / "in.jsonl", rows)
+    opts = RunOptions(image_root=str(tmp_path), chunk_rows=4)
+    ray_opts = RayOptions(workers=1, embeddings_dir=str(tmp_path / "emb"))
+    _run_ray(tiny_model_dir, str(tmp_path / "in.jsonl"), str(tmp_path / "a.parquet"), opts, "cpu", ray_opts)
+    images = pads.dataset(tmp_path / "emb" / "images").to_table()
+    assert images.num_rows == len(NAMES) and sorted(images.column("image_path").to_pylist()) == sorted(NAMES)
+    from longclip.runtime.embeddings import EmbeddingStore
+
+    with EmbeddingStore(tmp_path / "emb", write=False) as store:  # indexed by the driver
+        assert len(store.has_images(images.column("sha256").to_pylist())) == len(NAMES)
+    _run_ray(tiny_model_dir, str(tmp_path / "in.jsonl"), str(tmp_path / "b.parquet"), opts, "cpu", ray_opts)
+    assert pads.dataset(tmp_path / "emb" / "images").to_table().num_rows == len(NAMES)  # no image computed again
+    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    np.testing.assert_array_equal(a["longclip_score"].to_numpy(), b["longclip_score"].to_numpy())
