@@ -7,7 +7,8 @@ a row's ``(3, n, n) float32`` pixels into a slot of one shared buffer (``/dev/sh
 :class:`ThreadPool` is the same interface on threads (``--decode-workers 0``).
 
 Jobs go in through :meth:`submit`; results come out, in any order, on the pool's ``events`` queue:
-``("image", job, reason)`` (``""``: the slot holds the pixels) and ``("text", job, ids, lengths)`` (``ids`` is
+``("image", job, reason, meta, cached)`` (``reason`` ``""``: the slot holds the pixels; ``meta`` and ``cached``:
+see ``decode_worker``) and ``("text", job, ids, lengths)`` (``ids`` is
 ``None`` when the worker failed: the caller tokenizes those texts itself). A worker that crashes, or that spends
 more than ``timeout`` seconds on one image, costs that image only (``decoder_crashed`` / ``decode_timeout``): it
 is killed and replaced, and the jobs it had not started are sent again.
@@ -19,10 +20,12 @@ process, lasts as long as the pool), sends jobs, reads results and stderr, and e
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging
 import mmap
 import os
+import pickle
 import queue
 import subprocess
 import sys
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import errors
+from .constants import DECODE_TIMEOUT
 from .errors import ImageError
 
 if TYPE_CHECKING:
@@ -44,11 +48,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DECODE_TIMEOUT = 120.0
-"""Seconds one image may take in a worker before it is killed (``--decode-timeout``): generous, since a huge
-legitimate image on a loaded machine takes seconds; a stalled network read takes forever."""
 
 _DEPTH = 2  # jobs sent ahead to each worker, so it never waits for the next one
+# ... when small: a job larger than the pipe's buffer (image bytes, a long text job) would block the supervisor
+# until the worker finished its current job, and a worker stuck there would then never be timed out
+_AHEAD_BYTES = 16384
+_START_TIMEOUT = 60.0  # seconds a new worker may take to say it is ready
+_STILLBORN = 3  # workers in a row that die or hang before they are ready: the pool has failed
 _STDERR_LINES = 20  # last lines of each worker's stderr kept for its crash report
 
 
@@ -97,6 +103,7 @@ class _Worker:
     results: Connection
     sent: collections.deque[tuple[Any, ...]] = field(default_factory=collections.deque)  # head: in progress
     started: float = 0.0  # when the head job began
+    spawned: float = field(default_factory=time.monotonic)
     ready: bool = False
     timed_out: bool = False
     stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_STDERR_LINES))
@@ -110,16 +117,17 @@ class DecodePool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.spec, self.n_slots, self.workers, self.timeout = spec, n_slots, workers, timeout
         self.events: queue.Queue[Any] = queue.Queue()
-        self._events = self.events
+        self.ids = itertools.count()  # job ids, unique over every pipeline run on this pool
+        self.broken = ""  # why no pipeline may run on this pool again (one stopped with jobs outstanding)
         shape = (n_slots, 3, spec.size, spec.size)
         self._shm_fd, self._buffer = shared_buffer(int(np.prod(shape)) * 4)
         self.slots = np.frombuffer(self._buffer, dtype=np.float32).reshape(shape)
-        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._pending: collections.deque[tuple[tuple[Any, ...], bytes]] = collections.deque()  # (job, pickled)
+        self._inbox: queue.SimpleQueue[tuple[tuple[Any, ...], bytes]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._closing = threading.Event()
-        self._started = threading.Event()
         self._failure: BaseException | None = None
+        self._stillborn = 0
         self._thread = threading.Thread(target=self._supervise, name="longclip-decode", daemon=True)
         self._thread.start()
 
@@ -132,7 +140,7 @@ class DecodePool:
         (``decode_worker`` says what they answer)."""
         if self._failure is not None:
             raise RuntimeError(f"the decode workers failed: {self._failure}") from self._failure
-        self._inbox.put(job)
+        self._inbox.put((job, pickle.dumps(job, pickle.HIGHEST_PROTOCOL)))
         os.write(self._wake_w, b"j")
 
     def close(self) -> None:
@@ -167,7 +175,7 @@ class DecodePool:
         except BaseException as exc:  # noqa: BLE001 - reported to the caller, never silently lost
             self._failure = exc
             log.error("decode workers failed: %s", exc)
-            self._events.put(("pool_failed", repr(exc)))
+            self.events.put(("pool_failed", str(exc) or repr(exc)))
         finally:
             for worker in workers:
                 _stop(worker)
@@ -201,13 +209,17 @@ class DecodePool:
             if worker.sent and worker.ready and now - worker.started > self.timeout:
                 worker.timed_out = True
                 workers[i] = self._replace(worker)
+            elif not worker.ready and now - worker.spawned > _START_TIMEOUT:
+                workers[i] = self._replace(worker)
         for worker in workers:
             while self._pending and worker.ready and len(worker.sent) < _DEPTH:
-                job = self._pending.popleft()
+                if worker.sent and len(self._pending[0][1]) > _AHEAD_BYTES:
+                    break  # sent when the worker is idle, so the write never waits on its decode
+                job, data = self._pending.popleft()
                 if not worker.sent:
                     worker.started = time.monotonic()
-                worker.sent.append(job)
-                worker.jobs.send(job)
+                worker.sent.append((job, data))
+                worker.jobs.send_bytes(data)
 
     def _receive(self, worker: _Worker) -> bool:
         """Handle one message; False when the worker is gone."""
@@ -217,24 +229,32 @@ class DecodePool:
             return False
         if message[0] == "ready":
             worker.ready = True
+            self._stillborn = 0
             return True
         worker.sent.popleft()
         worker.started = time.monotonic()
-        self._events.put(message)
+        self.events.put(message)
         return True
 
     def _replace(self, worker: _Worker) -> _Worker:
         """Kill ``worker``; its job in progress fails with a reason, the others are sent again."""
         _stop(worker, kill=True)
+        if not worker.ready:  # it died, or hung, before it could take a job: a broken install, not an image
+            self._stillborn += 1
+            if self._stillborn >= _STILLBORN:
+                last = " | ".join(worker.stderr)[-300:]
+                raise RuntimeError(f"{self._stillborn} decode workers in a row exited or hung before they started "
+                                   f"(exit {worker.process.returncode})" + (f": {last}" if last else "")
+                                   + "; run with --decode-workers 0 to decode in this process")
         if worker.sent:
-            head, *rest = worker.sent
+            (head, _), *rest = worker.sent
             self._fail(head, worker)
             self._pending.extendleft(reversed(rest))
         return self._spawn()
 
     def _fail(self, job: tuple[Any, ...], worker: _Worker) -> None:
         if job[0] == "text":
-            self._events.put(("text", job[1], None, None))
+            self.events.put(("text", job[1], None, None))
             return
         name = job[4] or (job[2] if isinstance(job[2], str) else "<bytes>")
         if worker.timed_out:
@@ -245,7 +265,7 @@ class DecodePool:
             last = " | ".join(worker.stderr)[-300:]
             reason = ImageError(errors.DECODER_CRASHED, f"the decoder crashed on {name!r} (exit {code})"
                                 + (f": {last}" if last else ""))
-        self._events.put(("image", job[1], str(reason)))
+        self.events.put(("image", job[1], str(reason), None, False))
 
     def _read_stderr(self, worker: _Worker) -> None:
         assert worker.process.stderr is not None
@@ -299,7 +319,8 @@ class ThreadPool:
         self.spec, self.n_slots, self.workers = spec, n_slots, threads
         self.slots = np.empty((n_slots, 3, spec.size, spec.size), dtype=np.float32)
         self.events: queue.Queue[Any] = queue.Queue()
-        self._events = self.events
+        self.ids = itertools.count()
+        self.broken = ""
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="longclip-input")
         self._local = threading.local()
 
@@ -316,13 +337,13 @@ class ThreadPool:
         try:
             if job[0] == "image":
                 caches = self._local.__dict__.setdefault("caches", {})  # a store object per thread: not thread-safe
-                self._events.put(image_job(job, self.slots, self.spec, caches))
+                self.events.put(image_job(job, self.slots, self.spec, caches))
             else:
                 _, job_id, texts, context_length = job
                 ids, lengths = default_tokenizer().batch(texts, context_length)
-                self._events.put(("text", job_id, ids, lengths))
+                self.events.put(("text", job_id, ids, lengths))
         except BaseException as exc:  # noqa: BLE001 - a bug of ours: the caller must hear of it
-            self._events.put(("pool_failed", repr(exc)))
+            self.events.put(("pool_failed", repr(exc)))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

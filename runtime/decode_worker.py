@@ -56,16 +56,24 @@ def image_job(job: tuple[Any, ...], slots: np.ndarray, spec: Any, caches: dict[s
 
 def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
     """An image's bytes and ``(sha256, size, mtime_ns)``; a path is opened as ``decode_image`` opens it."""
-    import hashlib
-
-    from .preprocess import open_image_file
+    from .constants import MAX_MEMBER_BYTES
+    from .embeddings import bytes_sha256
+    from .errors import TOO_MANY_PIXELS, ImageError
+    from .preprocess import _os_error, open_image_file
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, mtime = bytes(source), None
     else:
         with open_image_file(source) as file:
-            data, mtime = file.read(), os.fstat(file.fileno()).st_mtime_ns
-    return data, (hashlib.sha256(data).hexdigest(), len(data), mtime)
+            st = os.fstat(file.fileno())
+            if st.st_size > MAX_MEMBER_BYTES:  # hashed whole, so read whole: not into this worker's memory
+                raise ImageError(TOO_MANY_PIXELS, f"image file {source!r} is {st.st_size} bytes, more than the "
+                                 f"{MAX_MEMBER_BYTES} an image may be")
+            try:
+                data, mtime = file.read(MAX_MEMBER_BYTES + 1), st.st_mtime_ns
+            except OSError as exc:  # an I/O error, a file gone from a network share: this row's reason
+                raise _os_error(exc, source) from None
+    return data, (bytes_sha256(data), len(data), mtime)
 
 
 def _store(caches: dict[str, Any], root: str) -> Any:

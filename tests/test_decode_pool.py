@@ -200,3 +200,40 @@ def test_no_shared_memory_at_all_decodes_on_threads(monkeypatch, caplog):
     with decode_pool.make_pool(SPEC, 8, 2) as pool:
         assert isinstance(pool, ThreadPool)
     assert "decoding on threads of this process instead of 2 worker processes: no room" in caplog.text
+
+
+def test_a_large_job_queued_behind_a_hang_does_not_stop_the_timeout():
+    import io
+
+    buffer = io.BytesIO()  # noise: a PNG of ~270 KB, more than a pipe holds
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 1 << 17
+    with DecodePool(SPEC, 8, 1, timeout=1.5) as pool:
+        start = time.monotonic()
+        pool.submit(("image", 0, _Unpickles(time.sleep, 600), 0, None, None))
+        pool.submit(("image", 1, buffer.getvalue(), 1, None, None))
+        got = _collect(pool, 2, timeout=30)
+    assert got[0][2].startswith(f"{errors.DECODE_TIMEOUT}: ") and got[1][2] == ""
+    assert time.monotonic() - start < 15
+
+
+def test_workers_that_cannot_start_fail_the_pool_instead_of_respawning_forever(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with DecodePool(SPEC, 8, 2, timeout=30) as pool:
+        pool.submit(("image", 0, str(SMALL), 0, None, None))
+        event = pool.events.get(timeout=30)
+    assert event[0] == "pool_failed" and "decode workers in a row exited or hung before they started" in event[1]
+    assert "--decode-workers 0" in event[1]
+
+
+def test_an_image_hashed_for_an_embeddings_folder_is_not_read_whole_beyond_the_cap(monkeypatch):
+    from longclip.runtime import constants
+    from longclip.runtime.decode_worker import image_job
+
+    slots = np.zeros((1, 3, SPEC.size, SPEC.size), np.float32)
+    ok = image_job(("image", 0, str(SMALL), 0, None, ""), slots, SPEC, {})
+    assert ok[2] == "" and ok[3][1] == SMALL.stat().st_size
+    monkeypatch.setattr(constants, "MAX_MEMBER_BYTES", SMALL.stat().st_size - 1)
+    _, _, reason, meta, cached = image_job(("image", 1, str(SMALL), 0, None, ""), slots, SPEC, {})
+    assert reason.startswith(f"{errors.TOO_MANY_PIXELS}: image file ") and "bytes, more than the" in reason
+    assert (meta, cached) == (None, False)
