@@ -35,6 +35,12 @@ class WriteError(LongCLIPError):
     """An output cannot be written: a full disk, a lost permission, a quota. Names the path and the errno."""
 
 
+def write_error(path: object, exc: OSError, kept: str = "") -> WriteError:
+    """One line: the path, the errno and what to do (``kept`` says what stays for ``--resume``)."""
+    code = f"[Errno {exc.errno}] " if exc.errno else ""
+    return WriteError(f"cannot write {str(path)!r}: {code}{exc.strerror or exc}{kept}")
+
+
 class EngineError(LongCLIPError):
     """A run engine cannot start or finish: Ray Data missing, a cluster unreachable or too small, a failed job."""
 
@@ -78,11 +84,13 @@ TOO_LONG = "too_long"  # tokenize(..., truncate=False) only
 BAD_ENCODING = "bad_encoding"  # a jsonl line that is not UTF-8
 CORRUPT_SHARD = "corrupt_shard"  # one row for the rest of a WebDataset shard that stops being a valid tar
 DUPLICATE_MEMBER = "duplicate_member"  # a WebDataset sample with two image (or text) members: which is meant?
+NON_FINITE = "non_finite_embedding"  # the model gave NaN or inf for this row's image or text (an fp16 overflow)
 
 IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADABLE, EMPTY_FILE, NOT_AN_IMAGE,
                UNDECODABLE, TOO_MANY_PIXELS, DECODER_CRASHED, DECODE_TIMEOUT)
 TEXT_CODES = (NULL_TEXT, NOT_TEXT, EMPTY_TEXT, BAD_TEXT, TOO_LONG)
 SHARD_CODES = (CORRUPT_SHARD, DUPLICATE_MEMBER)  # a WebDataset sample's, neither its image's nor its text's
+MODEL_CODES = (NON_FINITE,)  # the model's output for one row's image or text
 
 
 class ImageError(RowError):

@@ -10,7 +10,6 @@ same code either way, the final file equals an uninterrupted run's. One run per 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import glob
 import json
@@ -37,9 +36,9 @@ from ..model import LongCLIP
 from ..preprocess import MAX_PIXELS
 from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
 from ..tables import TableReader, same_file
-from ..tarshards import SHARD_COLUMN
 from ..webdataset import WdsOptions, WdsReader, is_webdataset
-from ..writers import TableWriter, write_error
+from ..errors import write_error
+from ..writers import TableWriter
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work
 
@@ -257,26 +256,15 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
     show = sys.stderr.isatty() if progress is None else progress
     parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
-    unread: collections.deque[list[str]] = collections.deque()  # read reasons of the chunks in the pipeline
 
     def works() -> Iterator[Work]:
         for part, chunk in zip(parts, reader.read_chunks(opts.chunk_rows)):
             if part.is_file():
                 done = _load_part(part)
                 summary.resumed_rows += len(done.errors)
-                unread.append([""] * len(done.errors))
                 yield Work([], [], done)
-                continue
-            frame, names = chunk.frame, None
-            images = chunk.images if chunk.images is not None else frame[opts.image_key].tolist()
-            if chunk.images is not None:  # members of shards: reasons name them so
-                names = [f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[opts.image_key])]
-            texts, reasons = frame[opts.text_key].tolist(), chunk.reasons
-            for n, reason in enumerate(reasons):
-                if reason:  # a row that could not be read is not scored: it keeps that reason
-                    images[n] = texts[n] = None
-            unread.append(reasons)
-            yield Work(images, texts, names=names)
+            else:
+                yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
     owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
@@ -284,8 +272,6 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
         pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
         summary.busy, summary.decode, summary.cached = pipeline.busy, pipeline.pool.describe(), pipeline.counts
         for part, result in zip(parts, pipeline.run(works())):
-            reasons = unread.popleft()
-            result.errors[:] = [r or e for r, e in zip(reasons, result.errors)]
             if not part.is_file():
                 if store is not None:
                     store.flush()
@@ -341,16 +327,7 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
 
     def works() -> Iterator[Work]:
         for chunk in reader.read_chunks(opts.chunk_rows):
-            frame, n = chunk.frame, len(chunk.frame)
-            images = (chunk.images if chunk.images is not None else
-                      frame[opts.image_key].tolist() if opts.image_key in frame.columns else [None] * n)
-            texts = frame[opts.text_key].tolist() if opts.text_key in frame.columns else [None] * n
-            for i, reason in enumerate(chunk.reasons):
-                if reason:
-                    images[i] = texts[i] = None
-            names = ([f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[opts.image_key])]
-                     if chunk.images is not None else None)
-            yield Work(images, texts, names=names)
+            yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
     show = sys.stderr.isatty() if progress is None else progress
     owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None

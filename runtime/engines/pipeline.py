@@ -2,8 +2,8 @@
 
 Reading (the caller's iterator), decoding and tokenization (a :mod:`..decode_pool`) and the model (one thread,
 both towers) run at once, across chunk boundaries: while the model embeds chunk ``c``, chunk ``c + 1`` is being
-decoded. Memory is bounded: at most ``max_chunks`` chunks in flight, and images only decode into the pool's fixed
-number of slots.
+decoded. Memory is bounded: at most ``max_chunks`` chunks in flight, images only decode into the pool's fixed
+number of slots, and no image is sent to decode while ``MAX_VISION_QUEUED`` batches wait for the model.
 
 Batches are a function of a chunk's contents only, never of timing: a chunk's distinct images, in order of first
 appearance, those that decode in batches of ``batch_size`` (the last one shorter), its distinct texts in the
@@ -18,7 +18,6 @@ with every chunk already returned kept by the caller.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import queue
 import threading
@@ -26,22 +25,29 @@ import time
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..decode_pool import DecodePool, ThreadPool
 from ..embeddings import EmbeddingStore, text_sha256
+from .. import errors
 from ..errors import EngineError, RowError
 from ..model import LongCLIP
 from ..rows import cell_key, check_text, resolve_image_path, row_reason
 from ..scoring import l2_normalize, score_rows
+from ..tarshards import SHARD_COLUMN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS = 3
 """Chunks in flight: one being finished by the model, the next ones decoding."""
+MAX_VISION_QUEUED = 2
+"""Batches of pixels (copied out of the slots) at the model: one running, one ready after it."""
 
 TEXTS_PER_JOB = 128  # texts tokenized per worker job
 _TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
@@ -66,6 +72,25 @@ class Work:
     texts: list[object]
     done: ChunkResult | None = None
     names: list[str] | None = None
+    reasons: list[str] | None = None  # why each row could not be read ("": it could); such a row keeps its reason
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, images: list[object] | None, reasons: list[str], image_key: str,
+           text_key: str) -> Work:
+        """A chunk of rows as work: the image column's cells, or ``images`` (a shard's member bytes, which reasons
+        name ``shard:member``), and the text column's (a column the frame lacks: nulls); a row with a read reason
+        is neither decoded nor encoded and keeps that reason."""
+        n, names = len(frame), None
+        if images is not None:
+            names = [f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[image_key])]
+            images = list(images)
+        else:
+            images = frame[image_key].tolist() if image_key in frame.columns else [None] * n
+        texts = frame[text_key].tolist() if text_key in frame.columns else [None] * n
+        for i, reason in enumerate(reasons):
+            if reason:
+                images[i] = texts[i] = None
+        return cls(images, texts, names=names, reasons=list(reasons) if any(reasons) else None)
 
 
 @dataclass
@@ -94,6 +119,7 @@ class _Chunk:
     meta: dict[Hashable, tuple[str, int, int | None]] = field(default_factory=dict)
     cached: list[Hashable] = field(default_factory=list)
     cached_texts: set[str] = field(default_factory=set)
+    text_shas: dict[str, str] = field(default_factory=dict)  # text -> its sha256 (an embeddings run)
 
     @property
     def images_done(self) -> bool:
@@ -125,11 +151,13 @@ class Pipeline:
         self.context_length = model.manifest.context_length
         self._free = list(range(pool.n_slots))[::-1]
         self._jobs: dict[int, tuple[_Chunk, int, int]] = {}  # pool job -> (chunk, seq or token part, slot or -1)
-        self._ids = itertools.count()
+        self._vision_queued = 0
         self.busy = {"image": 0.0, "text": 0.0}  # seconds each tower spent running
 
     # -- the caller's side ------------------------------------------------------------------------------------
     def run(self, works: Iterable[Work]) -> Iterator[ChunkResult]:
+        if self.pool.broken:  # its workers may still write into slots this run would hand out
+            raise EngineError(f"this decode pool cannot be used again: {self.pool.broken}; make a new one")
         source = iter(works)
         active: collections.deque[_Chunk] = collections.deque()
         model_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -157,6 +185,8 @@ class Pipeline:
         finally:
             model_queue.put(None)
             model_thread.join(timeout=5)
+            if self._jobs or self._vision_queued:
+                self.pool.broken = f"a run on it stopped with {len(self._jobs)} jobs outstanding"
 
     def _next_event(self) -> tuple[Any, ...]:
         while True:  # short waits: Ctrl-C is seen between them
@@ -196,13 +226,15 @@ class Pipeline:
             except RowError as exc:
                 chunk.text_failed[key] = str(exc)
         chunk.texts = list(texts.values())
+        if self.store is not None:
+            chunk.text_shas = {t: text_sha256(t) for t in chunk.texts}
         if self._cache:  # texts in the embeddings folder are tokenized (their length is counted), not encoded
-            shas = {text_sha256(t): t for t in chunk.texts}
+            shas = {sha: t for t, sha in chunk.text_shas.items()}
             for sha, embedding in self.store.get_texts(list(shas)).items():  # type: ignore[union-attr]
                 chunk.text_embeds[shas[sha]] = embedding
                 chunk.cached_texts.add(shas[sha])
         for part, (start, stop) in enumerate(_text_jobs(chunk.texts)):
-            job = next(self._ids)
+            job = next(self.pool.ids)
             self._jobs[job] = (chunk, part, -1)
             chunk.token_jobs += 1
             self.pool.submit(("text", job, chunk.texts[start:stop], self.context_length))
@@ -212,10 +244,12 @@ class Pipeline:
 
     def _dispatch(self, active: Iterable[_Chunk]) -> None:
         """Send images to decode, in global order (a chunk's before the next one's), while slots are free."""
+        if self._vision_queued >= MAX_VISION_QUEUED:  # the model is behind: pixels would pile up in its queue
+            return
         for chunk in active:
             while chunk.undispatched and self._free:
                 seq, source, name = chunk.undispatched.popleft()
-                job, slot = next(self._ids), self._free.pop()
+                job, slot = next(self.pool.ids), self._free.pop()
                 self._jobs[job] = (chunk, seq, slot)
                 self.pool.submit(("image", job, source, slot, name, self._cache))
             if chunk.undispatched:
@@ -225,8 +259,7 @@ class Pipeline:
     def _handle(self, event: tuple[Any, ...], model_queue: queue.SimpleQueue[Any]) -> None:
         kind = event[0]
         if kind == "image":
-            _, job, reason, *extra = event  # a failed worker's event has no meta
-            meta, cached = (extra + [None, False])[:2]
+            _, job, reason, meta, cached = event
             chunk, seq, slot = self._jobs.pop(job)
             if meta is not None:
                 chunk.meta[chunk.keys[seq]] = meta
@@ -252,7 +285,17 @@ class Pipeline:
                 self._send_texts(chunk, model_queue)
         elif kind in ("vision", "text_embeds"):
             _, chunk, keys, embeds = event
-            (chunk.image_embeds if kind == "vision" else chunk.text_embeds).update(zip(keys, embeds))
+            if kind == "vision":
+                self._vision_queued -= 1
+            embedded, failed = (chunk.image_embeds, chunk.image_failed) if kind == "vision" else \
+                (chunk.text_embeds, chunk.text_failed)
+            for key, embedding, finite in zip(keys, embeds, np.isfinite(embeds).all(axis=1)):
+                if finite:
+                    embedded[key] = embedding
+                else:  # never scored, nor kept in an embeddings folder
+                    what = "image" if kind == "vision" else "text"
+                    failed[key if kind == "vision" else cell_key(key)] = (
+                        f"{errors.NON_FINITE}: the model gave NaN or inf for this {what}")
             chunk.model_jobs -= 1
         elif kind == "model_failed":
             exc = event[1]
@@ -279,6 +322,7 @@ class Pipeline:
         self._free.extend(slots)
         chunk.batch = []
         chunk.model_jobs += 1
+        self._vision_queued += 1
         model_queue.put(("vision", chunk, list(keys), pixels))
 
     def _send_texts(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
@@ -304,7 +348,8 @@ class Pipeline:
                 run = self.model.run_vision if kind == "vision" else self.model.run_text
                 # normalized once, here: an embedding kept (or read back from an embeddings folder) scores exactly
                 # as one just computed, and as LongCLIP.encode_* gives it
-                embeds = l2_normalize(run(batch, stop))
+                with np.errstate(invalid="ignore", divide="ignore"):  # NaN or inf: the row's reason, on the main thread
+                    embeds = l2_normalize(run(batch, stop))
             except Exception as exc:  # noqa: BLE001 - raised again on the main thread
                 self.pool.events.put(("model_failed", exc))
                 return
@@ -330,9 +375,10 @@ class Pipeline:
                              [chunk.meta[k][2] for k in fresh], [chunk.meta[k][0] for k in fresh],
                              np.stack([chunk.image_embeds[k] for k in fresh]))
         texts = [t for t in chunk.texts if t in chunk.text_embeds and t not in chunk.cached_texts
-                 and self._first_time("t" + text_sha256(t))]
+                 and self._first_time("t" + chunk.text_shas[t])]
         if texts:
-            store.add_texts(texts, [text_sha256(t) for t in texts], np.stack([chunk.text_embeds[t] for t in texts]))
+            store.add_texts(texts, [chunk.text_shas[t] for t in texts],
+                            np.stack([chunk.text_embeds[t] for t in texts]))
         self.counts["images cached"] += len(chunk.cached)
         self.counts["texts cached"] += len(chunk.cached_texts)
         self.counts["images added"] += len(fresh)
@@ -352,8 +398,11 @@ class Pipeline:
         if self.store is not None:
             self._keep(chunk)
         cut = {t for t, n in zip(chunk.texts, chunk.lengths) if n > self.context_length}
-        return assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
-                        chunk.text_embeds, chunk.text_failed, cut)
+        result = assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
+                          chunk.text_embeds, chunk.text_failed, cut)
+        if chunk.work.reasons is not None:
+            result.errors[:] = [read or error for read, error in zip(chunk.work.reasons, result.errors)]
+        return result
 
 
 def image_source(value: object, root: Path | None) -> str | bytes:

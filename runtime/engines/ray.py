@@ -30,7 +30,7 @@ import pandas as pd
 
 from .. import errors
 from ..cpus import available_cpus, plan_cpus
-from ..decode_pool import ImageSpec, make_pool
+from ..decode_pool import DECODE_TIMEOUT, ImageSpec, make_pool
 from ..errors import EngineError, InputError, LongCLIPError, error_code
 from ..lock import OutputLock
 from ..manifest import read_manifest
@@ -39,8 +39,8 @@ from ..rows import ABSENT, check_columns, check_image_root, check_output_columns
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
-from ..tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, find_tar_shards, is_webdataset
-from ..webdataset import WdsOptions, WdsReader
+from ..tarshards import SUFFIX, find_tar_shards, is_webdataset
+from ..webdataset import WdsOptions, WdsReader, wds_columns
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
@@ -57,6 +57,7 @@ class RayOptions:
     cpus_per_worker: int = 1  # CPUs each actor reserves: its model, and (beyond the first) its decode workers
     embeddings_dir: str | None = None  # each actor writes its own parts there; the driver holds the lock, indexes
     embeddings_dtype: str = "float32"
+    decode_timeout: float = DECODE_TIMEOUT  # seconds one image may take in an actor's decode worker
     object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
     shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
     log_level: int = logging.WARNING  # Ray's own loggers
@@ -77,13 +78,13 @@ class Scorer:
     and reason out. It sizes itself from the CPUs Ray gave it (``cpus``), not from the node's."""
 
     def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1,
-                 embeddings: tuple[str, str] | None = None):
+                 embeddings: tuple[str, str] | None = None, decode_timeout: float = DECODE_TIMEOUT):
         gpu = device not in (None, "cpu")
         split = plan_cpus(gpu, 0 if cpus == 1 else None, cpus=cpus)  # one CPU: decode on threads, beside the model
         self.model = LongCLIP(model_dir, device=device, threads=split.model_threads,
                               max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
-        self.pool = make_pool(ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size,
-                              split.decode_workers)
+        self._pool_args = (ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size,
+                           split.decode_workers, decode_timeout)
         self.store = None
         if embeddings is not None:  # parts of its own; the driver holds the folder's lock and indexes them
             from ..embeddings import EmbeddingStore, StoreIdentity
@@ -92,35 +93,32 @@ class Scorer:
             self.store = EmbeddingStore(root, StoreIdentity.of(self.model.manifest, dtype), shared=True)
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
-        self.pipeline = Pipeline(self.model, self.pool, self.root, opts.batch_size, store=self.store)
+        self._start()
+
+    def _start(self) -> None:
+        """A decode pool and the pipeline on it: at first, and after a batch failed (its pool is left broken)."""
+        self.pool = make_pool(*self._pool_args)
+        self.pipeline = Pipeline(self.model, self.pool, self.root, self.opts.batch_size, store=self.store)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         o = self.opts
-        images, texts, names = _values(batch, o.image_key), _values(batch, o.text_key), None
-        reasons = [""] * len(batch)
+        images, reasons = None, [""] * len(batch)
         if IMAGE_BYTES in batch.columns:  # WebDataset rows: the member's bytes, and why a row could not be read
             images, reasons = batch[IMAGE_BYTES].tolist(), [str(r) for r in batch[READ_REASON]]
-            names = [f"{s}:{m}" for s, m in zip(batch[SHARD_COLUMN], batch[o.image_key])]
             batch = batch.drop(columns=[IMAGE_BYTES, READ_REASON])
-            for n, reason in enumerate(reasons):
-                if reason:
-                    images[n] = texts[n] = None
-        work = Work(images, texts, names=names)
+        work = Work.of(batch, images, reasons, o.image_key, o.text_key)
+        if self.pool.broken:  # a batch failed on this actor before (Ray may retry it here): start afresh
+            self.pool.close()
+            self._start()
         result = next(self.pipeline.run([work]))
         if self.store is not None:
             self.store.flush()
-        errors_ = [r or e for r, e in zip(reasons, result.errors)]
-        return with_scores(batch, result.scores, errors_, o.output_key)
+        return with_scores(batch, result.scores, result.errors, o.output_key)
 
     def __del__(self) -> None:
         for part in (getattr(self, "store", None), getattr(self, "pool", None)):
             if part is not None:
                 part.close()
-
-
-def _values(batch: pd.DataFrame, key: str) -> list[object]:
-    # A shard without the column at all reads like rows without the key: nulls, each with its reason.
-    return batch[key].tolist() if key in batch.columns else [None] * len(batch)
 
 
 def plan_workers(resources: Mapping[str, float], gpu: bool, workers: int | None, cpus_per_worker: int = 1) -> int:
@@ -195,7 +193,7 @@ def _read(ray: ModuleType, shards: Shards, columns: list[str], opts: RunOptions)
 
         def read_shard(batch: dict[str, Any]) -> Iterator[pd.DataFrame]:
             for path, name in zip(batch["path"], batch["name"]):  # read at its absolute path, named as found
-                reader = WdsReader(str(path), wds, opts.image_key, opts.text_key, scan=False, name=str(name))
+                reader = WdsReader([Path(path)], wds, opts.image_key, opts.text_key, scan=False, name=str(name))
                 for chunk in reader.read_chunks(opts.chunk_rows):
                     frame = chunk.frame.map(lambda v: None if v is ABSENT else v)  # Arrow blocks: absent is null
                     yield frame.assign(**{IMAGE_BYTES: chunk.images, READ_REASON: chunk.reasons})
@@ -311,7 +309,7 @@ def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), dev
 
         found = find_tar_shards(source)
         shards = Shards(pafs.LocalFileSystem(), [str(p.resolve()) for p in found], SUFFIX, [str(p) for p in found])
-        columns = [KEY_COLUMN, SHARD_COLUMN, opts.image_key, opts.text_key, *opts.wds_keep]
+        columns = wds_columns(opts.image_key, opts.text_key, opts.wds_keep)
     else:
         shards = find_shards(source)
         columns = shard_columns(shards)
@@ -378,7 +376,8 @@ def _execute(ray: ModuleType, plan: RayPlan, model_dir: str, ray_opts: RayOption
             if progress is not None:  # else Ray's own choice: bars on a terminal, INFO records (not shown) when piped
                 ds.context.enable_progress_bars = progress
             scored = ds.map_batches(
-                Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker, embeddings),
+                Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker, embeddings,
+                                             ray_opts.decode_timeout),
                 batch_format="pandas", batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=ray_opts.cpus_per_worker,
                 num_gpus=1 if gpu else 0)

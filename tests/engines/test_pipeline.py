@@ -1,0 +1,99 @@
+"""The pipeline's own guarantees, on the tiny model: pixels waiting for the model stay bounded, a run that stops
+with jobs outstanding leaves its pool refused (its workers may still write into slots), and an embedding that is
+not finite costs its row with a reason."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import GOLDENS
+from longclip.runtime import LongCLIP, errors
+from longclip.runtime.decode_pool import ImageSpec, ThreadPool, make_pool
+from longclip.runtime.engines import pipeline as pipeline_module
+from longclip.runtime.engines.pipeline import Pipeline, Work
+from longclip.runtime.errors import EngineError
+
+IMG = GOLDENS / "images"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return LongCLIP(tiny_model_dir, device="cpu")
+
+
+def _images(folder, n):
+    paths = []
+    for i in range(n):  # distinct paths: each one is decoded and embedded
+        path = folder / f"img{i}.jpg"
+        shutil.copy(IMG / "small_41x97.jpg", path)
+        paths.append(str(path))
+    return paths
+
+
+def test_pixels_waiting_for_a_slow_model_stay_bounded(tmp_path, model, monkeypatch):
+    paths = _images(tmp_path, 48)
+    run_vision = model.run_vision
+
+    def slow(batch, stop=None):
+        time.sleep(0.05)
+        return run_vision(batch, stop)
+
+    monkeypatch.setattr(model, "run_vision", slow)
+    with make_pool(ImageSpec.of(model.manifest, 10**8), 2, 0) as pool:
+        pipe = Pipeline(model, pool, batch_size=2)
+        seen = []
+        send = pipe._send_images
+
+        def watch(chunk, model_queue):
+            send(chunk, model_queue)
+            seen.append(pipe._vision_queued)
+
+        monkeypatch.setattr(pipe, "_send_images", watch)
+        result = next(pipe.run([Work(paths, ["a photo"] * len(paths))]))
+        # at most the batches allowed to wait, plus those the slots already decoded could fill (without the bound:
+        # nearly all 24, the slots being freed as each batch is copied out)
+        bound = pipeline_module.MAX_VISION_QUEUED + pool.n_slots // 2
+    assert len(seen) == 24 and max(seen) <= bound < 12
+    assert not any(result.errors) and np.isfinite(result.scores).all()
+
+
+def test_a_run_stopped_with_jobs_outstanding_leaves_its_pool_refused(tmp_path, model):
+    paths = _images(tmp_path, 12)
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool:
+        works = [Work(paths[:2], ["a", "b"]), Work(paths[2:], ["c"] * 10)]
+        run = Pipeline(model, pool, batch_size=2).run(works)
+        next(run)
+        run.close()  # the caller stops: the second chunk's images are still being decoded
+        assert "jobs outstanding" in pool.broken
+        with pytest.raises(EngineError, match="this decode pool cannot be used again: a run on it stopped with"):
+            next(Pipeline(model, pool, batch_size=2).run(works))
+
+
+def test_a_pool_a_run_finished_on_can_take_the_next_run(tmp_path, model):
+    paths = _images(tmp_path, 4)
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool:
+        first = list(Pipeline(model, pool, batch_size=2).run([Work(paths, ["a"] * 4)]))
+        second = list(Pipeline(model, pool, batch_size=2).run([Work(paths, ["a"] * 4)]))
+        assert pool.broken == ""
+    np.testing.assert_array_equal(first[0].scores, second[0].scores)
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_an_embedding_that_is_not_finite_costs_its_row_with_a_reason(tmp_path, model, monkeypatch, tower):
+    paths = _images(tmp_path, 3)
+    real = model.run_vision if tower == "vision" else model.run_text
+
+    def poisoned(batch, stop=None):
+        out = real(batch, stop)
+        out[1] = np.inf if tower == "vision" else np.nan
+        return out
+
+    monkeypatch.setattr(model, "run_vision" if tower == "vision" else "run_text", poisoned)
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool:
+        result = next(Pipeline(model, pool, batch_size=8).run([Work(paths, ["a cat", "a dog", "a bird"])]))
+    assert result.errors[0] == result.errors[2] == ""
+    assert result.errors[1] == f"{errors.NON_FINITE}: the model gave NaN or inf for this " \
+                               f"{'image' if tower == 'vision' else 'text'}"
+    assert np.isnan(result.scores[1]) and np.isfinite(result.scores[[0, 2]]).all()
