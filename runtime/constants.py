@@ -29,6 +29,20 @@ TEXT_OUTPUT = "text_embeds"  # (N, D) float32, not normalized
 CHECKPOINT_SUFFIXES = (".pt", ".bin", ".ckpt", ".safetensors")
 """Files taken as checkpoints when a folder is searched (the spec names .pt/.bin/.ckpt)."""
 
+MAX_MEMBER_BYTES = 1 << 30
+"""The most bytes of one image or text read into memory whole (a WebDataset member; an image file hashed for an
+embeddings folder): a larger one costs its row, never the run's memory."""
+
+CHUNK_ROWS = 1024
+"""Rows scored (and, by the local engine, checkpointed) together (``--chunk-rows``)."""
+
+DECODE_TIMEOUT = 120.0
+"""Seconds one image may take in a worker before it is killed (``--decode-timeout``): generous, since a huge
+legitimate image on a loaded machine takes seconds; a stalled network read takes forever."""
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+"""``--device``: where the graphs run (``auto``: a GPU when one works, else the CPU)."""
+
 BATCH_SIZE = 32
 """Images (or texts) per forward: ``--batch-size``, ``RunOptions.batch_size``, the operator's and ``encode_images``'
 default. ``encode_texts`` keeps its own default of 64 (text rows are cheaper than images)."""

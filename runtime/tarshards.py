@@ -10,9 +10,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePath
+from typing import BinaryIO
 
 from .errors import InputError
 from .tables import FORMATS
+from .tarstream import Entry, TarStream
 
 SUFFIX = ".tar"
 KEY_COLUMN, SHARD_COLUMN = "__key__", "__shard__"  # a WebDataset row's sample key and shard, first in its output
@@ -191,31 +193,49 @@ class ShardMember:
 
 
 class MemberReader:
-    """Members' bytes by name, a shard's index read once (``tarfile``'s random access: headers only, data
-    skipped by seeking). For the few images a report shows; an unreadable member is :class:`ImageError`."""
+    """Members' bytes by name, each shard's index read once with the reader rows come from (:class:`TarStream`:
+    headers only, data skipped by seeking), so a name means the member a row was read from. For the few images a
+    report shows; an unreadable member is :class:`ImageError`, and so is a name the shard holds twice (which of
+    them a row was is unknown: no thumbnail rather than another sample's)."""
 
     def __init__(self) -> None:
-        self._shards: dict[Path, object] = {}
+        self._shards: dict[Path, tuple[BinaryIO, dict[str, list[Entry]]]] = {}
 
     def read(self, shard: Path, name: str) -> bytes:
-        import tarfile
-
         from . import errors
         from .errors import ImageError
 
+        where = f"member {name!r} of shard {str(shard)!r}"
         try:
-            archive = self._shards.get(shard)
-            if archive is None:
-                archive = self._shards[shard] = tarfile.open(shard, "r:")
-            file = archive.extractfile(name)  # type: ignore[attr-defined]
-        except (OSError, tarfile.TarError, KeyError) as exc:
-            raise ImageError(errors.MISSING_FILE, f"cannot read member {name!r} of shard {str(shard)!r}: "
-                             f"{exc}") from None
-        if file is None:
-            raise ImageError(errors.NOT_A_FILE, f"member {name!r} of shard {str(shard)!r} is not a file")
-        return file.read()
+            if shard not in self._shards:
+                self._shards[shard] = self._index(shard)
+            file, index = self._shards[shard]
+            entries = index.get(name, [])
+            if len(entries) == 1 and entries[0].is_file and entries[0].truncated_at is None:
+                file.seek(entries[0].data_offset)
+                return file.read(entries[0].size)
+        except OSError as exc:
+            raise ImageError(errors.MISSING_FILE, f"cannot read {where}: {exc.strerror or exc}") from None
+        if not entries:
+            raise ImageError(errors.MISSING_FILE, f"cannot read {where}: the shard has no such member")
+        if len(entries) > 1:
+            raise ImageError(errors.DUPLICATE_MEMBER, f"{where} is there {len(entries)} times: which is meant is "
+                             "unknown")
+        raise ImageError(errors.NOT_A_FILE, f"{where} is not a whole file ({entries[0].kind})")
+
+    @staticmethod
+    def _index(shard: Path) -> tuple[BinaryIO, dict[str, list[Entry]]]:
+        file = open(shard, "rb")  # noqa: SIM115 - kept open for the report's reads, closed by close()
+        index: dict[str, list[Entry]] = {}
+        try:
+            for entry in TarStream(file, os.fstat(file.fileno()).st_size).entries():
+                index.setdefault(entry.name, []).append(entry)
+        except BaseException:
+            file.close()
+            raise
+        return file, index
 
     def close(self) -> None:
-        for archive in self._shards.values():
-            archive.close()  # type: ignore[attr-defined]
+        for file, _ in self._shards.values():
+            file.close()
         self._shards.clear()

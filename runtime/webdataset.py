@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from . import errors
+from .constants import MAX_MEMBER_BYTES
 from .errors import InputError
 from .rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
@@ -147,7 +148,7 @@ class _Sample:
     """The members of one sample that its row needs, gathered as the tar streams by: the best image (its bytes
     only when asked for), the text and json members' bytes, and what went wrong."""
 
-    __slots__ = ("key", "image", "image_rank", "image_data", "members", "data", "duplicate", "truncated")
+    __slots__ = ("key", "image", "image_rank", "image_data", "members", "data", "duplicate", "truncated", "too_large")
 
     def __init__(self, key: str):
         self.key = key
@@ -158,6 +159,7 @@ class _Sample:
         self.data: dict[str, bytes] = {}
         self.duplicate: tuple[str, Entry] | None = None
         self.truncated: Entry | None = None
+        self.too_large: Entry | None = None  # a member to read larger than MAX_MEMBER_BYTES: left unread
 
     def add(self, entry: Entry, ext: str, opts: WdsOptions, stream: TarStream, images: bool) -> None:
         if entry.truncated_at is not None:
@@ -166,7 +168,7 @@ class _Sample:
             self.duplicate = self.duplicate or (ext, entry)
             return
         self.members[ext] = entry
-        readable = entry.is_file and entry.truncated_at is None
+        readable = entry.is_file and entry.truncated_at is None and entry.size <= MAX_MEMBER_BYTES
         if ext in opts.image_ext:
             rank = opts.image_ext.index(ext)
             if self.image is None or rank < self.image_rank:
@@ -174,6 +176,8 @@ class _Sample:
                 self.image_data = stream.read(entry) if images and readable else None
         elif readable:
             self.data[ext] = stream.read(entry)
+        elif entry.is_file and entry.size > MAX_MEMBER_BYTES:
+            self.too_large = self.too_large or entry
 
 
 def _samples(stream: TarStream, opts: WdsOptions, images: bool) -> Iterator[_Sample]:
@@ -203,6 +207,11 @@ def _samples(stream: TarStream, opts: WdsOptions, images: bool) -> Iterator[_Sam
 _Row = tuple[list[Any], str, "bytes | None"]
 
 
+def wds_columns(image_key: str, text_key: str, keep: tuple[str, ...]) -> list[str]:
+    """The columns of WebDataset rows: ``__key__``, ``__shard__``, the image and text columns, the kept fields."""
+    return [KEY_COLUMN, SHARD_COLUMN, image_key, text_key, *keep]
+
+
 class WdsReader:
     """WebDataset shards as a checked input, with the interface the engines use on a ``TableReader``: ``path``
     (the first shard), ``paths``, ``format``, ``columns`` (``__key__``, ``__shard__``, the image and text columns,
@@ -217,12 +226,14 @@ class WdsReader:
 
     format = SUFFIX
 
-    def __init__(self, location: str | os.PathLike[str], opts: WdsOptions | None = None,
+    def __init__(self, location: str | os.PathLike[str] | list[Path], opts: WdsOptions | None = None,
                  image_key: str = IMAGE_KEY, text_key: str = TEXT_KEY, scan: bool = True, name: str | None = None):
+        """``location``: a shard, a folder, a glob or brace pattern of them, or a list of shards already found
+        (taken as they are: a path that holds ``*`` or ``{`` is no pattern then)."""
         self.opts = opts if opts is not None else WdsOptions()
-        self.paths = find_tar_shards(location)
+        self.paths = [Path(p) for p in location] if isinstance(location, list) else find_tar_shards(location)
         self.path = self.paths[0]
-        self.columns = [KEY_COLUMN, SHARD_COLUMN, image_key, text_key, *self.opts.keep]
+        self.columns = wds_columns(image_key, text_key, self.opts.keep)
         repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if repeated:
             raise InputError(f"column {repeated[0]!r} would be both a WebDataset column and an image, text or kept "
@@ -248,14 +259,15 @@ class WdsReader:
 
     def chunks(self, n: int) -> Iterator[pd.DataFrame]:
         """Consecutive DataFrames of ``n`` rows (the last may be shorter)."""
-        for chunk in self.read_chunks(n):
+        for chunk in self.read_chunks(n, images=False):  # the image members are skipped, not read
             yield chunk.frame
 
-    def read_chunks(self, n: int) -> Iterator[Chunk]:
-        """``n`` rows at a time, with each row's reason (``""`` when it can be scored) and image bytes."""
+    def read_chunks(self, n: int, images: bool = True) -> Iterator[Chunk]:
+        """``n`` rows at a time, with each row's reason (``""`` when it can be scored) and image bytes (None
+        without ``images``)."""
         if n < 1:
             raise ValueError(f"chunk size must be >= 1, got {n}")
-        for group in _groups(self._rows(images=True), n):
+        for group in _groups(self._rows(images=images), n):
             frame = pd.DataFrame({c: [values[i] for values, _, _ in group] for i, c in enumerate(self.columns)},
                                  dtype=object, columns=self.columns)
             yield Chunk(frame, [reason for _, reason, _ in group], [image for *_, image in group])
@@ -293,7 +305,7 @@ def _row(sample: _Sample, shard: str, opts: WdsOptions) -> _Row:
     text, text_reason = _text(sample, shard, where, opts, parsed, json_reason)
     kept = [_field(parsed, path) for path in opts.keep]
     reason = (_truncated(sample, shard) or _bad_name(sample, shard) or _duplicate(sample, where)
-              or _image_reason(sample, shard, where, opts) or text_reason)
+              or _too_large(sample, shard) or _image_reason(sample, shard, where, opts) or text_reason)
     image = sample.image.name if sample.image is not None else None
     return [sample.key, shard, image, text, *kept], reason, None if reason else sample.image_data
 
@@ -304,6 +316,18 @@ def _truncated(sample: _Sample, shard: str) -> str:
         return ""
     return (f"{errors.UNDECODABLE}: member {entry.name!r} of {shard!r} is truncated at byte {entry.truncated_at} "
             f"(the shard ends {entry.truncated_at - entry.data_offset} bytes into its {entry.size})")
+
+
+def _too_large(sample: _Sample, shard: str) -> str:
+    image = sample.image
+    if image is not None and image.is_file and image.truncated_at is None and image.size > MAX_MEMBER_BYTES:
+        entry, code = image, errors.TOO_MANY_PIXELS
+    elif sample.too_large is not None:
+        entry, code = sample.too_large, errors.BAD_TEXT
+    else:
+        return ""
+    return (f"{code}: member {entry.name!r} of {shard!r} is {entry.size} bytes, more than the {MAX_MEMBER_BYTES} "
+            "a member may be; it was not read")
 
 
 def _bad_name(sample: _Sample, shard: str) -> str:

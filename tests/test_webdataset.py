@@ -564,3 +564,43 @@ def test_images_as_members_decode_to_the_same_pixels_as_image_files(tmp_path):
     for cells, reason, data in out:
         assert reason == ""
         np.testing.assert_array_equal(decode_image(data, 32), decode_image(tmp_path / cells["image_path"], 32))
+
+
+def test_a_member_too_large_to_read_costs_its_row_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(webdataset, "MAX_MEMBER_BYTES", 64)
+    write_tar(tmp_path / "s.tar", [("a.jpg", b"I" * 65), ("a.txt", b"fine"),  # the image: too large
+                                   ("b.jpg", b"IMG"), ("b.txt", b"T" * 65),  # the text: too large
+                                   ("c.png", b"P" * 65), ("c.jpg", b"IMG"), ("c.txt", b"ok")])  # png unused
+    out, _ = rows(tmp_path / "s.tar")
+    (_, a, a_image), (_, b, b_image), (_, c, c_image) = out
+    assert a.startswith(f"{errors.TOO_MANY_PIXELS}: member 'a.jpg' of ") and "is 65 bytes, more than the 64" in a
+    assert b.startswith(f"{errors.BAD_TEXT}: member 'b.txt' of ") and "it was not read" in b
+    assert (a_image, b_image, c, c_image) == (None, None, "", b"IMG")
+
+
+def test_shards_already_found_are_taken_as_they_are_not_as_patterns(tmp_path):
+    folder = tmp_path / "run[1]{a,b}"
+    folder.mkdir()
+    write_tar(folder / "00000.tar", samples("k"))
+    with pytest.raises(InputError):
+        WdsReader(str(folder / "00000.tar"))  # as a pattern, it names other files
+    out, _ = rows([folder / "00000.tar"])
+    assert [r for _, r, _ in out] == [""]
+
+
+def test_the_reports_member_reader_reads_what_the_rows_were_read_from(tmp_path):
+    from longclip.runtime.errors import ImageError
+    from longclip.runtime.tarshards import MemberReader
+
+    shard = tmp_path / "s.tar"
+    write_tar(shard, [("a.jpg", b"FIRST"), ("b.jpg", b"B"), ("a.jpg", b"SECOND")])
+    assert [cells["image_path"] for cells, _, _ in rows(shard)[0]] == ["a.jpg", "b.jpg", "a.jpg"]
+    reader = MemberReader()
+    try:
+        assert reader.read(shard, "b.jpg") == b"B"
+        with pytest.raises(ImageError, match=r"^duplicate_member: member 'a.jpg' of shard .* is there 2 times"):
+            reader.read(shard, "a.jpg")  # never the other sample's image
+        with pytest.raises(ImageError, match=r"^missing_file: .*'c.jpg'.*no such member"):
+            reader.read(shard, "c.jpg")
+    finally:
+        reader.close()
