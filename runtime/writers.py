@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, WriteError
+from .errors import InputError, write_error
 from .rows import ABSENT
 from .schema import json_column_values
 from .tables import FORMATS, table_format
@@ -57,10 +57,25 @@ def utf8_safe(text: str) -> str:
     return text.encode("utf-8", _text_errors()).decode("utf-8")
 
 
-def write_error(path: Path, exc: OSError, kept: str = "") -> WriteError:
-    """One line: the path, the errno and what to do (``kept`` says what stays for ``--resume``)."""
-    code = f"[Errno {exc.errno}] " if exc.errno else ""
-    return WriteError(f"cannot write {str(path)!r}: {code}{exc.strerror or exc}{kept}")
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` sets it, racing threads that create files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the finished private temporary file ``tmp`` (mkstemp makes it 0600) to ``path`` with the mode an
+    ordinary new file gets under the user's umask (0644 under 022, 0600 under 077)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 class TableWriter:
@@ -206,8 +221,7 @@ class TableWriter:
                 if self._parquet is None:  # no rows: the file still has the schema
                     self._open_parquet(self.schema)
                 self._close_parquet()
-            os.chmod(self._tmp, 0o644)  # mkstemp made it private; the output is an ordinary file
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from None

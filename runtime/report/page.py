@@ -37,6 +37,8 @@ from ..preprocess import load_image
 from ..rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..tables import TableReader, same_file
 from ..tarshards import MemberReader, ShardMember
+from ..errors import write_error
+from ..writers import publish
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
 
@@ -441,13 +443,16 @@ def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | 
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
     page = render(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        publish(tmp, out)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(out, exc) from None
         raise
     return data

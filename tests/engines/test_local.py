@@ -67,6 +67,16 @@ def test_every_format_pair_keeps_rows_and_columns(tmp_path, model, src, dst):
     assert (tmp_path / f"out{dst}").stat().st_mode & 0o777 == 0o644
 
 
+def test_an_output_gets_the_mode_of_a_new_file_under_the_umask(tmp_path, model):
+    _write(tmp_path / "in.jsonl", _rows(3))
+    old = os.umask(0o077)  # a private umask: the scores must not become world-readable
+    try:
+        run_file(model, tmp_path / "in.jsonl", tmp_path / "out.csv", RunOptions(image_root=str(IMG)), progress=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize("dst", [".csv", ".parquet"])
 def test_input_without_rows_gives_an_output_with_the_columns(tmp_path, model, dst):
     (tmp_path / "in.csv").write_text("image_path,text,id\n")

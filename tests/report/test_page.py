@@ -87,6 +87,41 @@ def test_report_folder_must_exist(tmp_path):
         write_report(path, tmp_path / "nowhere" / "r.html")
 
 
+def test_a_full_disk_is_a_write_error_naming_the_report_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from longclip.runtime.errors import WriteError
+
+    path = write(scored_frame(5), tmp_path / "scored.parquet")
+    real = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        f.write = lambda _: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(os, "fdopen", full)
+    with pytest.raises(WriteError, match=r"cannot write .*r\.html': \[Errno 28\] No space left on device"):
+        write_report(path, tmp_path / "r.html", ReportOptions(image_root=str(IMG)))
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **_: (_ for _ in ()).throw(OSError(errno.EACCES, "denied")))
+    with pytest.raises(WriteError, match=r"\[Errno 13\] denied"):
+        write_report(path, tmp_path / "r.html", ReportOptions(image_root=str(IMG)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.parquet"]
+
+
+def test_the_report_gets_the_mode_of_a_new_file_under_the_umask(tmp_path):
+    path = write(scored_frame(5), tmp_path / "scored.parquet")
+    old = os.umask(0o077)
+    try:
+        write_report(path, tmp_path / "private.html", ReportOptions(image_root=str(IMG)))
+    finally:
+        os.umask(old)
+    write_report(path, tmp_path / "shared.html", ReportOptions(image_root=str(IMG)))
+    assert (tmp_path / "private.html").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.html").stat().st_mode & 0o777 == 0o666 & ~old
+
+
 def test_fill_substitutes_each_placeholder_once():
     assert fill("<p>{{a}}</p><i>{{b}}</i>", {"a": "{{b}}{{a}}", "b": "{{a}}"}) == "<p>{{b}}{{a}}</p><i>{{a}}</i>"
     for template, values in [("{{a}}", {}), ("{{a}}", {"a": "1", "b": "2"}), ("{{a}}{{a}}", {"a": "1"}),
