@@ -10,12 +10,9 @@ from typing import TYPE_CHECKING
 import click
 
 from .console import column_options, configure_logging
-from .constants import BATCH_SIZE
-from .decode_pool import DECODE_TIMEOUT
-from .engines.chunk import CHUNK_ROWS
+from .constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
 from .errors import EngineError, InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
-from .session import DEVICES
 from .tables import FORMATS, same_file
 
 if TYPE_CHECKING:
@@ -108,7 +105,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
             from .engines.ray import RayOptions
 
             ray_opts = RayOptions(ray_address, workers, cpus_per_worker, embeddings_dir, embeddings_dtype,
-                                  log_level=logging.ERROR if quiet else logging.WARNING)
+                                  decode_timeout, log_level=logging.ERROR if quiet else logging.WARNING)
             summary = _run_ray(input_path, output_path, model_name, opts, device, ray_opts, quiet)
         else:
             summary = _run_local(input_path, output_path, model_name, opts, device, resume, decode_workers,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .writers import utf8_safe, write_error
+from .errors import write_error
+from .writers import utf8_safe
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -60,7 +60,7 @@ from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, p
 from .errors import InputError, WriteError
 from .lock import OutputLock
 from .manifest import sha256_file
-from .writers import write_error
+from .errors import write_error
 
 if TYPE_CHECKING:
     from .manifest import Manifest

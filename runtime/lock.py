@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import InputError, WriteError
+from .errors import InputError, write_error
 
 
 def lock_path_for(output: Path) -> Path:
@@ -67,8 +67,7 @@ class OutputLock:
             os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         except OSError as exc:  # a full disk, a quota: the run cannot write anything there either
             self.release()
-            code = f"[Errno {exc.errno}] " if exc.errno else ""
-            raise WriteError(f"cannot write {str(self.path)!r}: {code}{exc.strerror or exc}") from None
+            raise write_error(self.path, exc) from None
 
     def release(self) -> None:
         if self._fd is None:

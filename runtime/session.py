@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from .constants import DEVICES
 from .errors import DeviceUnavailableError, ModelDirError
 from .manifest import REEXPORT
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PRIMARY = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
 
 

@@ -25,14 +25,14 @@ import pandas as pd
 
 from . import errors
 from .errors import InputError
-from .rows import ABSENT
+from .manifest import sha256_file
+from .rows import ABSENT, is_utf8
 from .schema import ColumnKinds
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
-_BLOCK = 1 << 22
 
 
 @dataclass
@@ -151,7 +151,7 @@ class TableReader:
 
     # -- CSV ----------------------------------------------------------------------------------------------------
     def _scan_csv(self) -> None:
-        self.sha256 = _sha256_file(self.path)
+        self.sha256 = sha256_file(self.path)
         for _ in self._csv_records():
             self.n_rows += 1
 
@@ -182,7 +182,7 @@ class TableReader:
                             f"{str(self.path)!r} record {record} (line {start}) has {len(fields)} fields, the header "
                             f"has {len(self.columns)}: fix the file (quote fields that hold commas)")
                     reason = ""
-                    if any(_has_surrogates(v) for v in fields):
+                    if not all(is_utf8(v) for v in fields):
                         reason = (f"{errors.BAD_ENCODING}: record {record} (line {start}) of {str(self.path)!r} is "
                                   "not valid UTF-8")
                     yield fields, reason
@@ -190,7 +190,7 @@ class TableReader:
                 raise InputError(f"{str(self.path)!r} line {reader.line_num} is not valid CSV: {exc}") from None
 
     def _set_header(self, fields: list[str]) -> None:
-        if any(_has_surrogates(v) for v in fields):
+        if not all(is_utf8(v) for v in fields):
             raise InputError(f"{str(self.path)!r}: the header is not valid UTF-8; fix the file's column names")
         self._refuse_repeated(fields, "in its header")
         self.columns = fields
@@ -210,7 +210,7 @@ class TableReader:
         self._arrow_schema = meta.schema_arrow.remove_metadata()
         self.columns, self.n_rows = list(meta.schema_arrow.names), meta.metadata.num_rows
         self._refuse_repeated(self.columns, "in its schema")
-        self.sha256 = _sha256_file(self.path)  # the whole file, not only the footer
+        self.sha256 = sha256_file(self.path)  # the whole file, not only the footer
         # Every page decoded now, one row group at a time: a corrupt one is named before any work, not after the
         # model has scored the rows before it (the footer alone says nothing about the pages).
         for group in range(meta.num_row_groups):
@@ -257,10 +257,6 @@ class TableReader:
                             columns=self.columns)
 
 
-def _has_surrogates(text: str) -> bool:
-    return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
-
-
 def _loads(text: str) -> Any:
     """``json.loads``, with a value nested deeper than Python's parser goes as a ``ValueError`` (named like any
     malformed line) instead of a ``RecursionError``."""
@@ -277,21 +273,13 @@ def _without_bad_keys(row: dict[str, Any], where: str, reason: str) -> tuple[dic
     >>> _without_bad_keys({"text": "a", "k\\udcffy": 1}, "line 2 of 'in.jsonl'", "")
     ({'text': 'a'}, "bad_encoding: line 2 of 'in.jsonl' has a key that is not valid unicode, left out: ['k\\\\udcffy']")
     """
-    bad = [key for key in row if _has_surrogates(key)]
+    bad = [key for key in row if not is_utf8(key)]
     if not bad:
         return row, reason
     left_out = f"{bad!r:.200}"
     reason = (f"{reason}; keys left out: {left_out}" if reason
               else f"{errors.BAD_ENCODING}: {where} has a key that is not valid unicode, left out: {left_out}")
     return {key: value for key, value in row.items() if key not in bad}, reason
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _raise_csv_field_limit() -> None:

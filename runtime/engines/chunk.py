@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import BATCH_SIZE
+from ..constants import BATCH_SIZE, CHUNK_ROWS
 from ..cpus import plan_cpus
 from ..decode_pool import DecodePool, ImageSpec, ThreadPool, make_pool
 from ..embeddings import EmbeddingStore
@@ -21,8 +21,6 @@ from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
 from ..session import CPU
 from .pipeline import ChunkResult, Pipeline, Work
 
-CHUNK_ROWS = 1024
-"""Rows scored (and, by the local engine, checkpointed) together."""
 
 __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_pool"]
 
