@@ -308,6 +308,13 @@ def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), dev
         import pyarrow.fs as pafs
 
         found = find_tar_shards(source)
+        for path in found:  # a shard a read task cannot open would fail the whole job, after the work before it
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise InputError(f"cannot read shard {str(path)!r}: {exc.strerror or exc}: check that it is "
+                                 "readable") from None
         shards = Shards(pafs.LocalFileSystem(), [str(p.resolve()) for p in found], SUFFIX, [str(p) for p in found])
         columns = wds_columns(opts.image_key, opts.text_key, opts.wds_keep)
     else:

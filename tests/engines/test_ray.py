@@ -306,6 +306,29 @@ def test_ray_plan_refuses_what_would_overwrite_data(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_ray_plan_refuses_a_shard_it_cannot_read_before_any_work(tmp_path, monkeypatch):
+    import tarfile
+
+    from longclip.runtime.engines import ray as ray_engine
+
+    (tmp_path / "shards").mkdir()
+    for name in ("00000.tar", "00001.tar"):
+        with tarfile.open(tmp_path / "shards" / name, "w"):
+            pass
+    real = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("00001.tar"):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ray_engine, "open", refuse, raising=False)
+    with pytest.raises(InputError, match=r"cannot read shard '.*00001\.tar': Permission denied: check that it is"):
+        plan_ray_ = ray_engine.plan_ray(str(tmp_path / "shards"), str(tmp_path / "out.parquet"))
+        plan_ray_.__exit__(None, None, None)
+    assert not (tmp_path / "out.parquet").exists()
+
+
 @needs_ray
 def test_webdataset_shards_give_the_local_engines_rows_and_scores(tmp_path, ray_cluster, tiny_model_dir, model):
     from test_webdataset_runs import _samples, _shard
