@@ -16,8 +16,11 @@ from .preprocess import MAX_PIXELS
 from .tables import FORMATS, same_file
 
 if TYPE_CHECKING:
+    from .decode_pool import DecodePool, ThreadPool
+    from .embeddings import EmbeddingStore
     from .engines.local import RunOptions, RunSummary
     from .engines.ray import RayOptions
+    from .model import LongCLIP
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,52 +159,51 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
                decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str,
                quiet: bool) -> RunSummary:
-    from .cpus import plan_cpus
-    from .decode_pool import ImageSpec, make_pool
     from .engines.local import execute, plan_file
-    from .manifest import read_manifest
-    from .model import TRT_MAX_BATCH, LongCLIP
-    from .resolve import resolve_model_dir
-    from .session import wants_gpu
 
     with plan_file(input_path, output_path, opts, resume) as plan, contextlib.ExitStack() as stack:
-        model_dir = resolve_model_dir(model_name)
-        manifest = read_manifest(model_dir)
-        store = None
-        if embeddings_dir is not None:  # another model's folder is refused here, before the model loads
-            from .embeddings import EmbeddingStore, StoreIdentity
-
-            store = stack.enter_context(EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)))
-        split = plan_cpus(wants_gpu(device), decode_workers)
-        # the workers start (a fresh interpreter each) while the model loads
-        pool = stack.enter_context(make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size,
-                                             split.decode_workers, decode_timeout))
-        model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
-                         max_batch=max(plan.opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+        model, pool, store = _load(stack, model_name, plan.opts, device, decode_workers, decode_timeout,
+                                   embeddings_dir, embeddings_dtype)
         return execute(plan, model, progress=None if not quiet else False, pool=pool, store=store)
 
 
 def _embed_only(input_path: str, model_name: str, opts: RunOptions, device: str, decode_workers: int | None,
                 decode_timeout: float, embeddings_dir: str, embeddings_dtype: str, quiet: bool) -> RunSummary:
+    from .engines.local import embed_file, open_input
+
+    reader = open_input(input_path, opts)  # the input checked before the model loads
+    with contextlib.ExitStack() as stack:
+        model, pool, store = _load(stack, model_name, opts, device, decode_workers, decode_timeout, embeddings_dir,
+                                   embeddings_dtype)
+        assert store is not None
+        return embed_file(model, reader, store, opts, progress=None if not quiet else False, pool=pool)
+
+
+def _load(stack: contextlib.ExitStack, model_name: str, opts: RunOptions, device: str, decode_workers: int | None,
+          decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str
+          ) -> tuple[LongCLIP, DecodePool | ThreadPool, EmbeddingStore | None]:
+    """The model, its decode pool and the embeddings folder (entered on ``stack``): the folder first (another
+    model's is refused before the model loads), and the workers start (a fresh interpreter each) while it loads."""
     from .cpus import plan_cpus
     from .decode_pool import ImageSpec, make_pool
-    from .embeddings import EmbeddingStore, StoreIdentity
-    from .engines.local import embed_file, open_input
     from .manifest import read_manifest
     from .model import TRT_MAX_BATCH, LongCLIP
     from .resolve import resolve_model_dir
     from .session import wants_gpu
 
-    reader = open_input(input_path, opts)  # the input checked before the model loads
     model_dir = resolve_model_dir(model_name)
     manifest = read_manifest(model_dir)
+    store = None
+    if embeddings_dir is not None:
+        from .embeddings import EmbeddingStore, StoreIdentity
+
+        store = stack.enter_context(EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)))
     split = plan_cpus(wants_gpu(device), decode_workers)
-    with EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)) as store, \
-            make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size, split.decode_workers,
-                      decode_timeout) as pool:
-        model = LongCLIP(model_dir, device=None if device == "auto" else device, threads=split.model_threads,
-                         max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
-        return embed_file(model, reader, store, opts, progress=None if not quiet else False, pool=pool)
+    pool = stack.enter_context(make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size,
+                                         split.decode_workers, decode_timeout))
+    model = LongCLIP(model_dir, device=device, threads=split.model_threads,
+                     max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
+    return model, pool, store
 
 
 def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,
