@@ -97,3 +97,12 @@ def test_an_embedding_that_is_not_finite_costs_its_row_with_a_reason(tmp_path, m
     assert result.errors[1] == f"{errors.NON_FINITE}: the model gave NaN or inf for this " \
                                f"{'image' if tower == 'vision' else 'text'}"
     assert np.isnan(result.scores[1]) and np.isfinite(result.scores[[0, 2]]).all()
+
+
+def test_score_chunk_scores_as_the_model_does(tmp_path, model):
+    from longclip.runtime.engines.chunk import score_chunk
+
+    paths = _images(tmp_path, 2) + [str(tmp_path / "missing.jpg")]
+    result = score_chunk(model, paths, ["a cat", "a dog", "a bird"], batch_size=2)
+    np.testing.assert_allclose(result.scores[:2], model.score(paths[:2], ["a cat", "a dog"]), rtol=1e-6)
+    assert result.errors[:2] == ["", ""] and result.errors[2].startswith(f"{errors.MISSING_FILE}: ")
