@@ -272,6 +272,8 @@ def test_truncation_edge(n_bpe, last):
     else:
         assert lengths[0] == n_bpe + 2 and ids[0, : n_bpe + 2].tolist() == [SOT_TOKEN, *bpe_ids, EOT_TOKEN]
         assert not ids[0, n_bpe + 2 :].any()
+        # it fits, so refusing long texts must not refuse it (248 ids exactly: the context, not past it)
+        np.testing.assert_array_equal(tok.batch([text], truncate=False)[0][0], ids[0])
     assert eot_positions(ids)[0] == min(n_bpe + 1, CONTEXT_LENGTH - 1)
     np.testing.assert_array_equal(ids[0], _longclip(bpe_ids))
 
