@@ -216,10 +216,14 @@ class DecodePool:
                 if worker.sent and len(self._pending[0][1]) > _AHEAD_BYTES:
                     break  # sent when the worker is idle, so the write never waits on its decode
                 job, data = self._pending.popleft()
+                try:
+                    worker.jobs.send_bytes(data)
+                except OSError:  # it died since it last answered: its results pipe says so, and it is replaced
+                    self._pending.appendleft((job, data))
+                    break
                 if not worker.sent:
                     worker.started = time.monotonic()
                 worker.sent.append((job, data))
-                worker.jobs.send_bytes(data)
 
     def _receive(self, worker: _Worker) -> bool:
         """Handle one message; False when the worker is gone."""
