@@ -259,6 +259,13 @@ def test_pandas_pyarrow_and_duckdb_read_the_parts_and_skip_a_temporary_file(tmp_
     with EmbeddingStore(root, write=False) as store:
         got = store.get_images(keys(4))
     assert len(newest) == 4 and all(np.allclose(got[sha], vector) for sha, vector in newest)
+    pairs = duckdb.sql(  # the README's pairs query, over every pair
+        f"WITH e AS (SELECT * FROM read_parquet('{folder}/*.parquet', filename=true, file_row_number=true) QUALIFY "
+        "row_number() OVER (PARTITION BY sha256 ORDER BY filename DESC, file_row_number DESC) = 1) "
+        "SELECT a.sha256, b.sha256, list_dot_product(a.embedding, b.embedding) AS cos "
+        "FROM e a JOIN e b ON a.sha256 < b.sha256 WHERE cos > -2").fetchall()
+    assert len(pairs) == 6
+    assert all(np.isclose(cos, np.dot(got[a], got[b]), atol=1e-5) for a, b, cos in pairs)
 
 
 # -- crashes, corruption, errors ------------------------------------------------------------------------------------
