@@ -144,9 +144,7 @@ class Pipeline:
         self.store = store
         self._cache = None if store is None else (str(store.root) if cache else "")
         self.counts = {"images cached": 0, "texts cached": 0, "images added": 0, "texts added": 0}
-        # what this pipeline added to the store (digests): an image met again in a later chunk, or batch, before its
-        # record is visible to the decode workers' lookups is encoded again but never recorded twice
-        self._recorded: set[bytes] = set()
+        self._recorded: set[bytes] = set()  # what this pipeline added to a shared store: see _unrecorded
         self.batch_size, self.max_chunks = batch_size, max_chunks
         self.context_length = model.manifest.context_length
         self._free = list(range(pool.n_slots))[::-1]
@@ -365,8 +363,12 @@ class Pipeline:
         for key in chunk.cached:
             chunk.image_embeds[key] = found[chunk.meta[key][0]]
         cached = set(chunk.cached)
-        fresh = [key for key in chunk.keys if key in chunk.image_embeds and key not in cached and key in chunk.meta
-                 and self._first_time(chunk.meta[key][0])]
+        computed = [key for key in chunk.keys if key in chunk.image_embeds and key not in cached and key in chunk.meta]
+        new, fresh = self._unrecorded("i", [chunk.meta[key][0] for key in computed]), []
+        for key in computed:
+            if chunk.meta[key][0] in new:
+                new.discard(chunk.meta[key][0])  # the same bytes under two paths: recorded once
+                fresh.append(key)
         if fresh:
             names = chunk.work.names
             paths = [_record_path(chunk.work.images[chunk.first_row[k]], chunk.sources[k],
@@ -374,8 +376,9 @@ class Pipeline:
             store.add_images([p for p, _ in paths], [r for _, r in paths], [chunk.meta[k][1] for k in fresh],
                              [chunk.meta[k][2] for k in fresh], [chunk.meta[k][0] for k in fresh],
                              np.stack([chunk.image_embeds[k] for k in fresh]))
-        texts = [t for t in chunk.texts if t in chunk.text_embeds and t not in chunk.cached_texts
-                 and self._first_time("t" + chunk.text_shas[t])]
+        computed_texts = [t for t in chunk.texts if t in chunk.text_embeds and t not in chunk.cached_texts]
+        new_texts = self._unrecorded("t", [chunk.text_shas[t] for t in computed_texts])
+        texts = [t for t in computed_texts if chunk.text_shas[t] in new_texts]
         if texts:
             store.add_texts(texts, [chunk.text_shas[t] for t in texts],
                             np.stack([chunk.text_embeds[t] for t in texts]))
@@ -384,12 +387,24 @@ class Pipeline:
         self.counts["images added"] += len(fresh)
         self.counts["texts added"] += len(texts)
 
-    def _first_time(self, key: str) -> bool:
-        digest = key.encode()
-        if digest in self._recorded:
-            return False
-        self._recorded.add(digest)
-        return True
+    def _unrecorded(self, kind: str, shas: list[str]) -> set[str]:
+        """Which of ``shas`` (``kind``: ``"i"`` images, ``"t"`` texts) the store has no record of yet. A
+        local store is asked (its pending records and index: nothing kept in memory grows with the run). A Ray
+        worker's store does not see its own parts until the driver indexes them: what this pipeline recorded is
+        remembered instead. An image met again before its record reached the decode workers' lookups is encoded
+        again, but never recorded twice."""
+        store = self.store
+        assert store is not None
+        if not store.shared:
+            known = store.has_images(shas) if kind == "i" else store.has_texts(shas)
+            return set(shas) - known
+        new = set()
+        for sha in shas:
+            digest = (kind + sha).encode()
+            if digest not in self._recorded:
+                self._recorded.add(digest)
+                new.add(sha)
+        return new
 
     # -- a finished chunk -------------------------------------------------------------------------------------
     def _result(self, chunk: _Chunk) -> ChunkResult:

@@ -125,3 +125,19 @@ def test_embed_only_a_table_of_images_then_score_from_the_folder(tmp_path, tiny_
     wrong = subprocess.run([str(SCRIPT), "images.csv", "-m", str(tiny_model_dir), "--embed-only"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert wrong.returncode == 2 and "--embed-only takes --embeddings DIR" in wrong.stderr
+
+
+def test_an_image_met_in_many_chunks_or_under_two_paths_is_recorded_once(tmp_path, tiny_model_dir):
+    for name in NAMES[:2]:
+        shutil.copy(IMG / name, tmp_path / name)
+    shutil.copy(IMG / NAMES[0], tmp_path / "same_bytes.png")  # another path, the same bytes
+    rows = [{"image_path": p, "text": f"caption {i % 3}"}
+            for i, p in enumerate([NAMES[0], "same_bytes.png", NAMES[1]] * 6)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc, _ = _run(tmp_path, tiny_model_dir, data, "out.parquet", "--embeddings", "emb", "--chunk-rows", "2")
+    assert proc.returncode == 0, proc.stderr
+    images = pd.read_parquet(tmp_path / "emb" / "images")
+    texts = pd.read_parquet(tmp_path / "emb" / "texts")
+    assert sorted(images["sha256"].value_counts().tolist()) == [1, 1]  # 2 distinct contents over 9 chunks
+    assert sorted(texts["text"]) == ["caption 0", "caption 1", "caption 2"]
