@@ -98,13 +98,14 @@ def write_part(path: Path, table: pa.Table) -> None:
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)
-        _sync_folder(path.parent)  # the rename too, before the index records the part: a power loss keeps both
+        sync_folder(path.parent)  # the rename too, before the index records the part: a power loss keeps both
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise write_error(path, exc, ": the records stay pending; free space and flush() again") from None
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """fsync ``folder``: a rename into it survives a power loss."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

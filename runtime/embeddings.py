@@ -56,11 +56,10 @@ import numpy as np
 
 from .embedding_index import KINDS, PartIndex
 from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
-                              write_part)
-from .errors import InputError, WriteError
+                              sync_folder, write_part)
+from .errors import InputError, WriteError, write_error
 from .lock import OutputLock
 from .manifest import sha256_file
-from .errors import write_error
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -269,6 +268,7 @@ class EmbeddingStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            sync_folder(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise write_error(path, exc) from None

@@ -90,7 +90,6 @@ IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADA
                UNDECODABLE, TOO_MANY_PIXELS, DECODER_CRASHED, DECODE_TIMEOUT)
 TEXT_CODES = (NULL_TEXT, NOT_TEXT, EMPTY_TEXT, BAD_TEXT, TOO_LONG)
 SHARD_CODES = (CORRUPT_SHARD, DUPLICATE_MEMBER)  # a WebDataset sample's, neither its image's nor its text's
-MODEL_CODES = (NON_FINITE,)  # the model's output for one row's image or text
 
 
 class ImageError(RowError):

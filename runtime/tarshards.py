@@ -151,6 +151,11 @@ def _tars_below(folder: Path) -> list[Path]:
     return sorted((p for p in _files_below(folder) if p.suffix.lower() == SUFFIX), key=str)
 
 
+def unreadable_shard(shard: str, exc: OSError) -> InputError:
+    """The one line for a shard that cannot be opened or read (a run problem: refused, never a row's reason)."""
+    return InputError(f"cannot read shard {shard!r}: {exc.strerror or exc}: check that it is readable")
+
+
 def is_webdataset(location: str | os.PathLike[str]) -> bool:
     """Whether an INPUT is WebDataset shards: it ends with ``.tar`` (after brace expansion, or as a glob), or is a
     folder holding ``.tar`` files and no table files (a folder with both is ambiguous: name its ``*.tar``).

@@ -42,7 +42,8 @@ from .errors import InputError
 from .rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
 from .tables import Chunk, _groups, _loads
-from .tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset
+from .tarshards import (KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset,
+                        unreadable_shard)
 from .tarstream import Entry, TarStream
 
 if TYPE_CHECKING:
@@ -294,8 +295,7 @@ class WdsReader:
                     yield [None, shard, None, None, *[ABSENT] * len(self.opts.keep)], reason, None
                 stream.finish()
         except OSError as exc:
-            raise InputError(f"cannot read shard {shard!r}: {exc.strerror or exc}: check that it is readable"
-                             ) from None
+            raise unreadable_shard(shard, exc) from None
 
 
 def _row(sample: _Sample, shard: str, opts: WdsOptions) -> _Row:

@@ -30,14 +30,13 @@ import numpy as np
 from ..constants import BATCH_SIZE
 from ..decode_pool import DecodePool, ThreadPool
 from ..embeddings import EmbeddingStore
-from ..errors import InputError, WriteError, error_code
+from ..errors import InputError, WriteError, error_code, write_error
 from ..lock import OutputLock
 from ..model import LongCLIP
 from ..preprocess import MAX_PIXELS
 from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
 from ..tables import TableReader, same_file
 from ..webdataset import WdsOptions, WdsReader, is_webdataset
-from ..errors import write_error
 from ..writers import TableWriter
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work

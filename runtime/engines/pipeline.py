@@ -31,8 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ..decode_pool import DecodePool, ThreadPool
-from ..embeddings import EmbeddingStore, text_sha256
 from .. import errors
+from ..embeddings import EmbeddingStore, text_sha256
 from ..errors import EngineError, RowError
 from ..model import LongCLIP
 from ..rows import cell_key, check_text, resolve_image_path, row_reason

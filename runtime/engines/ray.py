@@ -30,7 +30,8 @@ import pandas as pd
 
 from .. import errors
 from ..cpus import available_cpus, plan_cpus
-from ..decode_pool import DECODE_TIMEOUT, ImageSpec, make_pool
+from ..constants import DECODE_TIMEOUT
+from ..decode_pool import ImageSpec, make_pool
 from ..errors import EngineError, InputError, LongCLIPError, error_code
 from ..lock import OutputLock
 from ..manifest import read_manifest
@@ -39,7 +40,7 @@ from ..rows import ABSENT, check_columns, check_image_root, check_output_columns
 from ..session import parse_device
 from ..tables import same_file
 from ..writers import TableWriter
-from ..tarshards import SUFFIX, find_tar_shards, is_webdataset
+from ..tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
 from ..webdataset import WdsOptions, WdsReader, wds_columns
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
@@ -313,8 +314,7 @@ def plan_ray(source: str, destination: str, opts: RunOptions = RunOptions(), dev
                 with open(path, "rb"):
                     pass
             except OSError as exc:
-                raise InputError(f"cannot read shard {str(path)!r}: {exc.strerror or exc}: check that it is "
-                                 "readable") from None
+                raise unreadable_shard(str(path), exc) from None
         shards = Shards(pafs.LocalFileSystem(), [str(p.resolve()) for p in found], SUFFIX, [str(p) for p in found])
         columns = wds_columns(opts.image_key, opts.text_key, opts.wds_keep)
     else:

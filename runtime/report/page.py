@@ -32,12 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MISSING_FILE, InputError, RowError
+from ..errors import MISSING_FILE, InputError, RowError, write_error
 from ..preprocess import load_image
 from ..rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..tables import TableReader, same_file
 from ..tarshards import MemberReader, ShardMember
-from ..errors import write_error
 from ..writers import publish
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
