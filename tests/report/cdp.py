@@ -7,8 +7,11 @@ and take a screenshot, from Python (no node, no selenium). Needs ``websocket-cli
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,26 +27,14 @@ class Browser:
     """``with Browser(exe, folder) as b: b.open(url); b.evaluate("1 + 1")``; ``b.events`` holds every event,
     ``errors()`` and ``requests()`` those since the last ``open``."""
 
-    def __init__(self, exe: str, folder: Path, width: int = 1280, height: int = 1600, timeout: float = 30):
+    def __init__(self, exe: str, folder: Path, width: int = 1280, height: int = 1600, timeout: float = 30,
+                 starts: int = 3):
         import websocket
 
-        profile = folder / "chromium-profile"
         self.timeout = timeout
-        self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-             "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-extensions", "--hide-scrollbars",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}",
-             "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.ws = None
         try:
-            port_file = profile / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not (port_file.is_file() and len(port_file.read_text().splitlines()) >= 2):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{exe} did not open its DevTools port (exit code {self.proc.poll()})")
-                time.sleep(0.05)
-            port, path = port_file.read_text().splitlines()[:2]
+            port, path = self._launch(exe, folder, width, height, starts)
             # No Origin header: Chromium refuses DevTools websockets from origins not allowed on its command line.
             self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=timeout,
                                                   suppress_origin=True)
@@ -59,6 +50,51 @@ class Browser:
         except BaseException:
             self.close()
             raise
+
+    def _launch(self, exe: str, folder: Path, width: int, height: int, starts: int) -> list[str]:
+        """Start Chromium and return its DevTools port and path. A start that has not opened its port in
+        ``timeout`` seconds is ended (with every process it spawned) and tried again on a fresh profile, up to
+        ``starts`` times: on a loaded 2-core CI machine a start has once taken longer than 30 s, so one slow start
+        must not fail the suite. The error names Chromium's own last lines (its stderr is kept beside its profile, in ``folder``)."""
+        for start in range(1, starts + 1):
+            profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))  # never a stale port file
+            log = profile.with_suffix(".log")
+            with open(log, "wb") as stderr:
+                self.proc = subprocess.Popen(
+                    [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-quic", "--no-first-run", "--no-default-browser-check",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
+                     "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
+                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+            port_file = profile / "DevToolsActivePort"
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if port_file.is_file() and len(lines := port_file.read_text().splitlines()) >= 2:
+                    return lines[:2]
+                time.sleep(0.05)
+            code = self.proc.poll()
+            self._end(grace=0)
+            tail = " | ".join(log.read_text(errors="replace").splitlines()[-5:])
+            if start == starts:
+                raise RuntimeError(f"{exe} did not open its DevTools port in {starts} starts of {self.timeout} s "
+                                   f"(last exit code {code}); its last lines: {tail}")
+        raise AssertionError("unreachable")
+
+    def _end(self, grace: float = 10) -> None:
+        """End Chromium and every process it started (its own session), after ``grace`` seconds for it to end
+        itself."""
+        if getattr(self, "proc", None) is None:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def _receive(self) -> dict[str, Any]:
         message = json.loads(self.ws.recv())
@@ -124,17 +160,15 @@ class Browser:
                 if e["method"] == "Network.requestWillBeSent"]
 
     def close(self) -> None:
+        asked = False
         try:
             if getattr(self, "ws", None) is not None:
+                asked = True
                 self.call("Browser.close")
                 self.ws.close()
         except Exception:  # the browser may already be gone; the process is ended below either way
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._end(grace=10 if asked else 0)
 
     def __enter__(self) -> Browser:
         return self
