@@ -259,6 +259,6 @@ def _code(exc: sqlite3.Error) -> str:
 def _write_error(path: Path, exc: sqlite3.Error) -> WriteError:
     """One line, as errors.write_error: the path, SQLite's error code (``SQLITE_FULL``: a full disk) and text,
     and for a damaged index the fix."""
-    fix = (f": remove it (and its -wal, -shm); the next writer rebuilds it from the parts"
+    fix = (": remove it (and its -wal, -shm); the next writer rebuilds it from the parts"
            if _code(exc) in ("SQLITE_CORRUPT", "SQLITE_NOTADB") else "")
     return WriteError(f"cannot write {str(path)!r}: [{_code(exc)}] {exc}{fix}")

@@ -9,7 +9,6 @@ nothing from snappy and read 25% faster without it (zstd: 16% smaller, twice as 
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import replacing
 from .errors import write_error
 from .writers import utf8_safe
 
@@ -85,35 +85,20 @@ def part_table(kind: str, columns: dict[str, list[Any]], embeddings: np.ndarray,
 
 
 def write_part(path: Path, table: pa.Table) -> None:
-    """``table`` as the parquet file ``path``, one row group: written as ``.<name>.tmp`` beside it, fsynced, then
-    renamed, so no reader ever sees it half-written; :class:`WriteError` (nothing left behind) when that fails."""
+    """``table`` as the parquet file ``path``, one row group, through ``atomic.replacing`` (a hidden temporary file
+    beside it, fsynced, renamed, the folder synced): no reader ever sees it half-written; :class:`WriteError`
+    (nothing left behind) when that fails."""
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
     codecs = {name: "snappy" for name in table.schema.names if name != "embedding"}
     try:
-        with open(tmp, "wb") as sink:  # a Python file: pyarrow takes names as UTF-8, and a folder's need not be
+        # durable: the rename too is synced before the index records the part, so a power loss keeps both; a Python
+        # file, as pyarrow takes names as UTF-8 and a folder's need not be
+        with replacing(path, durable=True) as sink:
             pq.write_table(table, sink, row_group_size=max(1, table.num_rows), use_dictionary=False, compression=codecs,
                            write_statistics=False)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-        sync_folder(path.parent)  # the rename too, before the index records the part: a power loss keeps both
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise write_error(path, exc, ": the records stay pending; free space and flush() again") from None
-
-
-def sync_folder(folder: Path) -> None:
-    """fsync ``folder``: a rename into it survives a power loss."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # a file system that cannot sync a folder (EINVAL): the rename is as durable as it gets
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 def part_identity(path: Path) -> dict[str, Any]:

@@ -20,8 +20,8 @@ Layout of ``DIR`` (a contract: other tools read it):
 
 A part holds the records added since the previous part: ``part_rows`` of them (4096 by default), or fewer at
 :meth:`EmbeddingStore.flush` / close. Its name ``part-<UTC YYYYmmddTHHMMSSffffff>Z-<pid>-<n>.parquet`` sorts in
-write order and never collides with another process's. It is written as ``.part-<...>.parquet.tmp``, fsynced,
-then renamed: never visible half-written; a killed run leaves at most that file, which every reader skips (a
+write order and never collides with another process's. It is written as ``.part-<...>.parquet.<random>.tmp``,
+fsynced, then renamed: never visible half-written; a killed run leaves at most that file, which every reader skips (a
 leading dot, no ``.parquet`` suffix); one row group. Each part's schema metadata ``longclip.embeddings`` repeats
 model.json.
 
@@ -54,9 +54,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import write_bytes
 from .embedding_index import KINDS, PartIndex
 from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
-                              sync_folder, write_part)
+                              write_part)
 from .errors import InputError, WriteError, write_error
 from .lock import OutputLock
 from .manifest import sha256_file
@@ -261,16 +262,9 @@ class EmbeddingStore:
         return identity
 
     def _write_model_json(self, path: Path, identity: StoreIdentity) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(identity.to_json(), indent=2) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            sync_folder(path.parent)
+            write_bytes(path, (json.dumps(identity.to_json(), indent=2) + "\n").encode(), durable=True)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise write_error(path, exc) from None
 
     def _parts(self) -> dict[str, list[str]]:

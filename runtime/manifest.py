@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_bytes
 from .constants import ATTENTIONS, CONTEXT_LENGTH, MANIFEST, PRECISIONS
 from .errors import ModelDirError
 
@@ -74,9 +75,7 @@ def write_manifest(model_dir: str | os.PathLike[str], data: dict[str, Any]) -> P
     """Write ``data`` (with schema version and format stamped in) as ``model_dir/manifest.json``."""
     path = Path(model_dir) / MANIFEST
     body = {"schema_version": SCHEMA_VERSION, "format": FORMAT, **data}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_bytes(path, (json.dumps(body, indent=2, sort_keys=False) + "\n").encode())
     return path
 
 

@@ -14,10 +14,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from .atomic import write_bytes
 from .errors import ModelDirError
 from .manifest import GraphFiles, sha256_file
 from .resolve import cache_root
@@ -81,13 +81,6 @@ def _write(path: Path, stamp: dict[str, object]) -> None:
     """Atomically: a reader sees the old stamp or the new one, never half of one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(stamp, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_bytes(path, json.dumps(stamp).encode())
     except OSError as exc:
         log.debug("cannot write the stamp %s (%s): the next load hashes the graph again", path, exc)

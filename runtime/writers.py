@@ -14,7 +14,6 @@ import codecs
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .atomic import publish, temporary_sibling
 from .errors import InputError, write_error
 from .rows import ABSENT
 from .schema import json_column_values
@@ -57,27 +57,6 @@ def utf8_safe(text: str) -> str:
     return text.encode("utf-8", _text_errors()).decode("utf-8")
 
 
-def _umask() -> int:
-    """This process's umask, read without setting it (``os.umask`` sets it, racing threads that create files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Move the finished private temporary file ``tmp`` (mkstemp makes it 0600) to ``path`` with the mode an
-    ordinary new file gets under the user's umask (0644 under 022, 0600 under 077)."""
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
 class TableWriter:
     """Stream DataFrames into ``path`` through a temporary sibling; ``commit()`` moves it into place.
 
@@ -90,11 +69,10 @@ class TableWriter:
         self.format = table_format(self.path)
         self.schema = schema
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
+            fd, self._tmp = temporary_sibling(self.path, ".partial")
         except OSError as exc:
             raise write_error(self.path, exc) from None
         os.close(fd)
-        self._tmp = Path(tmp)
         self._done = False
         self._rows = 0
         self._header = False

@@ -243,7 +243,7 @@ def test_pandas_pyarrow_and_duckdb_read_the_parts_and_skip_a_temporary_file(tmp_
     with EmbeddingStore(root, MODEL, part_rows=2) as store:
         add(store, keys(4), vectors[:4])
         add(store, keys(1), vectors[4:])  # key 0 again: the newest record is the last
-    (root / "images" / ".part-20990101T000000000000Z-1-000001.parquet.tmp").write_bytes(b"PAR1 half")
+    (root / "images" / ".part-20990101T000000000000Z-1-000001.parquet.k2x9q0w1.tmp").write_bytes(b"PAR1 half")
     import pandas as pd
     import pyarrow.dataset as ds
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import GOLDENS, copy_model, needs_torch
-from longclip.runtime import DeviceUnavailableError, LongCLIP, ModelDirError
+from longclip.runtime import LongCLIP, ModelDirError
 from longclip.runtime.manifest import read_manifest, sha256_file
 
 IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")]

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from types import TracebackType
 
 import numpy as np
 
+from ..atomic import write_bytes
 from ..constants import BATCH_SIZE
 from ..decode_pool import DecodePool, ThreadPool
 from ..embeddings import EmbeddingStore
@@ -192,7 +192,7 @@ def _save_part(path: Path, result: ChunkResult) -> None:
     reasons = np.array([e.encode("utf-8", "backslashreplace") for e in result.errors], dtype=object)
     np.savez(buffer, scores=result.scores, errors=reasons.astype(bytes) if len(reasons) else np.array([], bytes),
              truncated=result.truncated)
-    _write_atomically(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def _load_part(path: Path) -> ChunkResult:
@@ -220,21 +220,10 @@ def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> Non
         shutil.rmtree(work)
     try:
         work.mkdir(parents=True)
-        _write_atomically(state_file, json.dumps(state, indent=1).encode())
+        write_bytes(state_file, json.dumps(state, indent=1).encode())
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise write_error(work, exc) from None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,

@@ -347,7 +347,6 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     """Score the planned run on Ray Data with the exported folder ``model_dir``, which workers read at its
     absolute path (it must be readable there on every node)."""
     start = time.perf_counter()
-    shards, target, opts, kind = plan.shards, plan.target, plan.opts, plan.kind
     manifest = read_manifest(model_dir)
     model_dir = os.path.abspath(manifest.root)
     ray = import_ray()

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replacing
 from ..errors import MISSING_FILE, InputError, RowError, write_error
 from ..preprocess import load_image
 from ..rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..tables import TableReader, same_file
 from ..tarshards import MemberReader, ShardMember
-from ..writers import publish
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
 
@@ -442,16 +441,9 @@ def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | 
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
     page = render(data)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        publish(tmp, out)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(out, exc) from None
-        raise
+        with replacing(out, suffix=".partial") as f:
+            f.write(page.encode("utf-8"))
+    except OSError as exc:
+        raise write_error(out, exc) from None
     return data

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import sys
 from collections import Counter
 
 import pytest
