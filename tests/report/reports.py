@@ -73,7 +73,7 @@ def hostile_report(tmp_path) -> tuple:
         (root / name).write_bytes((IMG / IMAGES[i % len(IMAGES)]).read_bytes())
     scored = {"image_path": [HOSTILE[(i + 7) % n] for i in range(n)], "text": HOSTILE,
               HOSTILE_KEY: [(200 + 10 * i) / 1000 for i in range(n)], f"{HOSTILE_KEY}_error": [""] * n}
-    failed = {"image_path": HOSTILE, "text": [HOSTILE[(i + 11) % n] for i in range(n)], HOSTILE_KEY: [None] * n,
+    failed = {"image_path": HOSTILE, "text": [HOSTILE[(i + 11) % n] for i in range(n)], HOSTILE_KEY: [np.nan] * n,
               f"{HOSTILE_KEY}_error": [f"{h}: {HOSTILE[(i + 5) % n]}" for i, h in enumerate(HOSTILE)]}
     frame = pd.concat([pd.DataFrame(scored), pd.DataFrame(failed)], ignore_index=True)
     path = tmp_path / 's"\'<b>{{data}}.parquet'
