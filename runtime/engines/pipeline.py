@@ -49,6 +49,7 @@ MAX_CHUNKS = 3
 MAX_VISION_QUEUED = 2
 """Batches of pixels (copied out of the slots) at the model: one running, one ready after it."""
 
+RECENT_KEYS = 1 << 19  # keys per generation of what a Ray worker's pipeline recorded: see RecentKeys
 TEXTS_PER_JOB = 128  # texts tokenized per worker job
 _TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
 
@@ -129,6 +130,36 @@ class _Chunk:
         return self.work.done is not None or (self.images_done and self.texts_sent and self.model_jobs == 0)
 
 
+class RecentKeys:
+    """The keys recorded lately, in at most ``2 * generation`` entries of 17 bytes (at most 86 MB at the
+    default, measured): when the current generation fills it becomes the previous one, and the one before is forgotten; a
+    key met again is kept in the current one. ``add`` says whether a key is new; one forgotten and met again is new
+    once more (a second record of the same vector: readers take the newest), so memory no longer grows with a
+    run's distinct images and texts.
+
+    >>> recent = RecentKeys(generation=2)
+    >>> [recent.add(k) for k in (b"a", b"b", b"a", b"c", b"d", b"e", b"a")]
+    [True, True, False, True, True, True, True]
+    """
+
+    def __init__(self, generation: int = RECENT_KEYS):
+        self.generation = generation
+        self._current: set[bytes] = set()
+        self._previous: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def add(self, key: bytes) -> bool:
+        if key in self._current:
+            return False
+        seen = key in self._previous
+        if len(self._current) >= self.generation:
+            self._previous, self._current = self._current, set()
+        self._current.add(key)
+        return not seen
+
+
 class Pipeline:
     """``run(works)`` scores each :class:`Work` with ``model``, decoding on ``pool``; results come in order.
 
@@ -144,7 +175,7 @@ class Pipeline:
         self.store = store
         self._cache = None if store is None else (str(store.root) if cache else "")
         self.counts = {"images cached": 0, "texts cached": 0, "images added": 0, "texts added": 0}
-        self._recorded: set[bytes] = set()  # what this pipeline added to a shared store: see _unrecorded
+        self._recorded = RecentKeys()  # what this pipeline added to a shared store lately: see _unrecorded
         self.batch_size, self.max_chunks = batch_size, max_chunks
         self.context_length = model.manifest.context_length
         self._free = list(range(pool.n_slots))[::-1]
@@ -390,21 +421,16 @@ class Pipeline:
     def _unrecorded(self, kind: str, shas: list[str]) -> set[str]:
         """Which of ``shas`` (``kind``: ``"i"`` images, ``"t"`` texts) the store has no record of yet. A
         local store is asked (its pending records and index: nothing kept in memory grows with the run). A Ray
-        worker's store does not see its own parts until the driver indexes them: what this pipeline recorded is
-        remembered instead. An image met again before its record reached the decode workers' lookups is encoded
-        again, but never recorded twice."""
+        worker's store does not see its own parts until the driver indexes them: what this pipeline recorded lately
+        is remembered instead (:class:`RecentKeys`, bounded). An image met again before its record reached the
+        decode workers' lookups is encoded again, and recorded again only if over half a million other keys came
+        between."""
         store = self.store
         assert store is not None
         if not store.shared:
             known = store.has_images(shas) if kind == "i" else store.has_texts(shas)
             return set(shas) - known
-        new = set()
-        for sha in shas:
-            digest = (kind + sha).encode()
-            if digest not in self._recorded:
-                self._recorded.add(digest)
-                new.add(sha)
-        return new
+        return {sha for sha in shas if self._recorded.add(kind.encode() + bytes.fromhex(sha[:32]))}
 
     # -- a finished chunk -------------------------------------------------------------------------------------
     def _result(self, chunk: _Chunk) -> ChunkResult:

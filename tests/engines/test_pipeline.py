@@ -106,3 +106,18 @@ def test_score_chunk_scores_as_the_model_does(tmp_path, model):
     result = score_chunk(model, paths, ["a cat", "a dog", "a bird"], batch_size=2)
     np.testing.assert_allclose(result.scores[:2], model.score(paths[:2], ["a cat", "a dog"]), rtol=1e-6)
     assert result.errors[:2] == ["", ""] and result.errors[2].startswith(f"{errors.MISSING_FILE}: ")
+
+
+def test_what_a_ray_worker_remembers_recording_stays_bounded_and_keeps_keys_met_again():
+    """A Ray worker's pipeline cannot ask its store what it recorded (the driver indexes the parts), so it
+    remembers: a plain set grew ~130 bytes per distinct image and text for the whole run. Now two generations: a
+    key met every 50 keys is new once in 10,000; one met once is forgotten after at most 2 generations."""
+    recent = pipeline_module.RecentKeys(generation=100)
+    new_hot, sizes = 0, []
+    for i in range(10_000):
+        new_hot += recent.add(b"hot") if i % 50 == 0 else 0
+        assert recent.add(i.to_bytes(4, "big"))
+        sizes.append(len(recent))
+    assert new_hot == 1 and max(sizes) <= 200
+    assert recent.add((0).to_bytes(4, "big"))  # forgotten: recorded again (a duplicate record; the newest wins)
+    assert not recent.add((9_999).to_bytes(4, "big"))
