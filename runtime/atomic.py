@@ -39,8 +39,13 @@ def umask() -> int:
 
 def publish(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Move the finished private temporary file ``tmp`` (mkstemp makes it 0600) to ``path`` with the mode an
-    ordinary new file gets under the user's umask."""
-    os.chmod(tmp, 0o666 & ~umask())
+    ordinary new file gets under the user's umask. A file system that cannot set modes (vfat, some FUSE and SMB
+    mounts refuse ``chmod``) keeps its own: the file is still written."""
+    try:
+        os.chmod(tmp, 0o666 & ~umask())
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     os.replace(tmp, path)
 
 
@@ -65,7 +70,9 @@ def temporary_sibling(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:
 @contextmanager
 def replacing(path: str | os.PathLike[str], *, durable: bool = False, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """``with replacing(path) as f: f.write(data)``: ``path`` holds exactly what was written once the block ends
-    without an error, and is untouched (no temporary file left) when anything raises, the rename included."""
+    without an error, and is untouched (no temporary file left) when anything up to the rename raises. With
+    ``durable``, a folder that fails to sync after the rename raises with the new file in place (not yet safe from
+    a power loss: the caller treats it as not written, and writing it again is harmless)."""
     path = Path(path)
     fd, tmp = temporary_sibling(path, suffix)
     try:

@@ -74,3 +74,12 @@ def test_durable_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path,
     synced.clear()
     atomic.write_bytes(tmp_path / "chunk.npz", b"x")
     assert synced == []  # resume chunks and stamps: no sync asked, none paid for
+
+
+def test_a_file_system_that_cannot_set_modes_still_gets_the_file(tmp_path, monkeypatch):
+    def refuse(path, mode):
+        raise PermissionError(1, "Operation not permitted", str(path))  # vfat without "quiet"
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    atomic.write_bytes(tmp_path / "manifest.json", b"{}")
+    assert (tmp_path / "manifest.json").read_bytes() == b"{}" and _listing(tmp_path) == ["manifest.json"]

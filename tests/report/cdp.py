@@ -95,6 +95,7 @@ class Browser:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        self.proc = None  # ended once: a second close() must not signal a group that may be another's now
 
     def _receive(self) -> dict[str, Any]:
         message = json.loads(self.ws.recv())
