@@ -258,7 +258,8 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             contextlib.nullcontext() if owned is None else owned:
         pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
-        summary.busy, summary.decode, summary.cached = pipeline.busy, pipeline.pool.describe(), pipeline.counts
+        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
+        summary.cached = pipeline.counts if pipeline.store is not None else {}  # no folder, no line
         for part, result in zip(parts, pipeline.run(works())):
             if not part.is_file():
                 if store is not None:
@@ -322,7 +323,8 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
     with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             contextlib.nullcontext() if owned is None else owned:
         pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
-        summary.busy, summary.decode, summary.cached = pipeline.busy, pipeline.pool.describe(), pipeline.counts
+        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
+        summary.cached = pipeline.counts if pipeline.store is not None else {}  # no folder, no line
         for result in pipeline.run(works()):
             store.flush()
             summary.rows += len(result.errors)

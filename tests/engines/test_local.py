@@ -146,6 +146,7 @@ def test_cli_summary_and_image_root_default(tmp_path, tiny_model_dir):
     assert "rows 2: scored 1, failed 1 (missing_file 1)" in proc.stderr
     assert "texts cut at 248 tokens: 1" in proc.stderr and "rows/s" in proc.stderr and "CPUExecutionProvider" in proc.stderr
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
+    assert "embeddings folder" not in proc.stderr  # no --embeddings: the summary says nothing of one
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert out["longclip_score_error"].tolist()[0] == "" and "missing_file" in out["longclip_score_error"][1]
 
