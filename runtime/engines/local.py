@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -232,8 +233,6 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     ``pool`` (its spec must be ``model``'s), else on workers sized for this process's CPUs. ``store``: an
     embeddings folder that gets every embedding computed, and gives those it has (they are not computed again);
     it is flushed before each chunk's result is kept, so a resumed run never lacks a finished chunk's embeddings."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     reader, opts = plan.reader, plan.opts
     work = work_dir_for(plan.output)
@@ -242,7 +241,6 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
             "with --resume")
     root = Path(opts.image_root) if opts.image_root is not None else None
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
-    show = sys.stderr.isatty() if progress is None else progress
     parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
 
     def works() -> Iterator[Work]:
@@ -254,12 +252,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
             else:
                 yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
-    owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
-    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
-            contextlib.nullcontext() if owned is None else owned:
-        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
-        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
-        summary.cached = pipeline.counts if pipeline.store is not None else {}  # no folder, no line
+    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as (pipeline, bar):
         for part, result in zip(parts, pipeline.run(works())):
             if not part.is_file():
                 if store is not None:
@@ -286,6 +279,25 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     return summary
 
 
+@contextlib.contextmanager
+def _pipeline(model: LongCLIP, pool: DecodePool | ThreadPool | None, root: Path | None, opts: RunOptions,
+              store: EmbeddingStore | None, summary: RunSummary, rows: int,
+              progress: bool | None) -> Iterator[tuple[Pipeline, Any]]:
+    """A local run's pipeline (on ``pool``, else on workers of its own, closed after) and its progress bar over
+    ``rows`` (shown on a terminal unless ``progress`` says); ``summary`` shares the pipeline's tower times and,
+    with an embeddings folder (no folder, no summary line), its counts."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
+    with tqdm(total=rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
+            contextlib.nullcontext() if owned is None else owned:
+        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
+        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
+        summary.cached = pipeline.counts if store is not None else {}
+        yield pipeline, bar
+
+
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
              opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None,
              pool: DecodePool | ThreadPool | None = None) -> RunSummary:
@@ -303,8 +315,6 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
     """Embed every distinct image and text of ``source`` (an INPUT, or its reader from :func:`open_input`) into
     ``store`` without scoring (``--embed-only``): a table may hold only an image column or only a text column.
     Nothing the store has is computed again, so a stopped run is continued by running it again."""
-    from tqdm import tqdm
-
     start = time.perf_counter()
     reader = source if isinstance(source, (TableReader, WdsReader)) else open_input(source, opts)
     keys = [k for k in (opts.image_key, opts.text_key) if k in reader.columns]
@@ -318,13 +328,7 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
         for chunk in reader.read_chunks(opts.chunk_rows):
             yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
-    show = sys.stderr.isatty() if progress is None else progress
-    owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
-    with tqdm(total=reader.n_rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
-            contextlib.nullcontext() if owned is None else owned:
-        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
-        summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
-        summary.cached = pipeline.counts if pipeline.store is not None else {}  # no folder, no line
+    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as (pipeline, bar):
         for result in pipeline.run(works()):
             store.flush()
             summary.rows += len(result.errors)

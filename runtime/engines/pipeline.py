@@ -132,10 +132,10 @@ class _Chunk:
 
 class RecentKeys:
     """The keys recorded lately, in at most ``2 * generation`` entries of 17 bytes (at most 86 MB at the
-    default, measured): when the current generation fills it becomes the previous one, and the one before is forgotten; a
-    key met again is kept in the current one. ``add`` says whether a key is new; one forgotten and met again is new
-    once more (a second record of the same vector: readers take the newest), so memory no longer grows with a
-    run's distinct images and texts.
+    default, measured): when the current generation fills it becomes the previous one, and the one before is
+    forgotten; a key met again is kept in the current one. ``add`` says whether a key is new; one forgotten and met
+    again is new once more (a second record of the same vector: readers take the newest), so memory no longer grows
+    with a run's distinct images and texts.
 
     >>> recent = RecentKeys(generation=2)
     >>> [recent.add(k) for k in (b"a", b"b", b"a", b"c", b"d", b"e", b"a")]

@@ -55,7 +55,8 @@ class Browser:
         """Start Chromium and return its DevTools port and path. A start that has not opened its port in
         ``timeout`` seconds is ended (with every process it spawned) and tried again on a fresh profile, up to
         ``starts`` times: on a loaded 2-core CI machine a start has once taken longer than 30 s, so one slow start
-        must not fail the suite. The error names Chromium's own last lines (its stderr is kept beside its profile, in ``folder``)."""
+        must not fail the suite. The error names Chromium's own last lines (its stderr is kept beside its profile,
+        in ``folder``)."""
         for start in range(1, starts + 1):
             profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=folder))  # never a stale port file
             log = profile.with_suffix(".log")
