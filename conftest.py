@@ -4,6 +4,6 @@ import importlib.util
 
 collect_ignore = []
 if importlib.util.find_spec("dataflow") is None:  # collected in the .venv-dataflow run of .ci/run
-    collect_ignore.append("runtime/dataflow_operator.py")
+    collect_ignore.append("runtime/cli/dataflow_operator.py")
 if importlib.util.find_spec("torch") is None:  # the torch-free run: its tests skip, this helper cannot import
     collect_ignore.append("tests/official.py")

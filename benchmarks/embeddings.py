@@ -1,4 +1,4 @@
-"""The embeddings store (``runtime/embeddings.py``): content hashing against decoding, write throughput, disk per
+"""The embeddings store (``runtime/embeddings/store.py``): content hashing against decoding, write throughput, disk per
 record, and lookups of 1,000 keys in stores of 10k, 100k and 1M records.
 
     python benchmarks/embeddings.py                 # all of it, in a temporary folder (about 4 GB, a few minutes)
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from longclip.runtime.embeddings import EmbeddingStore, StoreIdentity, bytes_sha256
-from longclip.runtime.preprocess import decode_image
-from longclip.runtime.scoring import l2_normalize
+from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity, bytes_sha256
+from longclip.runtime.decode.preprocess import decode_image
+from longclip.runtime.model.scoring import l2_normalize
 
 
 def jpegs(count: int = 20, target: int = 50_000) -> list[bytes]:

@@ -132,7 +132,7 @@ def torch_worker(args: argparse.Namespace) -> dict:
 
 def scores(path: Path) -> np.ndarray:
     """The spec's scores of the saved pairs (image i with text i)."""
-    from longclip.runtime.scoring import score_rows
+    from longclip.runtime.model.scoring import score_rows
 
     saved = np.load(path)
     return score_rows(saved["image"], saved["text"])

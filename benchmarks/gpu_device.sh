@@ -57,7 +57,7 @@ graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x],
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 onnx.save(model, "/tmp/relu.onnx")
 # raises unless CUDAExecutionProvider really initializes (with the CUDA and cuDNN of the nvidia-* wheels)
-from longclip.runtime.session import create_session
+from longclip.runtime.model.session import create_session
 print("a session on", create_session("/tmp/relu.onnx", "cuda").get_providers())
 PY
 [ "$1" = check ] && exit 0

@@ -21,7 +21,7 @@ import tempfile
 
 TIMED = """
 import sys, time
-from longclip.runtime import model
+from longclip.runtime.model import longclip as model
 if sys.argv[2] == "unchecked":
     model.verify_graph = model.check_io = lambda *args: None
 start = time.perf_counter()

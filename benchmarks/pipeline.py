@@ -84,7 +84,7 @@ def single_core_rate(data: Path, size: int, n: int = 300) -> float:
     """Images/s of ``decode_image`` on one core (in a fresh process pinned to one CPU), same images."""
     code = f"""
 import json, os, time, sys
-from longclip.runtime.preprocess import decode_image
+from longclip.runtime.decode.preprocess import decode_image
 os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
 rows = [json.loads(l) for l in open({str(data)!r})][:{n}]
 paths = [os.path.join({str(data.parent)!r}, r["image_path"]) for r in rows]
@@ -101,7 +101,7 @@ print(len(paths) / (time.perf_counter() - start))
 def run_cli(data: Path, model: Path, extra: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """One ``longclip-run`` as a whole process: its wall time, and what its summary says."""
     out = data.parent / "out.parquet"
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", str(data), "-m", str(model), "-o", str(out), "--device",
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", str(data), "-m", str(model), "-o", str(out), "--device",
            "cpu", *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=data.parent, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "longclip-bench-pipeline")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from longclip.runtime.cpus import available_cpus
+    from longclip.runtime.decode.cpus import available_cpus
 
     args.cache.mkdir(parents=True, exist_ok=True)
     data = make_rows(args.cache, args.rows)

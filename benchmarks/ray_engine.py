@@ -42,10 +42,10 @@ from longclip.runtime import LongCLIP  # noqa: E402
 from longclip.runtime.engines.chunk import _tokenize  # noqa: E402
 from longclip.runtime.engines.local import RunOptions, run_file  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
-from longclip.runtime.errors import RowError  # noqa: E402
-from longclip.runtime.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
-from longclip.runtime.rows import resolve_image_path, with_scores  # noqa: E402
-from longclip.runtime.scoring import l2_normalize, score_rows  # noqa: E402
+from longclip.runtime.contract.errors import RowError  # noqa: E402
+from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
+from longclip.runtime.contract.rows import resolve_image_path, with_scores  # noqa: E402
+from longclip.runtime.model.scoring import l2_normalize, score_rows  # noqa: E402
 
 
 def decode_stage(batch: pd.DataFrame, root: str, size: int) -> pd.DataFrame:

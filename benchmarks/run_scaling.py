@@ -40,7 +40,7 @@ def make_inputs(folder: Path, rows: int, unique_images: int, seed: int = 0) -> P
 
 
 def run_case(model: str, data: Path, out: Path, batch_size: int) -> tuple[float, int, float]:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "longclip.runtime.cli", str(data), "-m", model, "-o",
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "longclip.runtime.cli.run", str(data), "-m", model, "-o",
            str(out), "--device", "cpu", "--batch-size", str(batch_size)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=data.parent, capture_output=True, text=True, check=True)

@@ -109,8 +109,8 @@ def gemm_and_tower_flops(model_dir: Path, repeats: int) -> tuple[float, float]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from longclip.runtime.manifest import read_manifest
-    from longclip.runtime.session import create_session
+    from longclip.runtime.contract.manifest import read_manifest
+    from longclip.runtime.model.session import create_session
 
     n = 4096
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
@@ -142,7 +142,7 @@ def ort_tuning(model_dir: Path, repeats: int) -> list[str]:
     """Image tower (batch 16) under each ONNX Runtime setting that could matter here, measured in turn."""
     import onnxruntime as ort
 
-    from longclip.runtime.manifest import read_manifest
+    from longclip.runtime.contract.manifest import read_manifest
 
     m = read_manifest(model_dir)
     x = np.random.randn(16, 3, m.image_size, m.image_size).astype(np.float32)
@@ -208,7 +208,7 @@ def main() -> None:
     _, int8 = ensure_model(work, args.preset, "int8")
     rows = make_rows(work / f"data-{args.rows}-{args.captions_per_image}", args.rows,
                      captions_per_image=args.captions_per_image)
-    run = [sys.executable, "-m", "longclip.runtime.cli", str(rows), "--device", "cpu", "-q"]
+    run = [sys.executable, "-m", "longclip.runtime.cli.run", str(rows), "--device", "cpu", "-q"]
     ref = [sys.executable, str(ROOT / "benchmarks" / "torch_reference.py"), str(checkpoint), str(rows)]
     contenders = {
         "longclip-run fp32": run + ["-m", str(fp32), "-o", str(rows.parent / "out-fp32.jsonl")],

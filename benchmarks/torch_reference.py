@@ -21,9 +21,9 @@ from torch import nn
 
 from longclip.export.checkpoint import load_reference
 from longclip.export.model import LongCLIP
-from longclip.runtime.preprocess import preprocess_images
-from longclip.runtime.scoring import score_rows
-from longclip.runtime.tokenizer import tokenize
+from longclip.runtime.decode.preprocess import preprocess_images
+from longclip.runtime.model.scoring import score_rows
+from longclip.runtime.decode.tokenizer import tokenize
 
 
 class OfficialBlock(nn.Module):

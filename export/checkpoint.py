@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from longclip.runtime.constants import CONTEXT_LENGTH
-from longclip.runtime.errors import CheckpointError
-from longclip.runtime.checkpoints import checkpoint_format, not_a_checkpoint, pick_checkpoint
+from longclip.runtime.contract.constants import CONTEXT_LENGTH
+from longclip.runtime.contract.errors import CheckpointError
+from longclip.runtime.model.checkpoints import checkpoint_format, not_a_checkpoint, pick_checkpoint
 
 from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
 

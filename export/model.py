@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longclip.runtime.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
+from longclip.runtime.contract.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
 
 HEAD_WIDTH = 64
 

@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from longclip.runtime.constants import (
+from longclip.runtime.contract.constants import (
     CONTEXT_LENGTH,
     EOT_TOKEN,
     OPSET,
@@ -25,7 +25,7 @@ from longclip.runtime.constants import (
     VISION_INPUT,
     VISION_OUTPUT,
 )
-from longclip.runtime.errors import ExportError
+from longclip.runtime.contract.errors import ExportError
 
 from .model import Attention, LongCLIP
 

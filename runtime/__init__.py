@@ -1,7 +1,7 @@
 """Torch-free LongCLIP scoring on ONNX Runtime: tokenizer, preprocessing, sessions, the spec'd operator.
 
 Public names are resolved on first use, so importing a part that needs no model (``longclip.runtime.report``,
-``longclip.runtime.rows``) never imports ONNX Runtime, and nothing imports DataFlow unless asked for.
+``longclip.runtime.contract.rows``) never imports ONNX Runtime, and nothing imports DataFlow unless asked for.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CheckpointError": ".errors",
-    "DeviceUnavailableError": ".errors",
-    "ImageError": ".errors",
-    "InputError": ".errors",
-    "LongCLIPError": ".errors",
-    "ModelDirError": ".errors",
-    "ParityError": ".errors",
-    "TextError": ".errors",
-    "LongCLIP": ".model",
-    "preprocess_images": ".preprocess",
-    "tokenize": ".tokenizer",
+    "CheckpointError": ".contract.errors",
+    "DeviceUnavailableError": ".contract.errors",
+    "ImageError": ".contract.errors",
+    "InputError": ".contract.errors",
+    "LongCLIPError": ".contract.errors",
+    "ModelDirError": ".contract.errors",
+    "ParityError": ".contract.errors",
+    "TextError": ".contract.errors",
+    "LongCLIP": ".model.longclip",
+    "preprocess_images": ".decode.preprocess",
+    "tokenize": ".decode.tokenizer",
 }
 
 __all__ = sorted([*_EXPORTS, "ImageLongCLIPEvaluator"])
@@ -39,9 +39,9 @@ def __getattr__(name: str) -> Any:
 def _evaluator_class() -> type:
     """The DataFlow operator (``OperatorABC``, registered) when DataFlow is installed, else the plain class."""
     try:
-        from .dataflow_operator import ImageLongCLIPEvaluator
+        from .cli.dataflow_operator import ImageLongCLIPEvaluator
     except ImportError:  # no DataFlow, or an unrelated package named "dataflow"
-        from .operator import ImageLongCLIPEvaluator
+        from .cli.operator import ImageLongCLIPEvaluator
     return ImageLongCLIPEvaluator
 
 

@@ -1,4 +1,4 @@
-"""runtime/atomic.py, the one home of atomic writes: a target holds the old bytes or the new ones, never part of
+"""runtime/contract/atomic.py, the one home of atomic writes: a target holds the old bytes or the new ones, never part of
 either; nothing temporary is left, whatever fails; the finished file has the umask's mode; ``durable`` syncs the
 file before the rename and the folder after it."""
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from longclip.runtime import atomic
+from longclip.runtime.contract import atomic
 
 
 def _listing(folder):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import GOLDENS
-from longclip.runtime.tables import read_table
+from longclip.runtime.inputs.tables import read_table
 
 IMG = GOLDENS / "images"
 SCRIPT = Path(sys.executable).with_name("longclip-run")

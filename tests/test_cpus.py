@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from longclip.runtime import cpus
+from longclip.runtime.decode import cpus
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import GOLDENS
-from longclip.runtime import errors
-from longclip.runtime.decode_pool import DecodePool, ImageSpec, ThreadPool
-from longclip.runtime.preprocess import decode_image
+from longclip.runtime.contract import errors
+from longclip.runtime.decode.pool import DecodePool, ImageSpec, ThreadPool
+from longclip.runtime.decode.preprocess import decode_image
 from test_preprocess import _dds_unknown_pixel_format
 
 SPEC = ImageSpec(64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), 1_000_000)
@@ -65,7 +65,7 @@ def test_every_hostile_image_gets_its_reason_and_nothing_blocks(tmp_path, pool):
 
 
 def test_texts_are_tokenized_as_in_process(pool):
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.tokenizer import tokenize
 
     texts = ["a photo of a cat", "word " * 300, "Ünïcödé &amp; more"]
     pool.submit(("text", 7, texts, 248))
@@ -104,7 +104,7 @@ def test_a_crashed_text_job_comes_back_for_the_caller_to_tokenize():
 
 WORKERS_OF_A_KILLED_PARENT = """
 import os, sys, time
-from longclip.runtime.decode_pool import DecodePool, ImageSpec
+from longclip.runtime.decode.pool import DecodePool, ImageSpec
 pool = DecodePool(ImageSpec(32, (0.5,) * 3, (0.5,) * 3, 10**6), 4, 2)
 pool.submit(("text", 0, ["warm up"], 248))
 pool.events.get(timeout=60)
@@ -144,7 +144,7 @@ def test_a_script_without_a_main_guard_can_use_workers(tmp_path):
     """Workers are fresh interpreters, never forks: a user's script is not imported again in them."""
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(f"""
-        from longclip.runtime.decode_pool import DecodePool, ImageSpec
+        from longclip.runtime.decode.pool import DecodePool, ImageSpec
         print("script body ran", flush=True)
         pool = DecodePool(ImageSpec(32, (0.5,) * 3, (0.5,) * 3, 10**6), 4, 2)
         pool.submit(("image", 0, {str(SMALL)!r}, 0, None, None))
@@ -157,7 +157,7 @@ def test_a_script_without_a_main_guard_can_use_workers(tmp_path):
 
 
 def test_small_shared_memory_falls_back_to_the_temp_folder(monkeypatch, tmp_path):
-    from longclip.runtime import decode_pool
+    from longclip.runtime.decode import pool as decode_pool
 
     monkeypatch.setattr(decode_pool.tempfile, "gettempdir", lambda: str(tmp_path))
     real = os.posix_fallocate
@@ -178,7 +178,7 @@ def test_small_shared_memory_falls_back_to_the_temp_folder(monkeypatch, tmp_path
 
 
 def test_shared_memory_is_memfd_when_the_system_has_it():
-    from longclip.runtime import decode_pool
+    from longclip.runtime.decode import pool as decode_pool
 
     if not hasattr(os, "memfd_create"):
         pytest.skip("no memfd_create here")
@@ -191,7 +191,7 @@ def test_shared_memory_is_memfd_when_the_system_has_it():
 
 
 def test_no_shared_memory_at_all_decodes_on_threads(monkeypatch, caplog):
-    from longclip.runtime import decode_pool
+    from longclip.runtime.decode import pool as decode_pool
 
     def nothing(nbytes):
         raise OSError("no room for it anywhere")
@@ -227,8 +227,8 @@ def test_workers_that_cannot_start_fail_the_pool_instead_of_respawning_forever(m
 
 
 def test_an_image_hashed_for_an_embeddings_folder_is_not_read_whole_beyond_the_cap(monkeypatch):
-    from longclip.runtime import constants
-    from longclip.runtime.decode_worker import image_job
+    from longclip.runtime.contract import constants
+    from longclip.runtime.decode.worker import image_job
 
     slots = np.zeros((1, 3, SPEC.size, SPEC.size), np.float32)
     ok = image_job(("image", 0, str(SMALL), 0, None, ""), slots, SPEC, {})

@@ -21,10 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longclip.runtime import embedding_index, embedding_parts
-from longclip.runtime.embeddings import EmbeddingStore, StoreIdentity, bytes_sha256, file_sha256, text_sha256
-from longclip.runtime.errors import InputError, WriteError
-from longclip.runtime.scoring import l2_normalize
+from longclip.runtime.embeddings import index as embedding_index
+
+from longclip.runtime.embeddings import parts as embedding_parts
+from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity, bytes_sha256, file_sha256, text_sha256
+from longclip.runtime.contract.errors import InputError, WriteError
+from longclip.runtime.model.scoring import l2_normalize
 
 DIM = 8
 MODEL = StoreIdentity("a" * 64, "b" * 64, "ViT-test", "fp32", DIM)
@@ -222,7 +224,7 @@ def test_a_second_writer_is_refused_and_readers_read_while_one_writes(tmp_path):
         add(writer, keys(6)[3:], vectors[3:])
         writer.flush()
         assert np.array_equal(reader.get_images(keys(6))[keys(6)[5]], vectors[5])  # the same reader sees new parts
-        code = ("import sys\nfrom longclip.runtime.embeddings import EmbeddingStore\n"
+        code = ("import sys\nfrom longclip.runtime.embeddings.store import EmbeddingStore\n"
                 "with EmbeddingStore(sys.argv[1], write=False) as store:\n"
                 "    print(len(store.get_images(sys.argv[2:])))\n")
         other = subprocess.run([sys.executable, "-c", code, str(root), *keys(6)], capture_output=True, text=True)
@@ -274,8 +276,8 @@ def test_pandas_pyarrow_and_duckdb_read_the_parts_and_skip_a_temporary_file(tmp_
 KILLED = """
 import os, sys
 import numpy as np
-from longclip.runtime import embedding_index
-from longclip.runtime.embeddings import EmbeddingStore, StoreIdentity
+from longclip.runtime.embeddings import index as embedding_index
+from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
 
 root, *hashes = sys.argv[1:]
 vectors = np.load(root + ".npy")

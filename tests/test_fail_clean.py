@@ -18,7 +18,7 @@ a refused ``--resume`` may only clear the empty ``.partial`` and the lock file t
    garbage parquet, a CSV header that is not UTF-8. Inputs without rows (an empty jsonl, a BOM and blank lines,
    ``[]``, a CSV header, parquet without rows, twice) give outputs without rows, a CSV header once.
 2. 15 Arrow kinds (+ string_view where pyarrow has it) come back from parquet with their types and values, and read
-   as ``.jsonl`` / ``.csv``; a JSON column's type follows ``runtime/schema.py`` (jsonl and json inputs).
+   as ``.jsonl`` / ``.csv``; a JSON column's type follows ``runtime/inputs/schema.py`` (jsonl and json inputs).
 3. A 1 MiB tmpfs (jsonl, parquet): one line with ``[Errno 28]``, no ``.partial``, the chunks kept, ``--resume``
    byte-identical; a disk full from the start: one line; ``RLIMIT_FSIZE``: ``[Errno 27]``, the same.
 4. An edit that keeps the size and the mtime, another model, other options: refused; the original bytes resume.

@@ -2,7 +2,7 @@
 
 Hostile rows go through the real console script (``longclip-run``, a subprocess) mixed with good ones, and through
 the operator. Every input row must come back, in order, with its columns; a bad row gets a null score and
-``<code>: <detail>`` with the exact code of ``runtime/errors.py`` and a detail naming the value; a good row gets a
+``<code>: <detail>`` with the exact code of ``runtime/contract/errors.py`` and a detail naming the value; a good row gets a
 finite score in [0, 1], equal to the score of a clean run (a file of only the good rows).
 
 | category | cases | where |

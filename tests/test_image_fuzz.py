@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import GOLDENS
-from longclip.runtime import errors
-from longclip.runtime.errors import ImageError
-from longclip.runtime.preprocess import decode_image
+from longclip.runtime.contract import errors
+from longclip.runtime.contract.errors import ImageError
+from longclip.runtime.decode.preprocess import decode_image
 
 SIZE = 32
 MAX_PIXELS = 1 << 18  # rows: a 512x512 image is the largest decoded

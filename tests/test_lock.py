@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from longclip.runtime.errors import InputError
-from longclip.runtime.lock import OutputLock, lock_path_for
+from longclip.runtime.contract.errors import InputError
+from longclip.runtime.outputs.lock import OutputLock, lock_path_for
 
 
 def test_second_holder_is_refused_naming_the_first(tmp_path):
@@ -25,7 +25,7 @@ def test_second_holder_is_refused_naming_the_first(tmp_path):
 
 def test_a_killed_holder_releases_the_lock(tmp_path):
     out = tmp_path / "scored.parquet"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom longclip.runtime.lock import OutputLock\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom longclip.runtime.outputs.lock import OutputLock\n"
             f"OutputLock(Path({str(out)!r})).acquire()\nprint('held', flush=True)\ntime.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -41,7 +41,7 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
 
 def test_a_lock_file_removed_under_a_waiting_opener_is_not_trusted(tmp_path, monkeypatch):
     """A run that opened the lock file just before its holder removed it must lock the new file, not the old one."""
-    from longclip.runtime import lock
+    from longclip.runtime.outputs import lock
 
     out = tmp_path / "scored.csv"
     first = OutputLock(out)
@@ -74,8 +74,8 @@ def test_unwritable_folder_is_one_line(tmp_path):
 
 def test_many_processes_at_once_one_wins(tmp_path):
     out = tmp_path / "scored.jsonl"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom longclip.runtime.lock import OutputLock\n"
-            "from longclip.runtime.errors import InputError\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom longclip.runtime.outputs.lock import OutputLock\n"
+            "from longclip.runtime.contract.errors import InputError\n"
             "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
             f"try:\n    OutputLock(Path({str(out)!r})).acquire()\nexcept InputError:\n    print('refused')\n"
             "else:\n    print('held', flush=True)\n    time.sleep(2)\n")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longclip.runtime import errors
-from longclip.runtime.errors import ImageError, InputError, TextError
-from longclip.runtime.rows import (cell_key, check_columns, check_output_columns, check_text, error_key, is_null,
+from longclip.runtime.contract import errors
+from longclip.runtime.contract.errors import ImageError, InputError, TextError
+from longclip.runtime.contract.rows import (cell_key, check_columns, check_output_columns, check_text, error_key, is_null,
                                    no_rows, resolve_image_path, row_reason, with_scores)
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from longclip.runtime import DeviceUnavailableError
-from longclip.runtime.session import create_session, parse_device
+from longclip.runtime.model.session import create_session, parse_device
 
 
 @pytest.mark.parametrize("device", ["cuda", "tensorrt", "cuda:1"])
@@ -27,7 +27,7 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
 def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
     import onnxruntime as ort
 
-    from longclip.runtime import session
+    from longclip.runtime.model import session
 
     calls = []
 
@@ -61,7 +61,7 @@ def test_parse_device():
 
 
 def test_tensorrt_options_profiles_and_cache_key(tmp_path):
-    from longclip.runtime.session import TrtProfile, provider_chain
+    from longclip.runtime.model.session import TrtProfile, provider_chain
 
     profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
     (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
@@ -93,7 +93,7 @@ def _gpu_wheel(monkeypatch, gpus):
     CPU, as ORT's do after a GPU provider fails."""
     import onnxruntime as ort
 
-    from longclip.runtime import session
+    from longclip.runtime.model import session
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                                  "CPUExecutionProvider"])
@@ -142,7 +142,7 @@ def test_explicit_gpu_that_does_not_initialize_says_why(tiny_model_dir, monkeypa
 def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatch, device):
     import onnxruntime as ort
 
-    from longclip.runtime import session
+    from longclip.runtime.model import session
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                                  "CPUExecutionProvider"])
@@ -156,7 +156,7 @@ def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatc
 def test_auto_falls_back_to_the_cpu_with_a_warning(tiny_model_dir, monkeypatch, caplog):
     import onnxruntime as ort
 
-    from longclip.runtime import session
+    from longclip.runtime.model import session
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)

@@ -5,9 +5,9 @@ import os
 import pandas as pd
 import pytest
 
-from longclip.runtime.errors import InputError
-from longclip.runtime.tables import TableReader, read_table, same_file
-from longclip.runtime.writers import TableWriter
+from longclip.runtime.contract.errors import InputError
+from longclip.runtime.inputs.tables import TableReader, read_table, same_file
+from longclip.runtime.outputs.writers import TableWriter
 
 
 def _csv(tmp_path, text, name="in.csv"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import GOLDENS
-from longclip.runtime.constants import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
-from longclip.runtime.errors import TextError
-from longclip.runtime.tokenizer import (
+from longclip.runtime.contract.constants import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
+from longclip.runtime.contract.errors import TextError
+from longclip.runtime.decode.tokenizer import (
     CACHE_SIZE,
     MAX_CACHED_WORD,
     Tokenizer,

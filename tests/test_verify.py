@@ -9,8 +9,8 @@ import pytest
 
 from conftest import copy_model
 from longclip.runtime import LongCLIP, ModelDirError
-from longclip.runtime import verify
-from longclip.runtime.manifest import read_manifest
+from longclip.runtime.model import verify
+from longclip.runtime.contract.manifest import read_manifest
 
 
 @pytest.fixture()
@@ -100,7 +100,7 @@ def test_a_graph_written_just_now_is_hashed_until_it_settles(folder, hashed, mon
 def test_an_unwritable_cache_still_loads(folder, hashed, tmp_path, monkeypatch, caplog):
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path / "a-file" / "cache"))
-    caplog.set_level(logging.DEBUG, logger="longclip.runtime.verify")
+    caplog.set_level(logging.DEBUG, logger="longclip.runtime.model.verify")
     assert LongCLIP(folder, device="cpu").encode_texts(["a cat"]).shape == (1, 32)
     LongCLIP(folder, device="cpu")
     assert sorted(hashed) == ["text.onnx", "text.onnx", "vision.onnx", "vision.onnx"]  # hashed every time
@@ -111,7 +111,7 @@ def test_an_unreadable_stamp_means_hashing_again(folder, hashed, tmp_path, caplo
     _check(folder)
     (stamp,) = (tmp_path / "cache" / "verified").glob("*.json")
     stamp.write_text("{not json")
-    caplog.set_level(logging.DEBUG, logger="longclip.runtime.verify")
+    caplog.set_level(logging.DEBUG, logger="longclip.runtime.model.verify")
     _check(folder)
     _check(folder)  # the stamp was rewritten
     assert hashed == ["vision.onnx", "vision.onnx"] and "cannot read the stamp" in caplog.text

@@ -18,12 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from longclip.runtime import errors, webdataset
-from longclip.runtime.errors import InputError
-from longclip.runtime.preprocess import decode_image
-from longclip.runtime.rows import ABSENT
-from longclip.runtime.tarstream import TarStream
-from longclip.runtime.webdataset import WdsOptions, WdsReader, expand_braces, find_tar_shards, is_webdataset
+from longclip.runtime.contract import errors
+
+from longclip.runtime.inputs import webdataset
+from longclip.runtime.contract.errors import InputError
+from longclip.runtime.decode.preprocess import decode_image
+from longclip.runtime.contract.rows import ABSENT
+from longclip.runtime.inputs.tarstream import TarStream
+from longclip.runtime.inputs.webdataset import WdsOptions, WdsReader, expand_braces, find_tar_shards, is_webdataset
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -589,8 +591,8 @@ def test_shards_already_found_are_taken_as_they_are_not_as_patterns(tmp_path):
 
 
 def test_the_reports_member_reader_reads_what_the_rows_were_read_from(tmp_path):
-    from longclip.runtime.errors import ImageError
-    from longclip.runtime.tarshards import MemberReader
+    from longclip.runtime.contract.errors import ImageError
+    from longclip.runtime.inputs.tarshards import MemberReader
 
     shard = tmp_path / "s.tar"
     write_tar(shard, [("a.jpg", b"FIRST"), ("b.jpg", b"B"), ("a.jpg", b"SECOND")])

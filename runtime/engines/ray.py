@@ -28,20 +28,20 @@ from typing import Any
 
 import pandas as pd
 
-from .. import errors
-from ..cpus import available_cpus, plan_cpus
-from ..constants import DECODE_TIMEOUT
-from ..decode_pool import ImageSpec, make_pool
-from ..errors import EngineError, InputError, LongCLIPError, error_code
-from ..lock import OutputLock
-from ..manifest import read_manifest
-from ..model import TRT_MAX_BATCH, LongCLIP
-from ..rows import ABSENT, check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
-from ..session import parse_device
-from ..tables import same_file
-from ..writers import TableWriter
-from ..tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
-from ..webdataset import WdsOptions, WdsReader, wds_columns
+from ..contract import errors
+from ..decode.cpus import available_cpus, plan_cpus
+from ..contract.constants import DECODE_TIMEOUT
+from ..decode.pool import ImageSpec, make_pool
+from ..contract.errors import EngineError, InputError, LongCLIPError, error_code
+from ..outputs.lock import OutputLock
+from ..contract.manifest import read_manifest
+from ..model.longclip import TRT_MAX_BATCH, LongCLIP
+from ..contract.rows import ABSENT, check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
+from ..model.session import parse_device
+from ..inputs.tables import same_file
+from ..outputs.writers import TableWriter
+from ..inputs.tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
+from ..inputs.webdataset import WdsOptions, WdsReader, wds_columns
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
@@ -88,7 +88,7 @@ class Scorer:
                            split.decode_workers, decode_timeout)
         self.store = None
         if embeddings is not None:  # parts of its own; the driver holds the folder's lock and indexes them
-            from ..embeddings import EmbeddingStore, StoreIdentity
+            from ..embeddings.store import EmbeddingStore, StoreIdentity
 
             root, dtype = embeddings
             self.store = EmbeddingStore(root, StoreIdentity.of(self.model.manifest, dtype), shared=True)
@@ -353,7 +353,7 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     with contextlib.ExitStack() as stack:
         store = None
         if ray_opts.embeddings_dir is not None:  # the lock and the index stay here; the actors write parts
-            from ..embeddings import EmbeddingStore, StoreIdentity
+            from ..embeddings.store import EmbeddingStore, StoreIdentity
 
             store = stack.enter_context(EmbeddingStore(ray_opts.embeddings_dir,
                                                        StoreIdentity.of(manifest, ray_opts.embeddings_dtype)))
@@ -409,7 +409,7 @@ def run_ray(model: str | os.PathLike[str], source: str, destination: str, opts: 
 
     >>> run_ray("models/tiny", "shards/", "scored/")              # doctest: +SKIP
     """
-    from ..resolve import resolve_model_dir
+    from ..model.resolve import resolve_model_dir
 
     with plan_ray(source, destination, opts, device, local_ray=ray_opts.address is None) as plan:
         return execute_ray(plan, resolve_model_dir(model), ray_opts, progress)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
-from ..tables import FORMATS
+from ..contract.errors import InputError
+from ..inputs.tables import FORMATS
 
 if TYPE_CHECKING:
     import pyarrow.fs

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError, error_code
-from ..rows import Columns, check_columns, error_key, is_null
-from ..tables import TableReader
-from ..tarshards import SHARD_COLUMN, ShardMember
+from ..contract.errors import InputError, error_code
+from ..contract.rows import Columns, check_columns, error_key, is_null
+from ..inputs.tables import TableReader
+from ..inputs.tarshards import SHARD_COLUMN, ShardMember
 
 BINS = 10_000
 """Score grid: bin ``k`` holds ``k/BINS <= s < (k+1)/BINS``; bin ``BINS`` holds ``s >= 1``. Slider step ``1/BINS``."""

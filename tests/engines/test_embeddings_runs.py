@@ -104,7 +104,7 @@ def test_another_models_folder_and_a_second_writer_are_refused(tmp_path, tiny_mo
     assert proc.returncode == 1 and encoded == 0
     assert len(proc.stderr.strip().splitlines()) == 1 and "emb" in proc.stderr, proc.stderr
     assert not (tmp_path / "b.jsonl").exists()
-    from longclip.runtime.lock import OutputLock
+    from longclip.runtime.outputs.lock import OutputLock
 
     with OutputLock(tmp_path / "emb", what="embeddings folder"):
         proc, _ = _run(tmp_path, tiny_model_dir, data, "c.jsonl", "--embeddings", "emb")

@@ -15,7 +15,7 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.engines.local import RunOptions, run_file, work_dir_for
-from longclip.runtime.tables import TableReader, read_table
+from longclip.runtime.inputs.tables import TableReader, read_table
 
 IMG = GOLDENS / "images"
 NAMES = ["rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png", "gray_64x50.png", "animated_50x70.gif"]
@@ -43,7 +43,7 @@ def _write(path, rows):
 
 
 def _cli(*args, cwd, timeout=120):
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -181,7 +181,7 @@ def test_sigkill_then_resume_gives_the_same_file(tmp_path, tiny_model_dir):
     common = ["-m", tiny_model_dir, "--image-root", IMG, "--chunk-rows", "10", "--device", "cpu"]
     reference = _cli("in.jsonl", "-o", "ref.parquet", *common, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-o", "out.parquet", *map(str, common)]
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-o", "out.parquet", *map(str, common)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = work_dir_for(tmp_path / "out.parquet")
     deadline = time.time() + 60
@@ -204,7 +204,7 @@ def test_resume_refuses_a_changed_input(tmp_path, model):
     work = work_dir_for(tmp_path / "out.jsonl")
     work.mkdir()
     (work / "state.json").write_text(json.dumps({"input": "elsewhere"}))
-    from longclip.runtime.errors import InputError
+    from longclip.runtime.contract.errors import InputError
 
     with pytest.raises(InputError, match="cannot resume: input"):
         run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), resume=True,
@@ -243,7 +243,7 @@ def test_resume_continues_with_the_same_model(tmp_path, model, monkeypatch):
 
 
 def test_resume_refuses_another_model(tmp_path, model, other_model_dir, monkeypatch):
-    from longclip.runtime.errors import InputError
+    from longclip.runtime.contract.errors import InputError
 
     opts = _interrupted_run(tmp_path, model, monkeypatch)
     other = LongCLIP(other_model_dir, device="cpu")
@@ -309,7 +309,7 @@ def test_image_bytes_in_a_parquet_column_score_as_the_same_files(tmp_path, model
 
 def test_a_model_that_fails_on_a_batch_stops_the_run_with_one_error_and_keeps_the_chunks(tmp_path, model,
                                                                                        monkeypatch):
-    from longclip.runtime.errors import EngineError
+    from longclip.runtime.contract.errors import EngineError
 
     _write(tmp_path / "in.jsonl", _rows(12))
     real, calls = model.run_vision, []

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_torch
-from longclip.runtime.errors import CheckpointError
+from longclip.runtime.contract.errors import CheckpointError
 
 pytestmark = needs_torch
 

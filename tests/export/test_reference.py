@@ -11,7 +11,7 @@ def test_reference_matches_official_forward(tiny_state, tiny_reference):
     import torch
 
     from official import official_encode_image, official_encode_text
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.tokenizer import tokenize
 
     assert not torch.equal(tiny_state["positional_embedding"], tiny_state["positional_embedding_res"])
     ids = torch.from_numpy(tokenize(["a cat", " ".join(["a"] * 30), "word " * 300]))
@@ -28,7 +28,7 @@ def test_positions_switch_tables_at_20(tiny_state, tiny_reference):
     import torch
 
     from longclip.export.checkpoint import build_reference
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.tokenizer import tokenize
 
     ids = torch.from_numpy(tokenize([" ".join(["a"] * 18), " ".join(["a"] * 19)]))  # EOT at 19 and 20
     state = dict(tiny_state)
@@ -43,7 +43,7 @@ def test_positions_switch_tables_at_20(tiny_state, tiny_reference):
 def test_own_length_equals_padding(tiny_reference):
     import torch
 
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.tokenizer import tokenize
 
     ids = torch.from_numpy(tokenize(["a photo of a dog on the grass", "hi"]))
     with torch.no_grad():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from cdp import Browser, find_chromium
 from reports import HOSTILE, HOSTILE_KEY, HOSTILE_TITLE, IMG, TAGS, hostile_report, page_data, scored_frame
-from longclip.runtime.errors import error_code
+from longclip.runtime.contract.errors import error_code
 from longclip.runtime.report.page import BOUNDARY, write_report
 from longclip.runtime.report.data import BINS, ReportOptions
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longclip.runtime.errors import InputError
+from longclip.runtime.contract.errors import InputError
 from longclip.runtime.report.page import slider_sample, write_report
 from longclip.runtime.report.data import BINS, QUANTILES, ReportOptions, ScoreStats
 from reports import IMAGES, IMG, file_scores, kept_on_page, page_data, scored_frame, write
@@ -20,7 +20,7 @@ from reports import IMAGES, IMG, file_scores, kept_on_page, page_data, scored_fr
 MEASURE = """
 import json, os, sys
 from longclip.runtime.report.data import ReportOptions, collect
-from longclip.runtime.tables import TableReader
+from longclip.runtime.inputs.tables import TableReader
 
 def resident():
     with open("/proc/self/statm") as f:

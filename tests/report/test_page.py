@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from longclip.runtime.errors import InputError, error_code
+from longclip.runtime.contract.errors import InputError, error_code
 from longclip.runtime.report.page import THUMB_SIZE, fill, write_report
 from longclip.runtime.report.data import ReportOptions
 from reports import HOSTILE, HOSTILE_KEY, HOSTILE_TITLE, IMAGES, IMG, Parsed, TAGS, hostile_report, page_data, scored_frame, sha256_source, write
@@ -90,7 +90,7 @@ def test_a_full_disk_is_a_write_error_naming_the_report_and_leaves_nothing(tmp_p
     import errno
     import tempfile
 
-    from longclip.runtime.errors import WriteError
+    from longclip.runtime.contract.errors import WriteError
 
     path = write(scored_frame(5), tmp_path / "scored.parquet")
     real = os.fdopen

@@ -16,7 +16,7 @@ from reports import IMAGES, IMG, kept_on_page, page_data, scored_frame, write
 
 
 def report_cli(cwd, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "longclip.runtime.cli.report", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -27,7 +27,7 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess, message: str) -> 
 
 def test_cli_refusal_is_one_line(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"image_path": "a.png", "text": "t", "score": 0.5}\n')
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", "s.jsonl", "-o", "r.html"],
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.report", "s.jsonl", "-o", "r.html"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == ("longclip-report: error: column 'longclip_score' not in 's.jsonl'; columns are "
@@ -50,7 +50,7 @@ def test_cli_refuses_an_image_root_that_is_no_folder(tmp_path, root, message):
 
 def test_cli_writes_a_report(tmp_path):
     write(scored_frame(60), tmp_path / "scored.parquet")
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.report.cli", "scored.parquet", "-o", "r.html",
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.report", "scored.parquet", "-o", "r.html",
                            "--image-root", str(IMG), "--title", "Sixty pairs"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -62,7 +62,7 @@ def test_longclip_run_with_report(tmp_path, tiny_model_dir):
     rows = [{"image_path": name, "text": f"caption {i} of a scene"} for i, name in enumerate(IMAGES * 2)]
     rows.append({"image_path": "gone.png", "text": "lost"})
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir),
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-m", str(tiny_model_dir),
                            "-o", "out.parquet", "--image-root", str(IMG), "--report", "report.html"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -83,7 +83,7 @@ def test_longclip_run_with_report(tmp_path, tiny_model_dir):
 ])
 def test_longclip_run_checks_the_report_path_before_scoring(tmp_path, tiny_model_dir, report, message):
     (tmp_path / "in.jsonl").write_text(json.dumps({"image_path": IMAGES[0], "text": "x"}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(tiny_model_dir),
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-m", str(tiny_model_dir),
                            "-o", "out.jsonl", "--report", report], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr == f"longclip-run: error: {message}\n"

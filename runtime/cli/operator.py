@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from .cpus import plan_cpus
-from .engines.chunk import score_frame
-from .model import LongCLIP
-from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
-from .session import wants_gpu
+from ..decode.cpus import plan_cpus
+from ..engines.chunk import score_frame
+from ..model.longclip import LongCLIP
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
+from ..model.session import wants_gpu
 
 if TYPE_CHECKING:
-    from .embeddings import EmbeddingStore
+    from ..embeddings.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,6 @@ class ImageLongCLIPEvaluator:
         return [output_key]
 
     def _store(self) -> EmbeddingStore:
-        from .embeddings import EmbeddingStore, StoreIdentity
+        from ..embeddings.store import EmbeddingStore, StoreIdentity
 
         return EmbeddingStore(self.embeddings_dir, StoreIdentity.of(self.model.manifest))  # type: ignore[arg-type]

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from . import hub
 from .checkpoints import checkpoint_format, checkpoints_in, not_a_checkpoint, pick_checkpoint
-from .constants import CHECKPOINT_SUFFIXES, MANIFEST
-from .errors import ModelDirError
-from .manifest import sha256_file
+from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
+from ..contract.errors import ModelDirError
+from ..contract.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import errors
-from .constants import MAX_MEMBER_BYTES
-from .errors import InputError
-from .rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
+from ..contract import errors
+from ..contract.constants import MAX_MEMBER_BYTES
+from ..contract.errors import InputError
+from ..contract.rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
 from .tables import Chunk, _groups, _loads
 from .tarshards import (KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset,

@@ -37,7 +37,7 @@ def _die_with_parent(parent: int) -> None:
 
 def image_job(job: tuple[Any, ...], slots: np.ndarray, spec: Any, caches: dict[str, Any]) -> tuple[Any, ...]:
     """Answer one image job (see the module doc); ``caches``: the embeddings folders opened so far, by path."""
-    from .errors import ImageError
+    from ..contract.errors import ImageError
     from .preprocess import decode_image
 
     _, job_id, source, slot, name, cache = job
@@ -56,9 +56,9 @@ def image_job(job: tuple[Any, ...], slots: np.ndarray, spec: Any, caches: dict[s
 
 def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
     """An image's bytes and ``(sha256, size, mtime_ns)``; a path is opened as ``decode_image`` opens it."""
-    from .constants import MAX_MEMBER_BYTES
-    from .embeddings import bytes_sha256
-    from .errors import TOO_MANY_PIXELS, ImageError
+    from ..contract.constants import MAX_MEMBER_BYTES
+    from ..embeddings.store import bytes_sha256
+    from ..contract.errors import TOO_MANY_PIXELS, ImageError
     from .preprocess import _os_error, open_image_file
 
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -77,7 +77,7 @@ def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
 
 
 def _store(caches: dict[str, Any], root: str) -> Any:
-    from .embeddings import EmbeddingStore
+    from ..embeddings.store import EmbeddingStore
 
     if root not in caches:
         caches[root] = EmbeddingStore(root, write=False)
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
     mean = tuple(float(v) for v in argv[7].split(","))
     std = tuple(float(v) for v in argv[8].split(","))
     _die_with_parent(parent)
-    from .decode_pool import ImageSpec
+    from .pool import ImageSpec
 
     shape = (n_slots, 3, size, size)
     buffer = mmap.mmap(shm_fd, int(np.prod(shape)) * 4)

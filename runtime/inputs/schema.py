@@ -15,7 +15,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from .rows import ABSENT
+from ..contract.rows import ABSENT
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
-from .errors import InputError
+from ..contract.errors import InputError
 from .tables import FORMATS
 from .tarstream import Entry, TarStream
 
@@ -207,8 +207,8 @@ class MemberReader:
         self._shards: dict[Path, tuple[BinaryIO, dict[str, list[Entry]]]] = {}
 
     def read(self, shard: Path, name: str) -> bytes:
-        from . import errors
-        from .errors import ImageError
+        from ..contract import errors
+        from ..contract.errors import ImageError
 
         where = f"member {name!r} of shard {str(shard)!r}"
         try:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoints import checkpoints_in
-from .constants import CHECKPOINT_SUFFIXES, MANIFEST
-from .errors import LongCLIPError, ModelDirError
-from .manifest import sha256_file
+from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
+from ..contract.errors import LongCLIPError, ModelDirError
+from ..contract.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -54,16 +54,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import write_bytes
-from .embedding_index import KINDS, PartIndex
-from .embedding_parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
+from ..contract.atomic import write_bytes
+from .index import KINDS, PartIndex
+from .parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
                               write_part)
-from .errors import InputError, WriteError, write_error
-from .lock import OutputLock
-from .manifest import sha256_file
+from ..contract.errors import InputError, WriteError, write_error
+from ..outputs.lock import OutputLock
+from ..contract.manifest import sha256_file
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ..contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

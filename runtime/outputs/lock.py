@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import InputError, write_error
+from ..contract.errors import InputError, write_error
 
 
 def lock_path_for(output: Path) -> Path:

@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from .constants import CHECKPOINT_SUFFIXES
-from .errors import CheckpointError
+from ..contract.constants import CHECKPOINT_SUFFIXES
+from ..contract.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

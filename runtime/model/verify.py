@@ -17,9 +17,9 @@ import os
 import time
 from pathlib import Path
 
-from .atomic import write_bytes
-from .errors import ModelDirError
-from .manifest import GraphFiles, sha256_file
+from ..contract.atomic import write_bytes
+from ..contract.errors import ModelDirError
+from ..contract.manifest import GraphFiles, sha256_file
 from .resolve import cache_root
 
 log = logging.getLogger(__name__)
