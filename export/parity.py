@@ -12,9 +12,9 @@ from PIL import Image
 from longclip.runtime.contract.constants import TEXT_INPUT, VISION_INPUT
 from longclip.runtime.contract.errors import ParityError
 from longclip.runtime.decode.preprocess import preprocess_images
+from longclip.runtime.decode.tokenizer import eot_positions, tokenize
 from longclip.runtime.model.scoring import l2_normalize, to_score
 from longclip.runtime.model.session import create_session
-from longclip.runtime.decode.tokenizer import eot_positions, tokenize
 
 from .model import LongCLIP
 

@@ -84,9 +84,9 @@ def other_model_dir(tmp_path_factory) -> Path:
     if not HAS_TORCH:
         pytest.skip("needs the export extra (torch)")
     import torch
+    from official import official_state_dict
 
     from longclip.export import export_model
-    from official import official_state_dict
 
     folder = tmp_path_factory.mktemp("other")
     torch.save(official_state_dict(seed=1), folder / "longclip-other.pt")

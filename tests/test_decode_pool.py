@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_preprocess import _dds_unknown_pixel_format
 
 from conftest import GOLDENS
 from longclip.runtime.contract import errors
 from longclip.runtime.decode.pool import DecodePool, ImageSpec, ThreadPool
 from longclip.runtime.decode.preprocess import decode_image
-from test_preprocess import _dds_unknown_pixel_format
 
 SPEC = ImageSpec(64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), 1_000_000)
 SMALL = GOLDENS / "images" / "small_41x97.jpg"

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from longclip.runtime.contract.errors import InputError, WriteError
 from longclip.runtime.embeddings import index as embedding_index
-
 from longclip.runtime.embeddings import parts as embedding_parts
 from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity, bytes_sha256, file_sha256, text_sha256
-from longclip.runtime.contract.errors import InputError, WriteError
 from longclip.runtime.model.scoring import l2_normalize
 
 DIM = 8

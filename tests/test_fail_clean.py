@@ -43,7 +43,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from test_hostile_rows import OK_JPG, cli, killed_run, read_jsonl, refused, snapshot, succeeded, write_jsonl
 
 

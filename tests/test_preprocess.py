@@ -14,8 +14,16 @@ from PIL import Image, ImageFile
 from conftest import GOLDENS
 from longclip.runtime.contract import errors
 from longclip.runtime.contract.errors import ImageError
-from longclip.runtime.decode.preprocess import (MAX_PIXELS, center_crop, check_pixels, decode_image, load_image,
-                                         preprocess_image, preprocess_images, resized_size)
+from longclip.runtime.decode.preprocess import (
+    MAX_PIXELS,
+    center_crop,
+    check_pixels,
+    decode_image,
+    load_image,
+    preprocess_image,
+    preprocess_images,
+    resized_size,
+)
 
 PIXELS = np.load(GOLDENS / "pixels.npz")
 

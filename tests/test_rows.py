@@ -8,8 +8,18 @@ import pytest
 
 from longclip.runtime.contract import errors
 from longclip.runtime.contract.errors import ImageError, InputError, TextError
-from longclip.runtime.contract.rows import (cell_key, check_columns, check_output_columns, check_text, error_key, is_null,
-                                   no_rows, resolve_image_path, row_reason, with_scores)
+from longclip.runtime.contract.rows import (
+    cell_key,
+    check_columns,
+    check_output_columns,
+    check_text,
+    error_key,
+    is_null,
+    no_rows,
+    resolve_image_path,
+    row_reason,
+    with_scores,
+)
 
 
 def test_check_columns_names_the_column_the_columns_and_the_option():

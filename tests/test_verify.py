@@ -9,8 +9,8 @@ import pytest
 
 from conftest import copy_model
 from longclip.runtime import LongCLIP, ModelDirError
-from longclip.runtime.model import verify
 from longclip.runtime.contract.manifest import read_manifest
+from longclip.runtime.model import verify
 
 
 @pytest.fixture()

@@ -19,14 +19,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from longclip.runtime.contract import errors
-
-from longclip.runtime.inputs import webdataset
 from longclip.runtime.contract.errors import InputError
-from longclip.runtime.decode.preprocess import decode_image
 from longclip.runtime.contract.rows import ABSENT
+from longclip.runtime.decode.preprocess import decode_image
+from longclip.runtime.inputs import webdataset
 from longclip.runtime.inputs.tarstream import TarStream
 from longclip.runtime.inputs.webdataset import WdsOptions, WdsReader, expand_braces, find_tar_shards, is_webdataset
-
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 _TYPES = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
 from ..decode.cpus import plan_cpus
 from ..engines.chunk import score_frame
 from ..model.longclip import LongCLIP
-from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
 from ..model.session import wants_gpu
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .console import column_options, configure_logging
 from ..contract.errors import LongCLIPError
+from .console import column_options, configure_logging
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

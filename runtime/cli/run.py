@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .console import column_options, configure_logging
 from ..contract.constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
 from ..contract.errors import EngineError, InputError, LongCLIPError
 from ..decode.preprocess import MAX_PIXELS
 from ..inputs.tables import FORMATS, same_file
+from .console import column_options, configure_logging
 
 if TYPE_CHECKING:
     from ..decode.pool import DecodePool, ThreadPool
@@ -184,9 +184,9 @@ def _load(stack: contextlib.ExitStack, model_name: str, opts: RunOptions, device
           ) -> tuple[LongCLIP, DecodePool | ThreadPool, EmbeddingStore | None]:
     """The model, its decode pool and the embeddings folder (entered on ``stack``): the folder first (another
     model's is refused before the model loads), and the workers start (a fresh interpreter each) while it loads."""
+    from ..contract.manifest import read_manifest
     from ..decode.cpus import plan_cpus
     from ..decode.pool import ImageSpec, make_pool
-    from ..contract.manifest import read_manifest
     from ..model.longclip import TRT_MAX_BATCH, LongCLIP
     from ..model.resolve import resolve_model_dir
     from ..model.session import wants_gpu

@@ -35,16 +35,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..contract import errors
 from ..contract.constants import DECODE_TIMEOUT
 from ..contract.errors import ImageError
-
-if TYPE_CHECKING:
-    from ..contract.manifest import Manifest
+from .worker import ImageSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +54,6 @@ _AHEAD_BYTES = 16384
 _START_TIMEOUT = 60.0  # seconds a new worker may take to say it is ready
 _STILLBORN = 3  # workers in a row that die or hang before they are ready: the pool has failed
 _STDERR_LINES = 20  # last lines of each worker's stderr kept for its crash report
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """What every image becomes: ``(3, size, size) float32`` with this mean/std, refused over ``max_pixels``."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    max_pixels: int
-
-    @classmethod
-    def of(cls, manifest: Manifest, max_pixels: int) -> ImageSpec:
-        return cls(manifest.image_size, manifest.mean, manifest.std, max_pixels)
 
 
 def shared_buffer(nbytes: int) -> tuple[int, mmap.mmap]:
@@ -335,8 +319,8 @@ class ThreadPool:
         self._executor.submit(self._run, job)
 
     def _run(self, job: tuple[Any, ...]) -> None:
-        from .worker import image_job
         from .tokenizer import default_tokenizer
+        from .worker import image_job
 
         try:
             if job[0] == "image":

@@ -39,8 +39,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..contract.constants import IMAGE_MEAN, IMAGE_STD
-from ..contract.errors import (BAD_PATH, DIRECTORY, EMPTY_FILE, MISSING_FILE, NOT_A_FILE, NOT_AN_IMAGE, TOO_MANY_PIXELS,
-                     UNDECODABLE, UNREADABLE, ImageError)
+from ..contract.errors import (
+    BAD_PATH,
+    DIRECTORY,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NOT_A_FILE,
+    NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    UNDECODABLE,
+    UNREADABLE,
+    ImageError,
+)
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
@@ -78,7 +88,7 @@ def open_image_file(path: str | os.PathLike[str]) -> BinaryIO:
     except OSError as exc:
         if exc.errno in _NOT_THE_ROWS:
             raise
-        raise _os_error(exc, name) from None
+        raise os_error_reason(exc, name) from None
     except ValueError as exc:  # an embedded NUL, a lone surrogate: no file can have that name
         raise ImageError(BAD_PATH, f"not a usable path: {_clip(name)!r} ({exc})") from None
     try:
@@ -90,7 +100,7 @@ def open_image_file(path: str | os.PathLike[str]) -> BinaryIO:
             os.set_blocking(fd, True)  # a regular file: read as usual (a FUSE mount might honour O_NONBLOCK)
     except OSError as exc:
         os.close(fd)
-        raise _os_error(exc, name) from None
+        raise os_error_reason(exc, name) from None
     except BaseException:
         os.close(fd)
         raise
@@ -106,7 +116,7 @@ def _check_kind(mode: int, name: str) -> None:
     raise ImageError(NOT_A_FILE, f"image path is {kind}, not a file: {name!r}")
 
 
-def _os_error(exc: OSError, name: str) -> ImageError:
+def os_error_reason(exc: OSError, name: str) -> ImageError:
     """The reason of an ``os.stat`` / ``os.open`` / ``os.fstat`` failure."""
     code = exc.errno
     if code == errno.ENOENT:

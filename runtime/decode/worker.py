@@ -1,6 +1,6 @@
 """One decode worker process: images into shared-memory slots, texts into token ids; no model, no ONNX Runtime.
 
-Started by :class:`.decode_pool.DecodePool` as a fresh interpreter (never a fork of a process that runs ONNX
+Started by :class:`.pool.DecodePool` as a fresh interpreter (never a fork of a process that runs ONNX
 Runtime's threads, and no ``__main__`` guard needed in the user's script). It ignores Ctrl-C (its parent handles
 it), dies with its parent (``PR_SET_PDEATHSIG``, and EOF on its job pipe), and answers one job at a time:
 
@@ -18,10 +18,28 @@ import mmap
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..contract.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every image becomes: ``(3, size, size) float32`` with this mean/std, refused over ``max_pixels``."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_pixels: int
+
+    @classmethod
+    def of(cls, manifest: Manifest, max_pixels: int) -> ImageSpec:
+        return cls(manifest.image_size, manifest.mean, manifest.std, max_pixels)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -57,9 +75,9 @@ def image_job(job: tuple[Any, ...], slots: np.ndarray, spec: Any, caches: dict[s
 def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
     """An image's bytes and ``(sha256, size, mtime_ns)``; a path is opened as ``decode_image`` opens it."""
     from ..contract.constants import MAX_MEMBER_BYTES
-    from ..embeddings.store import bytes_sha256
     from ..contract.errors import TOO_MANY_PIXELS, ImageError
-    from .preprocess import _os_error, open_image_file
+    from ..embeddings.store import bytes_sha256
+    from .preprocess import open_image_file, os_error_reason
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, mtime = bytes(source), None
@@ -72,7 +90,7 @@ def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
             try:
                 data, mtime = file.read(MAX_MEMBER_BYTES + 1), st.st_mtime_ns
             except OSError as exc:  # an I/O error, a file gone from a network share: this row's reason
-                raise _os_error(exc, source) from None
+                raise os_error_reason(exc, source) from None
     return data, (bytes_sha256(data), len(data), mtime)
 
 
@@ -115,8 +133,6 @@ def main(argv: list[str]) -> None:
     mean = tuple(float(v) for v in argv[7].split(","))
     std = tuple(float(v) for v in argv[8].split(","))
     _die_with_parent(parent)
-    from .pool import ImageSpec
-
     shape = (n_slots, 3, size, size)
     buffer = mmap.mmap(shm_fd, int(np.prod(shape)) * 4)
     slots = np.frombuffer(buffer, dtype=np.float32).reshape(shape)

@@ -55,12 +55,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract.atomic import write_bytes
-from .index import KINDS, PartIndex
-from .parts import (COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table,
-                              write_part)
 from ..contract.errors import InputError, WriteError, write_error
-from ..outputs.lock import OutputLock
 from ..contract.manifest import sha256_file
+from ..outputs.lock import OutputLock
+from .index import KINDS, PartIndex
+from .parts import COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table, write_part
 
 if TYPE_CHECKING:
     from ..contract.manifest import Manifest

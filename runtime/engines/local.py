@@ -29,15 +29,23 @@ import numpy as np
 
 from ..contract.atomic import write_bytes
 from ..contract.constants import BATCH_SIZE
-from ..decode.pool import DecodePool, ThreadPool
-from ..embeddings.store import EmbeddingStore
 from ..contract.errors import InputError, WriteError, error_code, write_error
-from ..outputs.lock import OutputLock
-from ..model.longclip import LongCLIP
+from ..contract.rows import (
+    Columns,
+    check_columns,
+    check_image_root,
+    check_output_columns,
+    no_rows,
+    output_schema,
+    with_scores,
+)
+from ..decode.pool import DecodePool, ThreadPool
 from ..decode.preprocess import MAX_PIXELS
-from ..contract.rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
+from ..embeddings.store import EmbeddingStore
 from ..inputs.tables import TableReader, same_file
 from ..inputs.webdataset import WdsOptions, WdsReader, is_webdataset
+from ..model.longclip import LongCLIP
+from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work

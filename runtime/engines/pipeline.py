@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from ..decode.pool import DecodePool, ThreadPool
 from ..contract import errors
-from ..embeddings.store import EmbeddingStore, text_sha256
 from ..contract.errors import EngineError, RowError
-from ..model.longclip import LongCLIP
 from ..contract.rows import cell_key, check_text, resolve_image_path, row_reason
-from ..model.scoring import l2_normalize, score_rows
+from ..decode.pool import DecodePool, ThreadPool
+from ..embeddings.store import EmbeddingStore, text_sha256
 from ..inputs.tarshards import SHARD_COLUMN
+from ..model.longclip import LongCLIP
+from ..model.scoring import l2_normalize, score_rows
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -29,19 +29,27 @@ from typing import Any
 import pandas as pd
 
 from ..contract import errors
-from ..decode.cpus import available_cpus, plan_cpus
 from ..contract.constants import DECODE_TIMEOUT
-from ..decode.pool import ImageSpec, make_pool
 from ..contract.errors import EngineError, InputError, LongCLIPError, error_code
-from ..outputs.lock import OutputLock
 from ..contract.manifest import read_manifest
-from ..model.longclip import TRT_MAX_BATCH, LongCLIP
-from ..contract.rows import ABSENT, check_columns, check_image_root, check_output_columns, error_key, no_rows, with_scores
-from ..model.session import parse_device
+from ..contract.rows import (
+    ABSENT,
+    check_columns,
+    check_image_root,
+    check_output_columns,
+    error_key,
+    no_rows,
+    with_scores,
+)
+from ..decode.cpus import available_cpus, plan_cpus
+from ..decode.pool import ImageSpec, make_pool
 from ..inputs.tables import same_file
-from ..outputs.writers import TableWriter
 from ..inputs.tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
 from ..inputs.webdataset import WdsOptions, WdsReader, wds_columns
+from ..model.longclip import TRT_MAX_BATCH, LongCLIP
+from ..model.session import parse_device
+from ..outputs.lock import OutputLock
+from ..outputs.writers import TableWriter
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns

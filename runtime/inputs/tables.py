@@ -121,7 +121,7 @@ class TableReader:
                 if not line.strip():
                     continue
                 try:
-                    row = _loads(line)
+                    row = loads_json(line)
                 except ValueError as exc:
                     if reason:  # not UTF-8 and not JSON either: the row is lost, the run goes on
                         yield number, {}, reason
@@ -136,7 +136,7 @@ class TableReader:
         raw = self.path.read_bytes()
         self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
-            data = _loads(raw.decode("utf-8-sig"))
+            data = loads_json(raw.decode("utf-8-sig"))
         except ValueError as exc:  # UnicodeDecodeError too: one array cannot lose one row
             raise InputError(f"{str(self.path)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -232,14 +232,14 @@ class TableReader:
             for frame in self._parquet_frames(n):
                 yield Chunk(frame, [""] * len(frame))
         elif self.format == ".csv":
-            for group in _groups(self._csv_records(), n):
+            for group in batched(self._csv_records(), n):
                 frame = pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object)
                 yield Chunk(frame, [r for _, r in group])
         elif self._records is not None:
-            for group in _groups(zip(self._records, self._record_reasons), n):
+            for group in batched(zip(self._records, self._record_reasons), n):
                 yield Chunk(self._frame([row for row, _ in group]), [reason for _, reason in group])
         else:
-            for group in _groups(self._jsonl_rows(), n):
+            for group in batched(self._jsonl_rows(), n):
                 yield Chunk(self._frame([row for _, row, _ in group]), [reason for *_, reason in group])
 
     def _parquet_frames(self, n: int) -> Iterator[pd.DataFrame]:
@@ -257,7 +257,7 @@ class TableReader:
                             columns=self.columns)
 
 
-def _loads(text: str) -> Any:
+def loads_json(text: str) -> Any:
     """``json.loads``, with a value nested deeper than Python's parser goes as a ``ValueError`` (named like any
     malformed line) instead of a ``RecursionError``."""
     try:
@@ -288,7 +288,7 @@ def _raise_csv_field_limit() -> None:
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
-def _groups(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+def batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, n)):
         yield batch

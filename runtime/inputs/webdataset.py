@@ -41,9 +41,8 @@ from ..contract.constants import MAX_MEMBER_BYTES
 from ..contract.errors import InputError
 from ..contract.rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
-from .tables import Chunk, _groups, _loads
-from .tarshards import (KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset,
-                        unreadable_shard)
+from .tables import Chunk, batched, loads_json
+from .tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset, unreadable_shard
 from .tarstream import Entry, TarStream
 
 if TYPE_CHECKING:
@@ -268,7 +267,7 @@ class WdsReader:
         without ``images``)."""
         if n < 1:
             raise ValueError(f"chunk size must be >= 1, got {n}")
-        for group in _groups(self._rows(images=images), n):
+        for group in batched(self._rows(images=images), n):
             frame = pd.DataFrame({c: [values[i] for values, _, _ in group] for i, c in enumerate(self.columns)},
                                  dtype=object, columns=self.columns)
             yield Chunk(frame, [reason for _, reason, _ in group], [image for *_, image in group])
@@ -406,7 +405,7 @@ def _json(sample: _Sample, shard: str, where: str) -> tuple[Any, str]:
     if reason:
         return None, reason
     try:
-        parsed = _loads(text)
+        parsed = loads_json(text)
     except ValueError as exc:
         return None, f"{errors.NULL_TEXT}: member {entry.name!r} of {shard!r} is not valid JSON ({exc})"
     if not isinstance(parsed, dict):

@@ -16,10 +16,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoints import checkpoints_in
 from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
 from ..contract.errors import LongCLIPError, ModelDirError
 from ..contract.manifest import sha256_file
+from .checkpoints import checkpoints_in
 
 log = logging.getLogger(__name__)
 

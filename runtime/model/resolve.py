@@ -24,11 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import hub
-from .checkpoints import checkpoint_format, checkpoints_in, not_a_checkpoint, pick_checkpoint
 from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
 from ..contract.errors import ModelDirError
 from ..contract.manifest import sha256_file
+from . import hub
+from .checkpoints import checkpoint_format, checkpoints_in, not_a_checkpoint, pick_checkpoint
 
 log = logging.getLogger(__name__)
 

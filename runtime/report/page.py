@@ -33,8 +33,8 @@ import numpy as np
 
 from ..contract.atomic import replacing
 from ..contract.errors import MISSING_FILE, InputError, RowError, write_error
-from ..decode.preprocess import load_image
 from ..contract.rows import cell_key, check_image_root, is_null, resolve_image_path
+from ..decode.preprocess import load_image
 from ..inputs.tables import TableReader, same_file
 from ..inputs.tarshards import MemberReader, ShardMember
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect

@@ -11,10 +11,10 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.contract import errors
+from longclip.runtime.contract.errors import EngineError
 from longclip.runtime.decode.pool import ImageSpec, ThreadPool, make_pool
 from longclip.runtime.engines import pipeline as pipeline_module
 from longclip.runtime.engines.pipeline import Pipeline, Work
-from longclip.runtime.contract.errors import EngineError
 
 IMG = GOLDENS / "images"
 

@@ -16,7 +16,6 @@ B16 = dict(embed=512, image=224, patch=16, vision_width=768, vision_layers=12, t
 
 def _meta_state(**dims):
     import torch
-
     from official import official_shapes
 
     return {k: torch.empty(s, device="meta") for k, s in official_shapes(**dims).items()}
@@ -35,8 +34,8 @@ def test_config_from_shapes(dims, variant):
 
 
 def test_reference_keys_are_the_official_layout():
-    from longclip.export.model import LongCLIP
     from longclip.export.checkpoint import derive_config
+    from longclip.export.model import LongCLIP
 
     state = _meta_state(**L14_336)
     assert set(LongCLIP(derive_config(state)).state_dict()) == set(state)

@@ -9,8 +9,8 @@ pytestmark = needs_torch
 
 def test_reference_matches_official_forward(tiny_state, tiny_reference):
     import torch
-
     from official import official_encode_image, official_encode_text
+
     from longclip.runtime.decode.tokenizer import tokenize
 
     assert not torch.equal(tiny_state["positional_embedding"], tiny_state["positional_embedding_res"])

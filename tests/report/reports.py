@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import GOLDENS
-from longclip.runtime.report.page import write_report
-from longclip.runtime.report.data import ReportOptions
 from longclip.runtime.inputs.tables import read_table
+from longclip.runtime.report.data import ReportOptions
+from longclip.runtime.report.page import write_report
 
 IMG = GOLDENS / "images"
 IMAGES = sorted(p.name for p in IMG.iterdir())

@@ -13,13 +13,13 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from cdp import Browser, find_chromium
+from PIL import Image
 from reports import HOSTILE, HOSTILE_KEY, HOSTILE_TITLE, IMG, TAGS, hostile_report, page_data, scored_frame
+
 from longclip.runtime.contract.errors import error_code
-from longclip.runtime.report.page import BOUNDARY, write_report
 from longclip.runtime.report.data import BINS, ReportOptions
+from longclip.runtime.report.page import BOUNDARY, write_report
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; "

@@ -10,12 +10,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
-from longclip.runtime.contract.errors import InputError
-from longclip.runtime.report.page import slider_sample, write_report
-from longclip.runtime.report.data import BINS, QUANTILES, ReportOptions, ScoreStats
 from reports import IMAGES, IMG, file_scores, kept_on_page, page_data, scored_frame, write
 
+from longclip.runtime.contract.errors import InputError
+from longclip.runtime.report.data import BINS, QUANTILES, ReportOptions, ScoreStats
+from longclip.runtime.report.page import slider_sample, write_report
 
 MEASURE = """
 import json, os, sys

@@ -10,11 +10,24 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from reports import (
+    HOSTILE,
+    HOSTILE_KEY,
+    HOSTILE_TITLE,
+    IMAGES,
+    IMG,
+    TAGS,
+    Parsed,
+    hostile_report,
+    page_data,
+    scored_frame,
+    sha256_source,
+    write,
+)
 
 from longclip.runtime.contract.errors import InputError, error_code
-from longclip.runtime.report.page import THUMB_SIZE, fill, write_report
 from longclip.runtime.report.data import ReportOptions
-from reports import HOSTILE, HOSTILE_KEY, HOSTILE_TITLE, IMAGES, IMG, Parsed, TAGS, hostile_report, page_data, scored_frame, sha256_source, write
+from longclip.runtime.report.page import THUMB_SIZE, fill, write_report
 
 
 def test_page_is_self_contained(tmp_path):

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from reports import IMAGES, IMG, kept_on_page, page_data, scored_frame, write
 
 from longclip.runtime.report.data import BINS
-from reports import IMAGES, IMG, kept_on_page, page_data, scored_frame, write
 
 
 def report_cli(cwd, *args) -> subprocess.CompletedProcess:
