@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from longclip.runtime.contract.constants import (
+    CLIP_CONTEXT_LENGTH,
     CONTEXT_LENGTH,
     EOT_TOKEN,
     OPSET,
+    SOT_TOKEN,
     TEXT_GRAPH,
     TEXT_INPUT,
     TEXT_OUTPUT,
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's 2 GB ceiling, with room for the graph itself
 TRACE_BATCH = 2  # parity runs other batch sizes and lengths, so nothing traced can hide
-TRACE_LENGTH = 77
+TRACE_LENGTH = CLIP_CONTEXT_LENGTH
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def _example(model: LongCLIP, tower: str) -> tuple[torch.Tensor, dict[int, torch
         n = model.config.image_size
         return torch.zeros(TRACE_BATCH, 3, n, n), {0: batch}
     ids = torch.full((TRACE_BATCH, TRACE_LENGTH), 320, dtype=torch.int64)
-    ids[:, 0], ids[:, TRACE_LENGTH // 2] = 49406, EOT_TOKEN
+    ids[:, 0], ids[:, TRACE_LENGTH // 2] = SOT_TOKEN, EOT_TOKEN
     return ids, {0: batch, 1: torch.export.Dim("length", max=CONTEXT_LENGTH)}
 
 

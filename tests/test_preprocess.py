@@ -13,9 +13,9 @@ from PIL import Image, ImageFile
 
 from conftest import GOLDENS
 from longclip.runtime.contract import errors
+from longclip.runtime.contract.constants import MAX_PIXELS
 from longclip.runtime.contract.errors import ImageError
 from longclip.runtime.decode.preprocess import (
-    MAX_PIXELS,
     center_crop,
     check_pixels,
     decode_image,

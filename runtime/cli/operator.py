@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 
 from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
-from ..decode.cpus import plan_cpus
+from ..engines.assemble import load_model, open_store, split_cpus
 from ..engines.chunk import score_frame
-from ..model.longclip import LongCLIP
-from ..model.session import wants_gpu
 
 if TYPE_CHECKING:
     from ..embeddings.store import EmbeddingStore
@@ -50,8 +48,8 @@ class ImageLongCLIPEvaluator:
 
     def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None,
                  embeddings_dir: str | os.PathLike[str] | None = None):
-        self.split = plan_cpus(wants_gpu(device))  # decode workers start for each run, beside this model
-        self.model = LongCLIP(model_name, device=device, threads=self.split.model_threads, spin=self.split.spin)
+        self.split = split_cpus(device)  # decode workers start for each run, beside this model
+        self.model = load_model(model_name, device, self.split)
         self.embeddings_dir = embeddings_dir
         if embeddings_dir is not None:  # another model's folder is refused now, not at the first run
             self._store().close()
@@ -80,6 +78,4 @@ class ImageLongCLIPEvaluator:
         return [output_key]
 
     def _store(self) -> EmbeddingStore:
-        from ..embeddings.store import EmbeddingStore, StoreIdentity
-
-        return EmbeddingStore(self.embeddings_dir, StoreIdentity.of(self.model.manifest))  # type: ignore[arg-type]
+        return open_store(self.embeddings_dir, self.model.manifest)  # type: ignore[arg-type]

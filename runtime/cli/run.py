@@ -9,9 +9,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..contract.constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
+from ..contract.constants import (
+    BATCH_SIZE,
+    CHUNK_ROWS,
+    DECODE_TIMEOUT,
+    DEVICES,
+    EMBEDDING_DTYPES,
+    MAX_PIXELS,
+    WDS_IMAGE_EXT,
+    WDS_TEXT,
+)
 from ..contract.errors import EngineError, InputError, LongCLIPError
-from ..decode.preprocess import MAX_PIXELS
 from ..inputs.tables import FORMATS, same_file
 from .console import column_options, configure_logging
 
@@ -48,17 +56,17 @@ if TYPE_CHECKING:
 @click.option("--decode-timeout", type=click.FloatRange(min=0, min_open=True), default=DECODE_TIMEOUT,
               show_default=True, help="Seconds one image may take to decode before its worker is stopped "
                                       "(the row gets decode_timeout).")
-@click.option("--wds-image-ext", default="jpg,jpeg,png,webp", show_default=True,
+@click.option("--wds-image-ext", default=",".join(WDS_IMAGE_EXT), show_default=True,
               help="WebDataset INPUT: the image is the sample's first member with one of these extensions, in this "
                    "order of preference.")
-@click.option("--wds-text", default="txt", show_default=True,
+@click.option("--wds-text", default=WDS_TEXT, show_default=True,
               help="WebDataset INPUT: the member with this extension is the text, or json:FIELD takes a field of "
                    "the json member (json:caption, json:meta.caption).")
 @click.option("--wds-keep", default="", help="WebDataset INPUT: json fields copied to OUTPUT as columns (comma list).")
 @click.option("--embeddings", "embeddings_dir", default=None,
               help="Folder that gets every image and text embedding the run computes, and gives those it already "
                    "has (they are not decoded or encoded again); see README, Embeddings.")
-@click.option("--embeddings-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--embeddings-dtype", type=click.Choice(EMBEDDING_DTYPES), default=EMBEDDING_DTYPES[0], show_default=True,
               help="How --embeddings stores them (fixed when the folder is made).")
 @click.option("--embed-only", is_flag=True,
               help="With --embeddings: embed every distinct image and text into the folder, score nothing, write no "
@@ -185,25 +193,17 @@ def _load(stack: contextlib.ExitStack, model_name: str, opts: RunOptions, device
     """The model, its decode pool and the embeddings folder (entered on ``stack``): the folder first (another
     model's is refused before the model loads), and the workers start (a fresh interpreter each) while it loads."""
     from ..contract.manifest import read_manifest
-    from ..decode.cpus import plan_cpus
-    from ..decode.pool import ImageSpec, make_pool
-    from ..model.longclip import TRT_MAX_BATCH, LongCLIP
+    from ..engines.assemble import load_model, open_store, split_cpus, start_pool
     from ..model.resolve import resolve_model_dir
-    from ..model.session import wants_gpu
 
     model_dir = resolve_model_dir(model_name)
     manifest = read_manifest(model_dir)
     store = None
     if embeddings_dir is not None:
-        from ..embeddings.store import EmbeddingStore, StoreIdentity
-
-        store = stack.enter_context(EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)))
-    split = plan_cpus(wants_gpu(device), decode_workers)
-    pool = stack.enter_context(make_pool(ImageSpec.of(manifest, opts.max_pixels), opts.batch_size,
-                                         split.decode_workers, decode_timeout))
-    model = LongCLIP(model_dir, device=device, threads=split.model_threads,
-                     max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
-    return model, pool, store
+        store = stack.enter_context(open_store(embeddings_dir, manifest, embeddings_dtype))
+    split = split_cpus(device, decode_workers)
+    pool = stack.enter_context(start_pool(manifest, split, opts.batch_size, opts.max_pixels, decode_timeout))
+    return load_model(model_dir, device, split, opts.batch_size), pool, store
 
 
 def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,

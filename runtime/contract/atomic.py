@@ -15,6 +15,7 @@ Errors are the caller's to translate: each names its own path and fix (``errors.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -59,6 +60,34 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
             raise
     finally:
         os.close(fd)
+
+
+PARTIAL = ".partial"
+"""Suffix of an output, a report or a folder of shards while it is written (``.<name>.<random>.partial``): what a
+later run on the same output, holding its lock, removes as left by a killed one."""
+
+RUN_SUFFIX = ".longclip-run"
+"""A run's own files beside its output: ``.<name>.longclip-run`` (finished chunks, for ``--resume``) and
+``.<name>.longclip-run.lock``."""
+
+
+def run_sibling(output: Path, suffix: str = "") -> Path:
+    """``<folder>/.<name>.longclip-run<suffix>`` beside ``output``: a run's work folder, or its lock (``.lock``).
+
+    >>> run_sibling(Path("out/scored.parquet"), ".lock").as_posix()
+    'out/.scored.parquet.longclip-run.lock'
+    """
+    return output.parent / f".{output.name}{RUN_SUFFIX}{suffix}"
+
+
+def stale_partials(output: Path) -> Iterator[Path]:
+    """The temporary siblings of ``output`` (files or folders) that a killed writer left."""
+    return output.parent.glob(f".{glob.escape(output.name)}.*{PARTIAL}*")
+
+
+def partial_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to fill, then move into place whole."""
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PARTIAL, dir=target.parent))
 
 
 def temporary_sibling(path: Path, suffix: str = ".tmp") -> tuple[int, Path]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-CONTEXT_LENGTH = 248
-"""Text context of LongCLIP (``77 * 4 - 60``); the official ``tokenize`` pads and truncates to it."""
+CLIP_CONTEXT_LENGTH = 77
+"""Text context of the original CLIP: most captions fit in it (TensorRT tunes for it, the exporter traces at it)."""
+
+CONTEXT_LENGTH = CLIP_CONTEXT_LENGTH * 4 - 60
+"""Text context of LongCLIP, 248; the official ``tokenize`` pads and truncates to it."""
 
 POSITION_SPLIT = 20
 """Positions ``[0, 20)`` use ``positional_embedding``, ``[20, 248)`` use ``positional_embedding_res``."""
@@ -45,7 +48,17 @@ DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 BATCH_SIZE = 32
 """Images (or texts) per forward: ``--batch-size``, ``RunOptions.batch_size``, the operator's and ``encode_images``'
-default. ``encode_texts`` keeps its own default of 64 (text rows are cheaper than images)."""
+default. ``encode_texts`` keeps its own default, ``TEXT_BATCH_SIZE`` (text rows are cheaper than images)."""
+
+TEXT_BATCH_SIZE = 64
+"""``encode_texts``' and ``embed_ids``' default batch (runs use ``BATCH_SIZE``)."""
+
+LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, CONTEXT_LENGTH)
+"""A text batch never mixes lengths from two buckets: short captions never run at a long caption's length."""
+
+MAX_PIXELS = 89_478_485
+"""Images with more pixels, or whose resize to the model size would have more, are refused from their header
+(``--max-pixels``; Pillow's own default ``Image.MAX_IMAGE_PIXELS``)."""
 
 PRECISIONS = ("fp32", "fp16", "int8")
 """The precisions a model folder's graphs can have (``manifest.json``: ``precision``)."""
@@ -56,3 +69,12 @@ op, or plain ONNX."""
 
 OPSET = 18
 """ONNX opset the exporter writes by default (each manifest records the one used)."""
+
+EMBEDDING_DTYPES = ("float32", "float16")
+"""How an embeddings folder stores its vectors (``--embeddings-dtype``; the first is the default)."""
+
+WDS_IMAGE_EXT = ("jpg", "jpeg", "png", "webp")
+"""A WebDataset sample's image: its first member with one of these extensions, in this order (``--wds-image-ext``)."""
+
+WDS_TEXT = "txt"
+"""A WebDataset sample's text: the member with this extension (``--wds-text``)."""

@@ -38,7 +38,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..contract.constants import IMAGE_MEAN, IMAGE_STD
+from ..contract.constants import IMAGE_MEAN, IMAGE_STD, MAX_PIXELS
 from ..contract.errors import (
     BAD_PATH,
     DIRECTORY,
@@ -56,8 +56,6 @@ ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
 
 
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-"""Images with more pixels, or whose resize to the model size would have more, are refused from their header."""
 
 # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer. O_NOCTTY: a terminal is never made
 # ours. O_BINARY: Windows only.

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract.atomic import write_bytes
+from ..contract.constants import EMBEDDING_DTYPES
 from ..contract.errors import InputError, WriteError, write_error
 from ..contract.manifest import sha256_file
 from ..outputs.lock import OutputLock
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 FORMAT = "longclip-embeddings"
 SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
-DTYPES = ("float32", "float16")
+DTYPES = EMBEDDING_DTYPES
 PART_ROWS = 4096
 NORM_TOLERANCE = 1e-5
 

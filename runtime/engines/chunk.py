@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..contract.constants import BATCH_SIZE, CHUNK_ROWS
+from ..contract.constants import BATCH_SIZE, CHUNK_ROWS, MAX_PIXELS
 from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
 from ..decode.cpus import plan_cpus
 from ..decode.pool import DecodePool, ImageSpec, ThreadPool, make_pool
-from ..decode.preprocess import MAX_PIXELS
 from ..embeddings.store import EmbeddingStore
 from ..model.longclip import LongCLIP
-from ..model.session import CPU
+from ..model.session import on_gpu
 from .pipeline import ChunkResult, Pipeline, Work
 
 __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_pool"]
@@ -27,7 +26,7 @@ __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_p
 def default_pool(model: LongCLIP, batch_size: int = BATCH_SIZE, max_pixels: int = MAX_PIXELS,
                  decode_workers: int | None = None) -> DecodePool | ThreadPool:
     """Decode workers sized for ``model``'s device and this process's CPUs (``cpus.plan_cpus``)."""
-    workers = plan_cpus(model.provider != CPU, decode_workers).decode_workers
+    workers = plan_cpus(on_gpu(model.provider), decode_workers).decode_workers
     return make_pool(ImageSpec.of(model.manifest, max_pixels), batch_size, workers)
 
 

@@ -11,7 +11,6 @@ same code either way, the final file equals an uninterrupted run's. One run per 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -27,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contract.atomic import write_bytes
-from ..contract.constants import BATCH_SIZE
+from ..contract.atomic import run_sibling, stale_partials, write_bytes
+from ..contract.constants import BATCH_SIZE, MAX_PIXELS
 from ..contract.errors import InputError, WriteError, error_code, write_error
 from ..contract.rows import (
     Columns,
@@ -40,7 +39,6 @@ from ..contract.rows import (
     with_scores,
 )
 from ..decode.pool import DecodePool, ThreadPool
-from ..decode.preprocess import MAX_PIXELS
 from ..embeddings.store import EmbeddingStore
 from ..inputs.tables import TableReader, same_file
 from ..inputs.webdataset import WdsOptions, WdsReader, is_webdataset
@@ -119,7 +117,7 @@ class RunSummary:
 
 
 def work_dir_for(output: Path) -> Path:
-    return output.parent / f".{output.name}.longclip-run"
+    return run_sibling(output)
 
 
 @dataclass
@@ -164,7 +162,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     lock = OutputLock(output)
     lock.acquire()
     try:
-        for stale in output.parent.glob(f".{glob.escape(output.name)}.*.partial*"):
+        for stale in stale_partials(output):
             stale.unlink(missing_ok=True)  # left by a run killed while writing its output (we hold its lock)
         writer = TableWriter(output, output_schema(reader.schema, opts.output_key))
     except BaseException:

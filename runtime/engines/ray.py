@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from ..contract import errors
-from ..contract.constants import DECODE_TIMEOUT
+from ..contract.constants import DECODE_TIMEOUT, EMBEDDING_DTYPES
 from ..contract.errors import EngineError, InputError, LongCLIPError, error_code
 from ..contract.manifest import read_manifest
 from ..contract.rows import (
@@ -41,15 +41,14 @@ from ..contract.rows import (
     no_rows,
     with_scores,
 )
-from ..decode.cpus import available_cpus, plan_cpus
-from ..decode.pool import ImageSpec, make_pool
+from ..decode.cpus import available_cpus
 from ..inputs.tables import same_file
 from ..inputs.tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
 from ..inputs.webdataset import WdsOptions, WdsReader, wds_columns
-from ..model.longclip import TRT_MAX_BATCH, LongCLIP
-from ..model.session import parse_device
+from ..model.session import parse_device, wants_gpu
 from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
+from .assemble import load_model, open_store, split_cpus, start_pool
 from .local import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
@@ -65,7 +64,7 @@ class RayOptions:
     workers: int | None = None  # actors, one model each; None: one per GPU, else one per CPU but one
     cpus_per_worker: int = 1  # CPUs each actor reserves: its model, and (beyond the first) its decode workers
     embeddings_dir: str | None = None  # each actor writes its own parts there; the driver holds the lock, indexes
-    embeddings_dtype: str = "float32"
+    embeddings_dtype: str = EMBEDDING_DTYPES[0]
     decode_timeout: float = DECODE_TIMEOUT  # seconds one image may take in an actor's decode worker
     object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
     shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
@@ -88,25 +87,21 @@ class Scorer:
 
     def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1,
                  embeddings: tuple[str, str] | None = None, decode_timeout: float = DECODE_TIMEOUT):
-        gpu = device not in (None, "cpu")
-        split = plan_cpus(gpu, 0 if cpus == 1 else None, cpus=cpus)  # one CPU: decode on threads, beside the model
-        self.model = LongCLIP(model_dir, device=device, threads=split.model_threads,
-                              max_batch=max(opts.batch_size, TRT_MAX_BATCH), spin=split.spin)
-        self._pool_args = (ImageSpec.of(self.model.manifest, opts.max_pixels), opts.batch_size,
-                           split.decode_workers, decode_timeout)
+        # device None (auto) in an actor Ray gave a GPU; one CPU: decode on threads, beside the model
+        split = split_cpus(device, 0 if cpus == 1 else None, cpus=cpus)
+        self.model = load_model(model_dir, device, split, opts.batch_size)
+        self._pool_args = (self.model.manifest, split, opts.batch_size, opts.max_pixels, decode_timeout)
         self.store = None
         if embeddings is not None:  # parts of its own; the driver holds the folder's lock and indexes them
-            from ..embeddings.store import EmbeddingStore, StoreIdentity
-
             root, dtype = embeddings
-            self.store = EmbeddingStore(root, StoreIdentity.of(self.model.manifest, dtype), shared=True)
+            self.store = open_store(root, self.model.manifest, dtype, shared=True)
         self.opts = opts
         self.root = Path(opts.image_root) if opts.image_root else None
         self._start()
 
     def _start(self) -> None:
         """A decode pool and the pipeline on it: at first, and after a batch failed (its pool is left broken)."""
-        self.pool = make_pool(*self._pool_args)
+        self.pool = start_pool(*self._pool_args)
         self.pipeline = Pipeline(self.model, self.pool, self.root, self.opts.batch_size, store=self.store)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -378,7 +373,7 @@ def _execute(ray: ModuleType, plan: RayPlan, model_dir: str, ray_opts: RayOption
     shards, target, opts, kind = plan.shards, plan.target, plan.opts, plan.kind
     with ray_session(ray, ray_opts):
         resources = ray.cluster_resources()
-        gpu = kind in ("cuda", "tensorrt") or (kind == "auto" and resources.get("GPU", 0) >= 1)
+        gpu = wants_gpu(kind, gpus_here=resources.get("GPU", 0) >= 1)
         workers = plan_workers(resources, gpu, ray_opts.workers, ray_opts.cpus_per_worker)
         actor_device = "cpu" if not gpu else (None if kind == "auto" else kind)
         pool = f"{workers} worker{'s' if workers > 1 else ''} on {'GPU' if gpu else 'CPU'}"

@@ -11,13 +11,14 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from ..contract.atomic import partial_folder
 from ..contract.errors import InputError
 from ..inputs.tables import FORMATS
+from ..inputs.tarshards import is_hidden
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -71,7 +72,7 @@ def _filesystem(location: str) -> tuple["pyarrow.fs.FileSystem", str]:
 
 def _visible(path: str, base: str) -> bool:
     """Not hidden below ``base``: skips ``.name`` and ``_name`` entries (``_SUCCESS``, ``.crc``, partial writes)."""
-    return not any(part.startswith((".", "_")) for part in PurePosixPath(path).relative_to(base).parts)
+    return not any(is_hidden(part) for part in PurePosixPath(path).relative_to(base).parts)
 
 
 def _list_files(fs: "pyarrow.fs.FileSystem", base: str) -> list[str]:
@@ -195,8 +196,7 @@ class Staging:
     def __init__(self, target: Target):
         self.target = target
         if target.local:
-            parent = Path(target.path).parent
-            self.path = tempfile.mkdtemp(prefix=f".{Path(target.path).name}.", suffix=".partial", dir=parent)
+            self.path = str(partial_folder(Path(target.path)))
         else:
             self.path = target.path
 

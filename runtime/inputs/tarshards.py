@@ -131,9 +131,19 @@ def _has_glob(location: str) -> bool:
     return any(c in location for c in _GLOB)
 
 
+def is_hidden(name: str) -> bool:
+    """A file or folder that readers of a folder skip: ``.name`` or ``_name`` (``_SUCCESS``, ``.crc``, ``_tmp``,
+    partial writes), for tar shards and table shards alike.
+
+    >>> [is_hidden(n) for n in (".x.partial", "_SUCCESS", "part-0.parquet")]
+    [True, True, False]
+    """
+    return name.startswith((".", "_"))
+
+
 def _visible(path: str, base: str) -> bool:
-    """Not hidden below ``base``: no ``.name`` or ``_name`` part (``_tmp``, partial writes), as for table shards."""
-    return not any(part.startswith((".", "_")) for part in PurePath(os.path.relpath(path, base)).parts)
+    """Not hidden below ``base``: no part of its path below ``base`` is hidden."""
+    return not any(is_hidden(part) for part in PurePath(os.path.relpath(path, base)).parts)
 
 
 def _glob_tars(pattern: str) -> list[str]:
@@ -143,8 +153,8 @@ def _glob_tars(pattern: str) -> list[str]:
 
 def _files_below(folder: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        yield from (Path(root, f) for f in files if not f.startswith((".", "_")))
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        yield from (Path(root, f) for f in files if not is_hidden(f))
 
 
 def _tars_below(folder: Path) -> list[Path]:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..contract import errors
-from ..contract.constants import MAX_MEMBER_BYTES
+from ..contract.constants import MAX_MEMBER_BYTES, WDS_IMAGE_EXT, WDS_TEXT
 from ..contract.errors import InputError
 from ..contract.rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
@@ -71,8 +71,8 @@ class WdsOptions:
     ('jpg', 'png')
     """
 
-    image_ext: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-    text: str = "txt"
+    image_ext: tuple[str, ...] = WDS_IMAGE_EXT
+    text: str = WDS_TEXT
     keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..contract.constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
+from ..contract.constants import (
+    BATCH_SIZE,
+    CLIP_CONTEXT_LENGTH,
+    LENGTH_BUCKETS,
+    TEXT_BATCH_SIZE,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    VISION_INPUT,
+    VISION_OUTPUT,
+)
 from ..contract.manifest import Manifest, read_manifest
 from ..decode.preprocess import ImageInput, preprocess_images
 from ..decode.tokenizer import default_tokenizer, eot_positions
@@ -21,10 +30,6 @@ from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session,
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)
-
-LENGTH_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 248)
-"""A text batch never mixes lengths from two buckets: short captions never run at a long caption's length."""
-
 
 TOKENS_PER_ROW = 64
 """int8 text batches hold ``batch_size`` rows, or more when their texts are short: up to ``batch_size *
@@ -58,12 +63,6 @@ def length_batches(lengths: np.ndarray, batch_size: int, tokens_per_row: int = 0
 
 TRT_MAX_BATCH = 64
 """TensorRT builds its engines for batches up to this, or up to the batch size asked for when that is larger."""
-
-TRT_OPT_TEXT_LENGTH = 77
-"""The text length TensorRT tunes its kernels for: CLIP's own context, which most captions fit in."""
-
-TEXT_BATCH_SIZE = 64
-"""``encode_texts``' and ``embed_ids``' default batch (runs use ``constants.BATCH_SIZE``)."""
 
 
 def trt_cache_root() -> Path:
@@ -116,7 +115,7 @@ class LongCLIP:
         m, cache = self.manifest, trt_cache_root()
         n, batch, opt = m.image_size, max(1, max_batch), min(BATCH_SIZE, max(1, max_batch))
         vision_trt = TrtProfile(VISION_INPUT, (1, 3, n, n), (opt, 3, n, n), (batch, 3, n, n), m.vision_sha256, cache)
-        text_trt = TrtProfile(TEXT_INPUT, (1, 1), (opt, TRT_OPT_TEXT_LENGTH), (batch, m.context_length),
+        text_trt = TrtProfile(TEXT_INPUT, (1, 1), (opt, CLIP_CONTEXT_LENGTH), (batch, m.context_length),
                               m.text_sha256, cache)
         self.trt_max_batch = batch
         if parse_device(device)[0] == "tensorrt" and m.attention == "fused":

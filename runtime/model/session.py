@@ -156,13 +156,34 @@ def nvidia_devices() -> list[str] | None:
     return sorted(glob.glob("/dev/nvidia[0-9]*"), key=lambda p: int(p.removeprefix("/dev/nvidia")))
 
 
-def wants_gpu(device: str | None) -> bool:
-    """Whether ``device`` will run on a GPU: asked for by name, or ``auto`` with the GPU wheel and a GPU here.
-    For sizing what runs beside the model; the session itself decides for real."""
+GPU_KINDS = ("cuda", "tensorrt")
+
+
+def wants_gpu(device: str | None, gpus_here: bool | None = None) -> bool:
+    """Whether ``device`` will run on a GPU: asked for by name, or ``auto`` where there are GPUs (``gpus_here``:
+    e.g. a Ray cluster's resources; default: the GPU wheel and a GPU on this machine). The one place that decides
+    it before a session exists, for sizing what runs beside the model; the session itself decides for real.
+
+    >>> wants_gpu("cuda:1"), wants_gpu("cpu"), wants_gpu("auto", gpus_here=True), wants_gpu(None, gpus_here=False)
+    (True, False, True, False)
+    """
     kind = parse_device(device)[0]
-    if kind in ("cuda", "tensorrt"):
+    if kind in GPU_KINDS:
         return True
-    return kind == "auto" and CUDA in ort.get_available_providers() and nvidia_devices() != []
+    if kind != "auto":
+        return False
+    if gpus_here is None:
+        gpus_here = CUDA in ort.get_available_providers() and nvidia_devices() != []
+    return gpus_here
+
+
+def on_gpu(provider: str) -> bool:
+    """Whether a session's ``provider`` (``LongCLIP.provider``) runs on a GPU, once it exists.
+
+    >>> on_gpu(CPU), on_gpu(CUDA)
+    (False, True)
+    """
+    return provider != CPU
 
 
 def no_gpu(device: str | None, provider: str) -> DeviceUnavailableError:

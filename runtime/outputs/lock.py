@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ..contract.atomic import run_sibling
 from ..contract.errors import InputError, write_error
 
 
@@ -25,7 +26,7 @@ def lock_path_for(output: Path) -> Path:
     >>> lock_path_for(Path("out/scored.parquet")).as_posix()
     'out/.scored.parquet.longclip-run.lock'
     """
-    return output.parent / f".{output.name}.longclip-run.lock"
+    return run_sibling(output, ".lock")
 
 
 class OutputLock:

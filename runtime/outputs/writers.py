@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..contract.atomic import publish, temporary_sibling
+from ..contract.atomic import PARTIAL, publish, temporary_sibling
 from ..contract.errors import InputError, write_error
 from ..contract.rows import ABSENT
 from ..inputs.schema import json_column_values
@@ -69,7 +69,7 @@ class TableWriter:
         self.format = table_format(self.path)
         self.schema = schema
         try:
-            fd, self._tmp = temporary_sibling(self.path, ".partial")
+            fd, self._tmp = temporary_sibling(self.path, PARTIAL)
         except OSError as exc:
             raise write_error(self.path, exc) from None
         os.close(fd)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract.atomic import replacing
+from ..contract.atomic import PARTIAL, replacing
 from ..contract.errors import MISSING_FILE, InputError, RowError, write_error
 from ..contract.rows import cell_key, check_image_root, is_null, resolve_image_path
 from ..decode.preprocess import load_image
@@ -442,7 +442,7 @@ def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | 
     data = collect(reader, opts)
     page = render(data)
     try:
-        with replacing(out, suffix=".partial") as f:
+        with replacing(out, suffix=PARTIAL) as f:
             f.write(page.encode("utf-8"))
     except OSError as exc:
         raise write_error(out, exc) from None
