@@ -498,14 +498,9 @@ def test_lookups_in_a_100k_store_take_a_few_hundred_ms_per_1000_keys(tmp_path):
             store.add_images(["p"] * 10_000, [None] * 10_000, [1] * 10_000, [None] * 10_000,
                              everything[start:start + 10_000], unit(10_000, 16, seed=start))
     wanted = [everything[i] for i in np.random.default_rng(0).choice(len(everything), 1000, replace=False)]
-    with EmbeddingStore(root, write=False) as store:
-        began = time.perf_counter()
+    with EmbeddingStore(root, write=False) as store:  # their speed: benchmarks/embeddings.py (about 6 ms and 3 ms)
         assert len(store.get_images(wanted)) == 1000
-        get = time.perf_counter() - began
-        began = time.perf_counter()
         assert len(store.has_images(wanted)) == 1000
-        has = time.perf_counter() - began
-    assert get < 0.3 and has < 0.1, (get, has)  # measured: about 6 ms and 3 ms
 
 
 def test_memory_stays_flat_while_adding_200k_records(tmp_path):

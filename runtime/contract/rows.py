@@ -81,11 +81,13 @@ def check_image_root(image_root: str | os.PathLike[str] | None, option: str = "-
     """Raise :class:`InputError` unless ``image_root`` is None (the current directory) or an existing folder: a
     missing one would turn every relative image path into ``missing_file``.
 
+    >>> import tempfile
+    >>> gone = os.path.join(tempfile.mkdtemp(), "photos")  # a fresh path, absent whatever this machine holds
     >>> try:
-    ...     check_image_root("/nonexistent")
+    ...     check_image_root(gone)
     ... except InputError as error:
-    ...     print(error)
-    --image-root '/nonexistent' does not exist: pass the folder that the relative image paths are relative to
+    ...     print(str(error).replace(gone, "GONE"))
+    --image-root 'GONE' does not exist: pass the folder that the relative image paths are relative to
     """
     if image_root is None:
         return
