@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from typing import Any
 
 _EXPORTS = {
     "CheckpointError": ".contract.errors",
     "DeviceUnavailableError": ".contract.errors",
+    "EngineError": ".contract.errors",
     "ImageError": ".contract.errors",
     "InputError": ".contract.errors",
     "LongCLIPError": ".contract.errors",
     "ModelDirError": ".contract.errors",
-    "ParityError": ".contract.errors",
+    "RowError": ".contract.errors",
     "TextError": ".contract.errors",
+    "WriteError": ".contract.errors",
     "LongCLIP": ".model.longclip",
     "preprocess_images": ".decode.preprocess",
     "tokenize": ".decode.tokenizer",
+    "EmbeddingStore": ".embeddings.store",
+    "RunOptions": ".engines.local",
+    "RunSummary": ".engines.local",
+    "run_file": ".engines.local",
+}
+
+_DEPRECATED = {  # name -> (where it lives now, what to import instead); kept for one release
+    "ParityError": (".contract.errors", "longclip.export.ParityError (an exporter's error)"),
 }
 
 __all__ = sorted([*_EXPORTS, "ImageLongCLIPEvaluator"])
@@ -30,6 +41,11 @@ __all__ = sorted([*_EXPORTS, "ImageLongCLIPEvaluator"])
 def __getattr__(name: str) -> Any:
     if name == "ImageLongCLIPEvaluator":
         return _evaluator_class()
+    if name in _DEPRECATED:
+        module, instead = _DEPRECATED[name]
+        warnings.warn(f"longclip.runtime.{name} is deprecated and will be removed in the next release: use "
+                      f"{instead}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module, __name__), name)
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
