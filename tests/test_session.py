@@ -27,7 +27,7 @@ def test_explicit_gpu_without_gpu_raises(tiny_model_dir, device):
 def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monkeypatch, capsys):
     import onnxruntime as ort
 
-    from longclip.runtime.model import session
+    from longclip.runtime.model import device as policy
 
     calls = []
 
@@ -36,20 +36,20 @@ def test_gpu_libraries_load_once_quietly_and_never_for_cpu(tiny_model_dir, monke
         time.sleep(0.05)  # long enough for a second thread to arrive while the first is loading
 
     monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
-    session._preload_once.cache_clear()
+    policy._preload_once.cache_clear()
     create_session(tiny_model_dir / "vision.onnx", "cpu")
     assert calls == []
     stdout = sys.stdout
-    threads = [threading.Thread(target=session.load_gpu_libraries) for _ in range(2)]  # as LongCLIP's two sessions
+    threads = [threading.Thread(target=policy.load_gpu_libraries) for _ in range(2)]  # as LongCLIP's two sessions
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    session.load_gpu_libraries()
+    policy.load_gpu_libraries()
     out = capsys.readouterr()
     assert calls == [None] and out.out == "" and "loading CUDA" in out.err  # stdout stays the data's
     assert sys.stdout is stdout
-    session._preload_once.cache_clear()
+    policy._preload_once.cache_clear()
 
 
 def test_parse_device():
@@ -61,7 +61,7 @@ def test_parse_device():
 
 
 def test_tensorrt_options_profiles_and_cache_key(tmp_path):
-    from longclip.runtime.model.session import TrtProfile, provider_chain
+    from longclip.runtime.model.providers import TrtProfile, provider_chain
 
     profile = TrtProfile("input_ids", (1, 1), (32, 77), (64, 248), "ab" * 32, tmp_path)
     (name, opts), (cuda, cuda_opts), cpu = provider_chain("tensorrt", 2, profile)
@@ -93,13 +93,13 @@ def _gpu_wheel(monkeypatch, gpus):
     CPU, as ORT's do after a GPU provider fails."""
     import onnxruntime as ort
 
-    from longclip.runtime.model import session
+    from longclip.runtime.model import device as policy
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                                  "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
-    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
-    monkeypatch.setattr(session, "nvidia_devices", lambda: gpus)
+    monkeypatch.setattr(policy, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(policy, "nvidia_devices", lambda: gpus)
 
 
 @pytest.mark.parametrize("device", ["cuda", "tensorrt:1"])
@@ -142,13 +142,13 @@ def test_explicit_gpu_that_does_not_initialize_says_why(tiny_model_dir, monkeypa
 def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatch, device):
     import onnxruntime as ort
 
-    from longclip.runtime.model import session
+    from longclip.runtime.model import device as policy
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                                  "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
-    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
-    monkeypatch.setattr(session, "nvidia_devices", lambda: ["/dev/nvidia0", "/dev/nvidia1"])
+    monkeypatch.setattr(policy, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(policy, "nvidia_devices", lambda: ["/dev/nvidia0", "/dev/nvidia1"])
     with pytest.raises(DeviceUnavailableError, match="did not initialize"):
         create_session(tiny_model_dir / "vision.onnx", device)
 
@@ -156,12 +156,12 @@ def test_explicit_gpu_that_does_not_initialize_raises(tiny_model_dir, monkeypatc
 def test_auto_falls_back_to_the_cpu_with_a_warning(tiny_model_dir, monkeypatch, caplog):
     import onnxruntime as ort
 
-    from longclip.runtime.model import session
+    from longclip.runtime.model import device as policy
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
-    monkeypatch.setattr(session, "load_gpu_libraries", lambda: None)
-    monkeypatch.setattr(session, "nvidia_devices", lambda: ["/dev/nvidia0"])
+    monkeypatch.setattr(policy, "load_gpu_libraries", lambda: None)
+    monkeypatch.setattr(policy, "nvidia_devices", lambda: ["/dev/nvidia0"])
     made = create_session(tiny_model_dir / "vision.onnx", None)
     assert made.asked[0][0] == "CUDAExecutionProvider" and made.get_providers() == ["CPUExecutionProvider"]
     assert "did not initialize" in caplog.text

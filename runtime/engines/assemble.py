@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from ..contract.constants import BATCH_SIZE, DECODE_TIMEOUT, EMBEDDING_DTYPES, MAX_PIXELS
 from ..decode.cpus import CpuPlan, plan_cpus
 from ..decode.pool import ImageSpec, make_pool
+from ..model.device import wants_gpu
 from ..model.longclip import TRT_MAX_BATCH, LongCLIP
-from ..model.session import wants_gpu
 
 if TYPE_CHECKING:
     from ..contract.manifest import Manifest

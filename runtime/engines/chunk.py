@@ -16,8 +16,8 @@ from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
 from ..decode.cpus import plan_cpus
 from ..decode.pool import DecodePool, ImageSpec, ThreadPool, make_pool
 from ..embeddings.store import EmbeddingStore
+from ..model.device import on_gpu
 from ..model.longclip import LongCLIP
-from ..model.session import on_gpu
 from .pipeline import ChunkResult, Pipeline, Work
 
 __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_pool"]

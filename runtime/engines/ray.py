@@ -45,7 +45,7 @@ from ..decode.cpus import available_cpus
 from ..inputs.tables import same_file
 from ..inputs.tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
 from ..inputs.webdataset import WdsOptions, WdsReader, wds_columns
-from ..model.session import parse_device, wants_gpu
+from ..model.device import parse_device, wants_gpu
 from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
 from .assemble import load_model, open_store, split_cpus, start_pool

@@ -24,9 +24,12 @@ from ..contract.constants import (
 from ..contract.manifest import Manifest, read_manifest
 from ..decode.preprocess import ImageInput, preprocess_images
 from ..decode.tokenizer import default_tokenizer, eot_positions
+from .device import TENSORRT, parse_device
+from .graph_io import TensorSpec, check_io
+from .providers import TrtProfile
 from .resolve import cache_root, resolve_model_dir
 from .scoring import l2_normalize, score_rows
-from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
+from .session import create_session, run_one
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)
