@@ -39,7 +39,8 @@ from run_scaling import make_inputs  # noqa: E402
 
 from longclip.runtime import LongCLIP  # noqa: E402
 from longclip.runtime.contract.errors import RowError  # noqa: E402
-from longclip.runtime.contract.rows import cell_key, check_text, resolve_image_path, row_reason, with_scores  # noqa: E402
+from longclip.runtime.contract.rows import (  # noqa: E402
+    cell_key, check_text, resolve_image_path, row_reason, with_scores)
 from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
 from longclip.runtime.engines.local import RunOptions, run_file  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(1000):
         Identity()(frame)
     direct = (time.perf_counter() - t) / 1000
-    print(f"Ray per batch: {per_batch * 1e3:.2f} ms (identity actor, slope from {few} to {many} batches); fixed per run "
+    print(f"Ray per batch: {per_batch * 1e3:.2f} ms (identity actor, slope from {few} to {many} batches); "
+          "fixed per run "
           f"(actor start, scheduling): {fixed:.2f} s; the same call made directly: {direct * 1e6:.1f} us")
 
 

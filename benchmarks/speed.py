@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="Markdown file to write the table to (e.g. docs/benchmarks.md).")
     parser.add_argument("--no-torch", action="store_true",
                         help="longclip-run fp32 vs int8 only (PyTorch takes ~0.5 s a row: for runs of many rows).")
-    parser.add_argument("--gemm-size", type=int, default=4096, help="side of the fp32 GEMM the image tower is set against")
+    parser.add_argument("--gemm-size", type=int, default=4096,
+                        help="side of the fp32 GEMM the image tower is set against")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -265,7 +266,8 @@ def torch_comparison(args: argparse.Namespace, fp32: Path, int8: Path, seconds: 
         f"towers alone (start-up left out): image {image_x:.2f}x, text {text_x:.2f}x",
         f"- 96 captions: ~12 tokens {short * 1e3:.0f} ms, 248 tokens {long * 1e3:.0f} ms "
         f"(long/short = {long / short:.1f}x; the text graph runs at each batch's own length)",
-        f"- image tower (fp32, batch 32): {tower / 1e9:.0f} GFLOP/s = {tower / gemm:.0%} of a {args.gemm_size}² fp32 GEMM "
+        f"- image tower (fp32, batch 32): {tower / 1e9:.0f} GFLOP/s = {tower / gemm:.0%} of a {args.gemm_size}² "
+        "fp32 GEMM "
         f"({gemm / 1e9:.0f} GFLOP/s, ONNX Runtime MatMul, same run)",
         "- ONNX Runtime settings, image tower fp32 batch 16:",
         *tuning,
