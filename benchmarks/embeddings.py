@@ -53,8 +53,8 @@ def per_item_ms(fn, items: list[bytes], repeat: int) -> float:
     return (time.perf_counter() - start) / (repeat * len(items)) * 1e3
 
 
-def hashing() -> None:
-    images = jpegs()
+def hashing(count: int = 20) -> None:
+    images = jpegs(count)
     print(f"\n### Hashing {len(images)} JPEGs of {np.mean([len(b) for b in images]) / 1e3:.1f} KB (640x480)\n")
     decode = {size: per_item_ms(lambda b, s=size: decode_image(b, s), images, 5) for size in (224, 336)}
     print("| what | µs per image | % of decode_image 224 | % of decode_image 336 |\n| --- | ---: | ---: | ---: |")
@@ -96,18 +96,18 @@ def disk(root: Path) -> tuple[int, int]:
     return parts, index
 
 
-def writing(work: Path) -> None:
+def writing(work: Path, records: int = 100_000) -> None:
     print("\n### Writing (add_images in batches of 256, then close; fsync per part)\n")
     print("| D | dtype | records | records/s | MB/s of parts | parts B/record | index B/record |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for dim, dtype, n in ((768, "float32", 100_000), (768, "float16", 100_000), (64, "float32", 100_000)):
+    for dim, dtype, n in ((768, "float32", records), (768, "float16", records), (64, "float32", records)):
         root = work / f"write-{dim}-{dtype}"
         _, seconds = fill(root, n, dim, dtype)
         parts, index = disk(root)
         print(f"| {dim} | {dtype} | {n:,} | {n / seconds:,.0f} | {parts / seconds / 1e6:.0f} | {parts / n:.0f} | "
               f"{index / n:.0f} |")
     root = work / "write-one"
-    keys = [bytes_sha256(str(i).encode()) for i in range(20_000)]
+    keys = [bytes_sha256(str(i).encode()) for i in range(max(1, records // 5))]
     vectors = l2_normalize(np.random.default_rng(0).standard_normal((len(keys), 768), dtype=np.float32))
     with EmbeddingStore(root, identity(768)) as store:
         began = time.perf_counter()
@@ -144,21 +144,27 @@ def lookups(work: Path, sizes: list[int], rounds: int) -> None:
                                                               for v in times.values()) + " |", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=("hash", "write", "lookup"))
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=20, help="JPEGs to hash and decode")
+    parser.add_argument("--records", type=int, default=100_000,
+                        help="records per store when writing (a fifth of them one at a time)")
     parser.add_argument("--work", help="a folder for the stores (default: a temporary one, removed after)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     only = set(args.only or ("hash", "write", "lookup"))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if "lookup" in only and min(sizes) <= 1000:
+        parser.error(f"--sizes {args.sizes}: each store must hold more than the 1,000 keys looked up")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         if "hash" in only:
-            hashing()
+            hashing(args.images)
         if "write" in only:
-            writing(Path(work))
+            writing(Path(work), args.records)
         if "lookup" in only:
-            lookups(Path(work), [int(s) for s in args.sizes.split(",")], args.rounds)
+            lookups(Path(work), sizes, args.rounds)
 
 
 if __name__ == "__main__":

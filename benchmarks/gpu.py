@@ -216,7 +216,7 @@ def lengths(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="l14-336")
     parser.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a dry run of the script)")
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--embeddings", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         result = ort_worker(args) if args.worker == "ort" else torch_worker(args)
         result.setdefault("memory_used_mib", gpu_memory_used_mib())

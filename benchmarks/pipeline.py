@@ -74,10 +74,13 @@ def near_zero_state():
                                             vision_layers=1, text_width=64, text_layers=1))
 
 
-def b16_state():
-    from longclip.export.random_checkpoint import PRESETS, random_state_dict
+def preset_state(preset: str):
+    """A function making the random state dict of ``preset`` (``random_checkpoint.PRESETS``)."""
+    def make():
+        from longclip.export.random_checkpoint import PRESETS, random_state_dict
 
-    return random_state_dict(PRESETS["b16"])
+        return random_state_dict(PRESETS[preset])
+    return make
 
 
 def single_core_rate(data: Path, size: int, n: int = 300) -> float:
@@ -143,28 +146,30 @@ def best(runs: list[dict[str, float]], key: str) -> dict[str, float]:
     return max(runs, key=lambda r: r[key])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model-bound", action="store_true", help="B/16 fp32 and int8 instead of the near-zero model")
     parser.add_argument("--embeddings", action="store_true",
                         help="B/16 fp32: the same images with new captions, a warm --embeddings folder vs none")
+    parser.add_argument("--preset", default="b16", help="the random model of --model-bound and --embeddings")
     parser.add_argument("--baseline", type=Path, help="a checkout to compare with (model-bound)")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also run with these --decode-workers")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "longclip-bench-pipeline")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from longclip.runtime.decode.cpus import available_cpus
 
     args.cache.mkdir(parents=True, exist_ok=True)
     data = make_rows(args.cache, args.rows)
     cores = available_cpus()
+    label = "B/16" if args.preset == "b16" else args.preset
     lines = []
     if args.embeddings:
         import shutil
 
-        model = export(args.cache, "b16", b16_state)
+        model = export(args.cache, args.preset, preset_state(args.preset))
         filled = args.cache / f"embeddings-{args.rows}"
         shutil.rmtree(filled, ignore_errors=True)
         run_cli(data, model, ["--embeddings", str(filled)])  # the first captions fill the folder
@@ -179,7 +184,7 @@ def main() -> None:
             results[warm].append(run_cli(new, model, ["--embeddings", str(folder)]))
             for name in (cold, warm):
                 print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
-        lines += [f"Embeddings as a cache: random B/16 fp32, the same {args.rows} distinct 640x480 JPEGs with new "
+        lines += [f"Embeddings as a cache: random {label} fp32, the same {args.rows} distinct 640x480 JPEGs with new "
                   f"10-60-word captions, {cores} CPUs; best of {args.rounds} interleaved rounds.", "",
                   "| case | rows/s (whole process) | wall s | image tower busy | text tower busy |",
                   "| --- | ---: | ---: | ---: | ---: |"]
@@ -209,12 +214,12 @@ def main() -> None:
     else:
         cases = {}
         for precision in ("fp32", "int8"):
-            model = export(args.cache, "b16", b16_state, precision)
-            cases[f"B/16 {precision}, this checkout"] = (data, model, [], None)
+            model = export(args.cache, args.preset, preset_state(args.preset), precision)
+            cases[f"{label} {precision}, this checkout"] = (data, model, [], None)
             if args.baseline:
-                cases[f"B/16 {precision}, baseline"] = (data, model, [], shim(args.baseline, args.cache))
+                cases[f"{label} {precision}, baseline"] = (data, model, [], shim(args.baseline, args.cache))
         results = interleaved(cases, args.rounds)
-        lines += [f"Model-bound: random B/16, {args.rows} distinct 640x480 JPEGs with 10-60-word captions, {cores} "
+        lines += [f"Model-bound: random {label}, {args.rows} distinct 640x480 JPEGs with 10-60-word captions, {cores} "
                   f"CPUs; best of {args.rounds} interleaved rounds.", "",
                   "| case | rows/s (whole process) | rows/s (scoring) | image tower busy | text tower busy |",
                   "| --- | ---: | ---: | ---: | ---: |"]

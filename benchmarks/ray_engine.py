@@ -38,13 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_scaling import make_inputs  # noqa: E402
 
 from longclip.runtime import LongCLIP  # noqa: E402
-# _tokenize is private: this script measures an alternative, it is not a user of the API
-from longclip.runtime.engines.chunk import _tokenize  # noqa: E402
+from longclip.runtime.contract.errors import RowError  # noqa: E402
+from longclip.runtime.contract.rows import (  # noqa: E402
+    cell_key, check_text, resolve_image_path, row_reason, with_scores)
+from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
 from longclip.runtime.engines.local import RunOptions, run_file  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
-from longclip.runtime.contract.errors import RowError  # noqa: E402
-from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
-from longclip.runtime.contract.rows import resolve_image_path, with_scores  # noqa: E402
 from longclip.runtime.model.scoring import l2_normalize, score_rows  # noqa: E402
 
 
@@ -74,18 +73,33 @@ class EmbedActor:
         m = self.model.manifest
         image_errors = batch["_image_error"].tolist()
         good = [i for i, e in enumerate(image_errors) if not e]
-        pixels = np.stack([to_normalized_array(batch["_pixels"].iloc[i], m.mean, m.std) for i in good])
-        image_embeds = l2_normalize(self.model.embed_pixels(pixels))
         texts = batch["text"].tolist()
-        tokens = _tokenize(self.model, texts)
-        text_embeds = dict(zip(tokens.texts, self.model.embed_ids(tokens.ids, 32)))
-        text_failed = tokens.failed
-        errors = [image_errors[i] or text_failed.get(t, "") for i, t in enumerate(texts)]
+        text_embeds, text_errors = self.embed_texts(texts)
+        errors = [row_reason(image_errors[i], text_errors.get(cell_key(t), "")) for i, t in enumerate(texts)]
         scores = np.full(len(batch), np.nan, dtype=np.float32)
         rows = [i for i in good if not errors[i]]
-        scores[rows] = score_rows(image_embeds[[good.index(i) for i in rows]],
-                                  l2_normalize(np.stack([text_embeds[texts[i]] for i in rows])))
+        if rows:
+            pixels = np.stack([to_normalized_array(batch["_pixels"].iloc[i], m.mean, m.std) for i in rows])
+            scores[rows] = score_rows(l2_normalize(self.model.embed_pixels(pixels)),
+                                      l2_normalize(np.stack([text_embeds[cell_key(texts[i])] for i in rows])))
         return with_scores(batch.drop(columns=["_pixels", "_image_error"]), scores, errors, "longclip_score")
+
+    def embed_texts(self, values: list[object]) -> tuple[dict, dict]:
+        """(cell key -> text embedding, cell key -> reason) for the distinct texts of a batch, each encoded once."""
+        texts: dict = {}
+        failed: dict = {}
+        for value in values:
+            key = cell_key(value)
+            if key in texts or key in failed:
+                continue
+            try:
+                texts[key] = check_text(value)
+            except RowError as exc:
+                failed[key] = str(exc)
+        if not texts:
+            return {}, failed
+        ids, _ = self.model.tokenizer.batch(list(texts.values()), self.model.manifest.context_length)
+        return dict(zip(texts, self.model.embed_ids(ids, 32))), failed
 
 
 class Identity:
@@ -149,28 +163,35 @@ def _cases(ray, args, folder: Path, data: Path, model_dir: str) -> dict:
     return cases
 
 
-def _overhead(ray, folder: Path) -> tuple[float, float]:
+def _overhead(ray, folder: Path, batch_counts: tuple[int, int] = (40, 4000)) -> tuple[float, float]:
     """(seconds per batch, fixed seconds per run) through one identity actor, from two batch counts."""
+    few, many = batch_counts
+    n = 2 * many  # rows: two per batch at the larger count
     rows = folder / "overhead.jsonl"
-    rows.write_text("".join(json.dumps({"image_path": f"{i}.jpg", "text": f"caption {i}"}) + "\n" for i in range(8000)))
+    rows.write_text("".join(json.dumps({"image_path": f"{i}.jpg", "text": f"caption {i}"}) + "\n" for i in range(n)))
     timings = {}
-    for batches in (40, 4000):
+    for batches in (few, many):
         t = time.perf_counter()
-        _ray_dataset(ray, rows).map_batches(Identity, batch_format="pandas", batch_size=8000 // batches, num_cpus=1,
+        _ray_dataset(ray, rows).map_batches(Identity, batch_format="pandas", batch_size=n // batches, num_cpus=1,
                                             compute=ray.data.ActorPoolStrategy(size=1)).materialize()
         timings[batches] = time.perf_counter() - t
-    per_batch = (timings[4000] - timings[40]) / 3960
-    return per_batch, timings[40] - 40 * per_batch
+    per_batch = (timings[many] - timings[few]) / (many - few)
+    return per_batch, timings[few] - few * per_batch
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-rows", type=int, default=256, help="rows per Ray batch (--chunk-rows)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the cases interleave, medians are printed")
-    args = parser.parse_args()
+    parser.add_argument("--overhead-batches", type=int, nargs=2, default=[40, 4000], metavar=("FEW", "MANY"),
+                        help="the two batch counts of the per-batch cost (rows: twice MANY)")
+    args = parser.parse_args(argv)
+    few, many = args.overhead_batches
+    if not 0 < few < many:
+        parser.error(f"--overhead-batches {few} {many}: want 0 < FEW < MANY")
     import ray
 
     model_dir = str(Path(args.model).resolve())
@@ -191,7 +212,7 @@ def main() -> None:
                     seconds[name].append(time.perf_counter() - t)
                     want = got if want is None else want
                     _check(got, want)
-                overhead.append(_overhead(ray, folder))
+                overhead.append(_overhead(ray, folder, (few, many)))
         finally:
             ray.shutdown()
     for name, runs in seconds.items():
@@ -203,7 +224,8 @@ def main() -> None:
     for _ in range(1000):
         Identity()(frame)
     direct = (time.perf_counter() - t) / 1000
-    print(f"Ray per batch: {per_batch * 1e3:.2f} ms (identity actor, slope from 40 to 4000 batches); fixed per run "
+    print(f"Ray per batch: {per_batch * 1e3:.2f} ms (identity actor, slope from {few} to {many} batches); "
+          "fixed per run "
           f"(actor start, scheduling): {fixed:.2f} s; the same call made directly: {direct * 1e6:.1f} us")
 
 

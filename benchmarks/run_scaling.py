@@ -9,6 +9,7 @@ Images are generated JPEGs (640x480); captions are ~40-token sentences. Prints o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -50,15 +51,18 @@ def run_case(model: str, data: Path, out: Path, batch_size: int) -> tuple[float,
     return seconds, rss_kb, rate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--unique-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    parser.add_argument("--work", type=Path, help="a folder for the inputs and out.jsonl, kept (default: a temporary "
+                        "one, removed after)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() if args.work is None else contextlib.nullcontext(args.work) as tmp:
         folder = Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for rows in args.rows:
             data = make_inputs(folder, rows, args.unique_images)
             seconds, rss_kb, rate = run_case(args.model, data, folder / "out.jsonl", args.batch_size)

@@ -103,8 +103,8 @@ def int8_tower_speedup(fp32: Path, int8: Path, repeats: int) -> tuple[float, flo
     return tuple(best["fp32", t] / best["int8", t] for t in ("image", "text"))
 
 
-def gemm_and_tower_flops(model_dir: Path, repeats: int) -> tuple[float, float]:
-    """(large fp32 GEMM FLOP/s via ONNX Runtime's own MatMul, image tower FLOP/s at batch 32)."""
+def gemm_and_tower_flops(model_dir: Path, repeats: int, n: int = 4096) -> tuple[float, float]:
+    """(fp32 ``n``x``n`` GEMM FLOP/s via ONNX Runtime's own MatMul, image tower FLOP/s at batch 32)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -112,7 +112,6 @@ def gemm_and_tower_flops(model_dir: Path, repeats: int) -> tuple[float, float]:
     from longclip.runtime.contract.manifest import read_manifest
     from longclip.runtime.model.session import create_session
 
-    n = 4096
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
@@ -190,7 +189,7 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="b16")
     parser.add_argument("--rows", type=int, default=64)
@@ -201,7 +200,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Markdown file to write the table to (e.g. docs/benchmarks.md).")
     parser.add_argument("--no-torch", action="store_true",
                         help="longclip-run fp32 vs int8 only (PyTorch takes ~0.5 s a row: for runs of many rows).")
-    args = parser.parse_args()
+    parser.add_argument("--gemm-size", type=int, default=4096,
+                        help="side of the fp32 GEMM the image tower is set against")
+    args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     checkpoint, fp32 = ensure_model(work, args.preset, "fp32")
@@ -249,7 +250,7 @@ def torch_comparison(args: argparse.Namespace, fp32: Path, int8: Path, seconds: 
     """The full section's body: every contender against PyTorch, then the in-process measurements."""
     short, long = text_length_cost(fp32, args.repeats)
     image_x, text_x = int8_tower_speedup(fp32, int8, args.repeats)
-    gemm, tower = gemm_and_tower_flops(fp32, args.repeats)
+    gemm, tower = gemm_and_tower_flops(fp32, args.repeats, args.gemm_size)
     tuning = ort_tuning(fp32, args.repeats)
     base = seconds["PyTorch fp32, batched (32)"]
     lines = [
@@ -265,7 +266,8 @@ def torch_comparison(args: argparse.Namespace, fp32: Path, int8: Path, seconds: 
         f"towers alone (start-up left out): image {image_x:.2f}x, text {text_x:.2f}x",
         f"- 96 captions: ~12 tokens {short * 1e3:.0f} ms, 248 tokens {long * 1e3:.0f} ms "
         f"(long/short = {long / short:.1f}x; the text graph runs at each batch's own length)",
-        f"- image tower (fp32, batch 32): {tower / 1e9:.0f} GFLOP/s = {tower / gemm:.0%} of a 4096² fp32 GEMM "
+        f"- image tower (fp32, batch 32): {tower / 1e9:.0f} GFLOP/s = {tower / gemm:.0%} of a {args.gemm_size}² "
+        "fp32 GEMM "
         f"({gemm / 1e9:.0f} GFLOP/s, ONNX Runtime MatMul, same run)",
         "- ONNX Runtime settings, image tower fp32 batch 16:",
         *tuning,

@@ -67,14 +67,14 @@ class OfficialLongCLIP(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ r.text_projection
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint")
     parser.add_argument("rows")
     parser.add_argument("--mode", choices=["batched", "row-by-row"], default="batched")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     model = OfficialLongCLIP(load_reference(args.checkpoint)[0]).eval()
