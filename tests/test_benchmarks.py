@@ -49,16 +49,6 @@ def test_every_script_has_a_smoke_test():
     assert {p.stem for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh")} == tested
 
 
-def test_no_private_names_across_modules():
-    """Benchmarks use the project's public names only: a ``_private`` name may change under them without notice."""
-    for script in BENCHMARKS.glob("*.py"):
-        for line in script.read_text().splitlines():
-            found = re.match(r"\s*from (longclip\S*) import (.*)", line)
-            if found:
-                names = [n.strip().split(" as ")[0] for n in found[2].split("#")[0].strip("() ").split(",")]
-                assert not [n for n in names if n.startswith("_")], f"{script.name}: {line.strip()}"
-
-
 @needs_torch
 def test_speed(tmp_path, tiny_checkpoint, tiny_model_dir, capsys):
     """--no-torch through ``main`` (the PyTorch contenders are torch_reference.py, tested below), then the full
