@@ -30,7 +30,7 @@ from longclip.runtime.constants import (
 from longclip.runtime.errors import ExportError
 from longclip.runtime.manifest import sha256_file, write_manifest
 
-from .checkpoint import load_reference
+from .checkpoint import load_reference, source_record
 from .model import LongCLIP
 from .onnx_export import EXTERNAL_DATA_BYTES, export_tower, graph_specs, tower_bytes
 from .parity import TOLERANCES, ParityReport, reference_outputs, run_parity
@@ -101,11 +101,11 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
             "sot_token": SOT_TOKEN,
             "eot_token": EOT_TOKEN,
             "position_split": POSITION_SPLIT,
-            "pooling": "argmax of input_ids (EOT)",
+            "pooling": "argmax of input_ids (EOT)" if cfg.eot_token is None else f"first input_ids == {cfg.eot_token} (EOT)",
             "dynamic_length": True,
         },
         "graphs": graphs,
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
+        "checkpoint": source_record(checkpoint),
         "parity": report.to_dict(),
         "accuracy": None if accuracy is None else {
             "precision": precision, "against": "fp32 PyTorch reference",

@@ -1,0 +1,158 @@
+"""transformers-format CLIP folders: an HF checkpoint scores as transformers scores it.
+
+Each case builds a random tiny ``CLIPModel`` (vocab 49408, a 248-row text table), saves it the way the Hub's
+conversions are saved, exports it with ``longclip-export``'s code, and compares the runtime's scores with
+transformers' own ``get_image_features`` / ``get_text_features`` on the spec's preprocessing and the official ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+
+pytestmark = [needs_torch, pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("transformers") is None, reason="needs transformers (test extra)")]
+
+TEXTS = [
+    "a cat",  # EOT at 3
+    " ".join(["a"] * 18),  # EOT at 19, the last position of LongCLIP's first table
+    " ".join(["a"] * 19),  # EOT at 20
+    "A long caption about a red house with white windows, two bicycles by the fence and a grey cat asleep. " * 2,
+    "every word repeats until the caption runs past the limit " * 40,  # truncated: EOT at 247
+]
+MAX_SCORE_DELTA = 5e-5
+
+
+def awkward_images():
+    """Odd sizes and modes: RGBA, L, P, wide, tall, 1-pixel-high."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(rng.integers(0, 256, (333, 517, 3), dtype=np.uint8), "RGB"),
+              Image.fromarray(rng.integers(0, 256, (61, 97, 4), dtype=np.uint8), "RGBA"),
+              Image.fromarray(rng.integers(0, 256, (400, 50), dtype=np.uint8), "L"),
+              Image.fromarray(rng.integers(0, 256, (1, 300, 3), dtype=np.uint8), "RGB")]
+    images.append(images[0].convert("P"))
+    return images
+
+
+def clip_model(act: str = "gelu", eos: int = 49407, seed: int = 0, context: int = 248):
+    """A random tiny transformers CLIPModel; LayerNorms and biases perturbed so that no mis-mapped tensor hides."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=96, num_attention_heads=2,
+                         num_hidden_layers=2, max_position_embeddings=context, hidden_act=act, eos_token_id=eos,
+                         layer_norm_eps=1e-6),
+        vision_config=dict(hidden_size=48, intermediate_size=80, num_attention_heads=3, num_hidden_layers=2,
+                           image_size=32, patch_size=8, hidden_act=act, layer_norm_eps=1e-5),
+        projection_dim=24)
+    model = CLIPModel(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.ndim >= 2:
+                std = 0.02 if "embedding" in name else p[0].numel() ** -0.5
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def save(model, folder: Path, how: str, dtype: str = "fp32", config_context: int | None = 77) -> Path:
+    """Save as the Hub's conversions are: ``safetensors`` (one file), ``sharded``, or ``bin`` (torch.save of the
+    state dict); ``config.json`` then says ``config_context`` positions, as the known conversions' configs do."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    model = model.to(dtypes[dtype])
+    if how == "bin":
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        model.save_pretrained(folder, max_shard_size="200KB" if how == "sharded" else "10GB")
+    if config_context is not None:
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["max_position_embeddings"] = config_context
+        (folder / "config.json").write_text(json.dumps(config))
+    model.to(torch.float32)  # the reference transformers scores with: the stored weights, in fp32
+    return folder
+
+
+def transformers_scores(model, images, texts) -> np.ndarray:
+    """What transformers computes, on the spec's pixels and the official 248-token ids."""
+    import torch
+
+    from longclip.runtime.preprocess import preprocess_images
+    from longclip.runtime.scoring import l2_normalize, to_score
+    from longclip.runtime.tokenizer import tokenize
+
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=torch.from_numpy(preprocess_images(images, size)))
+        txt = model.get_text_features(input_ids=torch.from_numpy(tokenize(texts)))
+    # transformers 5 returns an output object (its pooler_output is the projected features), 4 a tensor
+    img, txt = (getattr(x, "pooler_output", x).numpy() for x in (img, txt))
+    return to_score(l2_normalize(img) @ l2_normalize(txt).T)
+
+
+def runtime_scores(model_dir: Path, images, texts) -> np.ndarray:
+    from longclip.runtime import LongCLIP
+
+    clip = LongCLIP(model_dir, device="cpu")
+    from longclip.runtime.scoring import to_score
+
+    return to_score(clip.encode_images(images) @ clip.encode_texts(texts).T)
+
+
+@pytest.mark.parametrize("act, eos, how, dtype", [
+    ("gelu", 49407, "safetensors", "fp32"),
+    ("quick_gelu", 2, "bin", "fp16"),
+    ("gelu", 2, "sharded", "bf16"),
+])
+def test_hf_checkpoint_scores_as_transformers_scores_it(tmp_path, act, eos, how, dtype, caplog):
+    from longclip.export import export_model
+    from longclip.runtime.manifest import read_manifest
+
+    model = clip_model(act, eos)
+    folder = save(model, tmp_path / "hf", how, dtype)
+    (folder / "longclip-text-encoder-only.safetensors").write_bytes((folder / "config.json").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        export_model(folder, tmp_path / "out")
+    assert "max_position_embeddings 77, its position table has 248 rows: using 248" in caplog.text
+    images = awkward_images()
+    want = transformers_scores(model, images, TEXTS)
+    got = runtime_scores(tmp_path / "out", images, TEXTS)
+    assert want.shape == (5, 5)
+    assert np.max(np.abs(got - want)) <= MAX_SCORE_DELTA
+    raw = read_manifest(tmp_path / "out").raw
+    assert raw["config"]["text_activation"] == raw["config"]["vision_activation"] == act
+    assert raw["config"]["text_heads"] == 2 and raw["config"]["vision_heads"] == 3
+    assert raw["config"]["text_layer_norm_eps"] == 1e-6
+    assert raw["checkpoint"]["format"] == "transformers-clip"
+    assert raw["text"]["pooling"] == ("argmax of input_ids (EOT)" if eos == 2 else "first input_ids == 49407 (EOT)")
+
+
+def test_first_eot_pooling_is_transformers_pooling_when_ids_repeat_it(tmp_path):
+    """Ids with a second EOT (not the tokenizer's, but a caller's): pooled at the first, as transformers does."""
+    import torch
+
+    from longclip.export.checkpoint import load_reference
+
+    model = clip_model("gelu", 49407, seed=3)
+    folder = save(model, tmp_path / "hf", "safetensors")
+    ref, _ = load_reference(folder)
+    ids = torch.zeros(1, 30, dtype=torch.int64)
+    ids[0, :8] = torch.tensor([49406, 320, 1929, 49407, 320, 49407, 5, 49407])
+    with torch.no_grad():
+        want = model.get_text_features(input_ids=ids)
+        got = ref.encode_text(ids)
+    torch.testing.assert_close(got, getattr(want, "pooler_output", want), rtol=1e-5, atol=1e-5)
