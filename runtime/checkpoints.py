@@ -74,8 +74,8 @@ def is_hf_folder(folder: Path) -> bool:
     return folder.is_dir() and (folder / HF_CONFIG).is_file()
 
 
-def _shards(index: Path) -> list[Path]:
-    """The shard files an ``*.index.json`` maps weights to, in sorted order; each must lie beside it."""
+def shard_names(index: Path) -> list[str]:
+    """The shard files an ``*.index.json`` maps weights to, sorted; each a plain name (beside the index)."""
     try:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (OSError, ValueError, AttributeError) as exc:
@@ -83,9 +83,15 @@ def _shards(index: Path) -> list[Path]:
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{str(index)!r} has no weight_map: not a transformers shard index; download it again")
     names = sorted({str(v) for v in weight_map.values()})
-    bad = [n for n in names if Path(n).name != n]
+    bad = [n for n in names if Path(n).name != n or n in ("", ".", "..")]
     if bad:
         raise CheckpointError(f"{str(index)!r} names shard {bad[0]!r} outside its folder: refused")
+    return names
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shards of ``index``, each of which the folder must hold."""
+    names = shard_names(index)
     missing = [n for n in names if not (index.parent / n).is_file()]
     if missing:
         raise CheckpointError(f"{str(index)!r} names {len(missing)} shard(s) the folder lacks ({missing[0]}, ...): "
@@ -105,6 +111,14 @@ def hf_files(folder: Path) -> list[Path]:
             return [folder / HF_CONFIG, *weights]
     raise CheckpointError(f"{str(folder)!r} has {HF_CONFIG} but none of {', '.join(HF_WEIGHTS)}: download the "
                           "model's weights too (hf download REPO --local-dir DIR)")
+
+
+def hf_complete(folder: Path) -> bool:
+    """Whether ``folder`` is a transformers folder with every weight file it needs (a cached snapshot may not be)."""
+    try:
+        return is_hf_folder(folder) and bool(hf_files(folder))
+    except CheckpointError:
+        return False
 
 
 def source_digest(source: Path) -> str:
