@@ -64,6 +64,15 @@ def fused_attention(precision: str, attention: str = "auto") -> bool:
     return attention == "fused" or (attention == "auto" and precision != "fp32")
 
 
+def pooling(eot_token: int | None) -> str:
+    """The manifest's words for where the text tower pools (``LongCLIPConfig.eot_token``).
+
+    >>> pooling(None), pooling(49407)
+    ('argmax of input_ids (EOT)', 'first input_ids == 49407 (EOT)')
+    """
+    return "argmax of input_ids (EOT)" if eot_token is None else f"first input_ids == {eot_token} (EOT)"
+
+
 def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int, precision: str,
               accuracy: ParityReport | None, fused: bool) -> dict[str, object]:
     cfg = model.config
@@ -101,7 +110,7 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
             "sot_token": SOT_TOKEN,
             "eot_token": EOT_TOKEN,
             "position_split": POSITION_SPLIT,
-            "pooling": "argmax of input_ids (EOT)" if cfg.eot_token is None else f"first input_ids == {cfg.eot_token} (EOT)",
+            "pooling": pooling(cfg.eot_token),
             "dynamic_length": True,
         },
         "graphs": graphs,

@@ -328,7 +328,8 @@ def hf_folder(folder: Path) -> Path:
     shards, a preprocessor config, and loose files that a search for checkpoints would pick."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"model_type": "clip", "architectures": ["CLIPModel"]}')
-    weight_map = {"text_model.a": "model-00001-of-00002.safetensors", "vision_model.b": "model-00002-of-00002.safetensors"}
+    weight_map = {"text_model.a": "model-00001-of-00002.safetensors",
+                  "vision_model.b": "model-00002-of-00002.safetensors"}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     for name in weight_map.values():
         (folder / name).write_bytes(f"shard {name}".encode())

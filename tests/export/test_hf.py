@@ -156,3 +156,125 @@ def test_first_eot_pooling_is_transformers_pooling_when_ids_repeat_it(tmp_path):
         want = model.get_text_features(input_ids=ids)
         got = ref.encode_text(ids)
     torch.testing.assert_close(got, getattr(want, "pooler_output", want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """One saved random CLIPModel (safetensors), copied and edited by the refusal tests."""
+    return save(clip_model("quick_gelu", 49407, seed=5), tmp_path_factory.mktemp("hf") / "model", "safetensors")
+
+
+def _edited(hf_folder: Path, tmp_path: Path, edit) -> Path:
+    import shutil
+
+    folder = Path(shutil.copytree(hf_folder, tmp_path / "edited"))
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(model_type="siglip"), r"is a transformers 'siglip' model: only CLIP \(model_type 'clip', a "
+                                              r"CLIPModel\) exports as LongCLIP$"),
+    (lambda c: c.update(model_type="clip_text_model", architectures=["CLIPTextModelWithProjection"]),
+     r"holds a text encoder only \(CLIPTextModelWithProjection\): scoring needs both towers; pass a full CLIPModel"),
+    (lambda c: c.update(architectures=["CLIPTextModel"]), r"holds a text encoder only \(CLIPTextModel\)"),
+    (lambda c: c.update(model_type="clip_vision_model", architectures=[]), r"holds an image encoder only"),
+    (lambda c: c["text_config"].update(hidden_act="gelu_pytorch_tanh"),
+     r"text_config.hidden_act is 'gelu_pytorch_tanh'; LongCLIP exports quick_gelu or gelu$"),
+    (lambda c: c["vision_config"].update(num_attention_heads=5),
+     r"vision_config.num_attention_heads is 5, which does not divide the vision width 48$"),
+    (lambda c: c["text_config"].update(eos_token_id=0), r"text_config.eos_token_id is 0; CLIP's tokenizer ends texts "
+                                                        r"with 49407 \(or configs say 2, pooling at the largest id\)$"),
+])
+def test_what_is_not_a_longclip_clip_is_refused_in_one_line(hf_folder, tmp_path, edit, message):
+    from longclip.export.checkpoint import load_reference
+    from longclip.runtime.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_reference(_edited(hf_folder, tmp_path, edit))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_77_position_clip_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from longclip.export.cli import main
+
+    folder = save(clip_model("quick_gelu", 2, context=77), tmp_path / "clip77", "safetensors", config_context=None)
+    result = CliRunner().invoke(main, [str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and not (tmp_path / "out").exists()
+    assert result.output == (f"longclip-export: error: '{folder}': its text position table has 77 rows: a 77-token "
+                             "CLIP, not LongCLIP (248 positions); pass a LongCLIP conversion\n")
+
+
+def test_a_weight_file_of_a_transformers_folder_alone_names_the_folder(hf_folder):
+    from longclip.export.checkpoint import load_reference
+    from longclip.runtime.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"model.safetensors' holds transformers CLIP weights: pass the folder "
+                                              r"that holds it with its config.json"):
+        load_reference(hf_folder / "model.safetensors")
+
+
+def test_a_preprocessor_config_unlike_the_spec_is_said_in_one_line(hf_folder, tmp_path, caplog):
+    from longclip.export.hf import check_preprocessor
+
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.5, 0.5, 0.5],
+        "size": {"shortest_edge": 224}, "crop_size": {"height": 32, "width": 32}}))
+    with caplog.at_level(logging.WARNING):
+        check_preprocessor(folder, 32)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder / 'preprocessor_config.json'} says image_std [0.5, 0.5, 0.5], size {{'shortest_edge': 224}}; "
+        "longclip runs the spec's preprocessing (mean [0.48145466, 0.4578275, 0.40821073], "
+        "std [0.26862954, 0.26130258, 0.27577711], size 32)"]
+    caplog.clear()
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.48145466, 0.4578275, 0.40821073],
+                                                                 "size": 32, "crop_size": 32}))
+    check_preprocessor(folder, 32)
+    assert caplog.records == []
+
+
+def test_a_conversion_that_kept_only_the_first_table_differs_from_20_on(hf_folder, tmp_path):
+    """The HF table is used row for row: zeroing rows 20.. changes texts whose EOT is at >= 20 only."""
+    import torch
+
+    from longclip.export.checkpoint import load_reference
+    from longclip.runtime.tokenizer import tokenize
+
+    ids = torch.from_numpy(tokenize([" ".join(["a"] * 18), " ".join(["a"] * 19)]))  # EOT at 19 and 20
+    ref, _ = load_reference(hf_folder)
+    assert torch.equal(ref.positional_embedding, ref.positional_embedding_res)
+    with torch.no_grad():
+        before = ref.encode_text(ids)
+        ref.positional_embedding_res[20:] = 0
+        after = ref.encode_text(ids)
+    assert torch.equal(before[0], after[0]) and not torch.allclose(before[1], after[1])
+
+
+def test_compare_positions_tells_a_kept_table_from_a_copy_of_the_first(tmp_path, tiny_state, tiny_checkpoint, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from longclip.export.compare_positions import main
+
+    first, res = tiny_state["positional_embedding"], tiny_state["positional_embedding_res"]
+    tables = {"kept": torch.cat([first[:20], res[20:]]), "first-only": first.clone(),
+              "kept-fp16": torch.cat([first[:20], res[20:]]).half()}
+    codes = {}
+    for name, table in tables.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "clip"}')
+        save_file({"text_model.embeddings.position_embedding.weight": table.contiguous()},
+                  folder / "model.safetensors")
+        codes[name] = main([str(folder), str(tiny_checkpoint)])
+    assert codes == {"kept": 0, "first-only": 1, "kept-fp16": 0}
+    out = capsys.readouterr().out
+    assert out.count("kept: positions 20-247 are upstream's positional_embedding_res") == 2
+    assert out.count("NOT kept") == 1
+    assert main([str(tmp_path / "kept"), str(tmp_path / "kept" / "config.json")]) == 2
