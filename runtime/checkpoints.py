@@ -69,9 +69,10 @@ HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mode
 
 
 def is_hf_folder(folder: Path) -> bool:
-    """Whether ``folder`` is laid out as transformers saves a model (``config.json`` beside it): that layout wins
-    over loose checkpoint files in it (community repos also hold text-encoder-only files)."""
-    return folder.is_dir() and (folder / HF_CONFIG).is_file()
+    """Whether ``folder`` is laid out as transformers saves a model (``config.json`` beside one of
+    ``HF_WEIGHTS``): that layout wins over loose checkpoint files in it (community repos also hold
+    text-encoder-only files). A ``config.json`` beside other files alone is not one."""
+    return folder.is_dir() and (folder / HF_CONFIG).is_file() and any((folder / n).is_file() for n in HF_WEIGHTS)
 
 
 def shard_names(index: Path) -> list[str]:
@@ -109,8 +110,8 @@ def hf_files(folder: Path) -> list[Path]:
         if path.is_file():
             weights = [path, *_shards(path)] if name.endswith(".index.json") else [path]
             return [folder / HF_CONFIG, *weights]
-    raise CheckpointError(f"{str(folder)!r} has {HF_CONFIG} but none of {', '.join(HF_WEIGHTS)}: download the "
-                          "model's weights too (hf download REPO --local-dir DIR)")
+    raise CheckpointError(f"{str(folder)!r} has {HF_CONFIG} but none of {', '.join(HF_WEIGHTS)}: not a "
+                          "transformers model folder")
 
 
 def hf_complete(folder: Path) -> bool:

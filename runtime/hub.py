@@ -131,9 +131,10 @@ def _download_exported(repo_id: str, manifest_path: Path) -> Path:
     return snapshot
 
 
-def _download_hf(repo_id: str, config_path: Path) -> Path:
+def _download_hf(repo_id: str, config_path: Path) -> Path | None:
     """A transformers repo's weights, next to its downloaded ``config.json`` (same revision): the first of
-    ``HF_WEIGHTS`` it has (an index, then every shard it names), and ``preprocessor_config.json`` if any."""
+    ``HF_WEIGHTS`` it has (an index, then every shard it names), and ``preprocessor_config.json`` if any; None
+    when it has none of them (then ``config.json`` is some other file, and the repo is searched for a checkpoint)."""
     from huggingface_hub import hf_hub_download
 
     snapshot = config_path.parent
@@ -155,8 +156,7 @@ def _download_hf(repo_id: str, config_path: Path) -> Path:
                                     "upload is incomplete")
         fetch("preprocessor_config.json")
         return snapshot
-    raise ModelDirError(f"{repo_id!r} has {HF_CONFIG} but none of {', '.join(HF_WEIGHTS)}: not a transformers model "
-                        "with weights")
+    return None
 
 
 def download(repo_id: str, export_possible: bool = True) -> Path:
@@ -190,8 +190,9 @@ def download(repo_id: str, export_possible: bool = True) -> Path:
             config = Path(hf_hub_download(repo_id, HF_CONFIG))
         except _not_found_type():
             config = None  # no config.json: a LongCLIP checkpoint repo
-        if config is not None:
-            return _download_hf(repo_id, config)
+        snapshot = None if config is None else _download_hf(repo_id, config)
+        if snapshot is not None:
+            return snapshot
         log.info("downloading %s's checkpoint from the Hugging Face Hub", repo_id)
         return Path(snapshot_download(repo_id, allow_patterns=[f"*{s}" for s in CHECKPOINT_SUFFIXES]))
     except LongCLIPError:

@@ -386,10 +386,16 @@ def test_a_transformers_folder_missing_a_shard_or_naming_one_outside_is_refused(
     (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../../etc/passwd"}}')
     with pytest.raises(CheckpointError, match=r"names shard '../../etc/passwd' outside its folder: refused"):
         resolve_model_dir(folder, cache)
+
+
+
+def test_a_config_json_without_transformers_weights_is_not_a_transformers_folder(tmp_path, monkeypatch):
+    folder = hf_folder(tmp_path / "hf")
     (folder / "model.safetensors.index.json").unlink()
     (folder / "pytorch_model.bin").unlink()
-    with pytest.raises(CheckpointError, match=r"has config.json but none of model.safetensors, "):
-        resolve_model_dir(folder, cache)
+    commands = _fake_export(monkeypatch)
+    resolve_model_dir(folder, tmp_path / "cache")  # the spec's rule for a folder: the "longclip" file
+    assert commands[0][3] == str(folder / "longclip-TE-only.safetensors")
 
 
 @needs_hub

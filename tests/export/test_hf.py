@@ -139,6 +139,27 @@ def test_hf_checkpoint_scores_as_transformers_scores_it(tmp_path, act, eos, how,
     assert raw["config"]["text_layer_norm_eps"] == 1e-6
     assert raw["checkpoint"]["format"] == "transformers-clip"
     assert raw["text"]["pooling"] == ("argmax of input_ids (EOT)" if eos == 2 else "first input_ids == 49407 (EOT)")
+    if how == "safetensors":  # once: the console script on files reproduces transformers' scores too
+        assert np.max(np.abs(longclip_run_scores(tmp_path, tmp_path / "out", images, TEXTS) - want)) <= MAX_SCORE_DELTA
+
+
+def longclip_run_scores(tmp_path: Path, model_dir: Path, images, texts) -> np.ndarray:
+    """``longclip-run`` over every image x text pair, the images saved as PNG files: ``(images, texts)`` scores."""
+    import subprocess
+    import sys
+
+    rows = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        rows += [{"image_path": f"{i}.png", "text": text} for text in texts]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = Path(sys.executable).with_name("longclip-run")
+    proc = subprocess.run([str(run), "in.jsonl", "-m", str(model_dir), "-o", "scored.jsonl", "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [r["longclip_score_error"] for r in scored] == [""] * len(rows)
+    return np.array([r["longclip_score"] for r in scored]).reshape(len(images), len(texts))
 
 
 def test_first_eot_pooling_is_transformers_pooling_when_ids_repeat_it(tmp_path):
