@@ -42,7 +42,8 @@ class Comparison:
         rows = ((f"rows 0-{POSITION_SPLIT - 1} vs positional_embedding", self.first),
                 (f"rows {POSITION_SPLIT}-{CONTEXT_LENGTH - 1} vs positional_embedding_res", self.res),
                 (f"rows {POSITION_SPLIT}-{CONTEXT_LENGTH - 1} vs positional_embedding", self.res_vs_first))
-        lines = [f"{'conversion table':<44} {'max |diff|':>11}", *(f"{name:<44} {value:>11.3e}" for name, value in rows)]
+        lines = [f"{'conversion table':<44} {'max |diff|':>11}",
+                 *(f"{name:<44} {value:>11.3e}" for name, value in rows)]
         verdict = ("kept: positions 20-247 are upstream's positional_embedding_res" if self.kept else
                    "NOT kept: the conversion's table differs from upstream's tables (beyond "
                    f"{self.tolerance:.0e}, its storage precision)")

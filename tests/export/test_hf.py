@@ -217,20 +217,26 @@ def _edited(hf_folder: Path, tmp_path: Path, edit) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c.update(model_type="siglip"), r"is a transformers 'siglip' model: only CLIP \(model_type 'clip', a "
-                                              r"CLIPModel\) exports as LongCLIP$"),
-    (lambda c: c.update(model_type="clip_text_model", architectures=["CLIPTextModelWithProjection"]),
-     r"holds a text encoder only \(CLIPTextModelWithProjection\): scoring needs both towers; pass a full CLIPModel"),
-    (lambda c: c.update(architectures=["CLIPTextModel"]), r"holds a text encoder only \(CLIPTextModel\)"),
-    (lambda c: c.update(model_type="clip_vision_model", architectures=[]), r"holds an image encoder only"),
-    (lambda c: c["text_config"].update(hidden_act="gelu_pytorch_tanh"),
-     r"text_config.hidden_act is 'gelu_pytorch_tanh'; LongCLIP exports quick_gelu or gelu$"),
-    (lambda c: c["vision_config"].update(num_attention_heads=5),
-     r"vision_config.num_attention_heads is 5, which does not divide the vision width 48$"),
-    (lambda c: c["text_config"].update(eos_token_id=0), r"text_config.eos_token_id is 0; CLIP's tokenizer ends texts "
-                                                        r"with 49407 \(or configs say 2, pooling at the largest id\)$"),
-])
+REFUSALS = {
+    "siglip": (lambda c: c.update(model_type="siglip"),
+               r"is a transformers 'siglip' model: only CLIP \(model_type 'clip', a CLIPModel\) exports as LongCLIP$"),
+    "text-with-projection": (
+        lambda c: c.update(model_type="clip_text_model", architectures=["CLIPTextModelWithProjection"]),
+        r"holds a text encoder only \(CLIPTextModelWithProjection\): scoring needs both towers; pass a full CLIPModel"),
+    "text-model": (lambda c: c.update(architectures=["CLIPTextModel"]), r"holds a text encoder only \(CLIPTextModel\)"),
+    "vision-model": (lambda c: c.update(model_type="clip_vision_model", architectures=[]),
+                     r"holds an image encoder only"),
+    "tanh-gelu": (lambda c: c["text_config"].update(hidden_act="gelu_pytorch_tanh"),
+                  r"text_config.hidden_act is 'gelu_pytorch_tanh'; LongCLIP exports quick_gelu or gelu$"),
+    "heads": (lambda c: c["vision_config"].update(num_attention_heads=5),
+              r"vision_config.num_attention_heads is 5, which does not divide the vision width 48$"),
+    "eos": (lambda c: c["text_config"].update(eos_token_id=0),
+            r"text_config.eos_token_id is 0; CLIP's tokenizer ends texts with 49407 \(or configs say 2, pooling at "
+            r"the largest id\)$"),
+}
+
+
+@pytest.mark.parametrize("edit, message", REFUSALS.values(), ids=REFUSALS.keys())
 def test_what_is_not_a_longclip_clip_is_refused_in_one_line(hf_folder, tmp_path, edit, message):
     from longclip.export.checkpoint import load_reference
     from longclip.runtime.errors import CheckpointError
