@@ -131,16 +131,12 @@ def _context(config: Mapping, state: Mapping[str, torch.Tensor], folder: Path) -
     if context != CONTEXT_LENGTH:
         raise CheckpointError(f"{str(folder)!r}: its text position table has {context} rows: a {context}-token CLIP, "
                               f"not LongCLIP ({CONTEXT_LENGTH} positions); pass a LongCLIP conversion")
-    said = _sub_any(config, "max_position_embeddings")
+    text_config = config.get("text_config")
+    said = text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None
     if said is not None and said != context:
         log.warning("%s: config.json says max_position_embeddings %s, its position table has %d rows: using %d",
                     folder, said, context, context)
     return context
-
-
-def _sub_any(config: Mapping, key: str) -> object:
-    sub = config.get("text_config")
-    return sub.get(key) if isinstance(sub, dict) else None
 
 
 def hf_config(config: Mapping, state: Mapping[str, torch.Tensor], folder: Path) -> LongCLIPConfig:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longclip.runtime.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
+from longclip.runtime.errors import ExportError
 
 HEAD_WIDTH = 64
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -56,7 +57,7 @@ class LongCLIPConfig:
             if not getattr(self, f"{tower}_mlp_width"):
                 object.__setattr__(self, f"{tower}_mlp_width", 4 * width)
             if getattr(self, f"{tower}_activation") not in ACTIVATIONS:
-                raise ValueError(f"{tower}_activation {getattr(self, f'{tower}_activation')!r}: use one of "
+                raise ExportError(f"{tower}_activation {getattr(self, f'{tower}_activation')!r}: use one of "
                                  f"{', '.join(ACTIVATIONS)}")
 
     @property

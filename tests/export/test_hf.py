@@ -74,9 +74,11 @@ def save(model, folder: Path, how: str, dtype: str = "fp32", config_context: int
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     model = model.to(dtypes[dtype])
-    if how == "bin":
+    if how == "bin":  # with the position_ids buffers transformers 4 saved in .bin files
         model.config.save_pretrained(folder)
-        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        state = {**model.state_dict(), "text_model.embeddings.position_ids": torch.arange(248)[None],
+                 "vision_model.embeddings.position_ids": torch.arange(17)[None]}
+        torch.save(state, folder / "pytorch_model.bin")
     else:
         model.save_pretrained(folder, max_shard_size="200KB" if how == "sharded" else "10GB")
     if config_context is not None:
