@@ -78,9 +78,10 @@ def is_hf_folder(folder: Path) -> bool:
 def shard_names(index: Path) -> list[str]:
     """The shard files an ``*.index.json`` maps weights to, sorted; each a plain name (beside the index)."""
     try:
-        weight_map = json.loads(index.read_text()).get("weight_map")
-    except (OSError, ValueError, AttributeError) as exc:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"cannot read {str(index)!r} ({exc}): download it again") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{str(index)!r} has no weight_map: not a transformers shard index; download it again")
     names = sorted({str(v) for v in weight_map.values()})

@@ -386,6 +386,10 @@ def test_a_transformers_folder_missing_a_shard_or_naming_one_outside_is_refused(
     (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../../etc/passwd"}}')
     with pytest.raises(CheckpointError, match=r"names shard '../../etc/passwd' outside its folder: refused"):
         resolve_model_dir(folder, cache)
+    for text in ('{"metadata": {}}', "[]", '{"weight_map": {}}'):
+        (folder / "model.safetensors.index.json").write_text(text)
+        with pytest.raises(CheckpointError, match=r"has no weight_map: not a transformers shard index"):
+            resolve_model_dir(folder, cache)
 
 
 

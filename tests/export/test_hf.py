@@ -7,6 +7,7 @@ transformers' own ``get_image_features`` / ``get_text_features`` on the spec's p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 
 from conftest import needs_torch
 
-pytestmark = [needs_torch, pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("transformers") is None, reason="needs transformers (test extra)")]
+pytestmark = [needs_torch, pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                              reason="needs transformers (the test extra)")]
 
 TEXTS = [
     "a cat",  # EOT at 3
@@ -246,6 +247,22 @@ def test_what_is_not_a_longclip_clip_is_refused_in_one_line(hf_folder, tmp_path,
     with pytest.raises(CheckpointError, match=message) as caught:
         load_reference(_edited(hf_folder, tmp_path, edit))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{broken", r"cannot read '.*config.json' \(Expecting property name .*\): download it again$"),
+    ("[1, 2]", r"config.json' is not a JSON object: not a transformers config$"),
+])
+def test_a_damaged_config_json_is_one_line(hf_folder, tmp_path, text, message):
+    import shutil
+
+    from longclip.export.checkpoint import load_reference
+    from longclip.runtime.errors import CheckpointError
+
+    folder = Path(shutil.copytree(hf_folder, tmp_path / "damaged"))
+    (folder / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        load_reference(folder)
 
 
 def test_a_77_position_clip_is_refused_in_one_line(tmp_path):
