@@ -198,6 +198,13 @@ def to_reference_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
+def _close(got: object, want: tuple[float, ...]) -> bool:
+    """Whether ``got`` is the list of numbers ``want`` (to 1e-6); anything else in a config is not."""
+    numbers = isinstance(got, list) and len(got) == len(want) and all(
+        isinstance(g, (int, float)) and not isinstance(g, bool) for g in got)
+    return numbers and all(abs(g - w) <= 1e-6 for g, w in zip(got, want))
+
+
 def check_preprocessor(folder: Path, image_size: int) -> None:
     """One warning when ``preprocessor_config.json`` disagrees with the spec's preprocessing, which is what runs."""
     path = folder / "preprocessor_config.json"
@@ -214,13 +221,12 @@ def check_preprocessor(folder: Path, image_size: int) -> None:
     differs = []
     for key, want in (("image_mean", IMAGE_MEAN), ("image_std", IMAGE_STD)):
         got = pre.get(key)
-        if got is not None and (not isinstance(got, list) or len(got) != 3
-                                or any(abs(float(g) - w) > 1e-6 for g, w in zip(got, want))):
+        if got is not None and not _close(got, want):
             differs.append(f"{key} {got}")
     for key in ("size", "crop_size"):
         got = pre.get(key)
-        sizes = set(got.values()) if isinstance(got, dict) else {got}
-        if got is not None and sizes != {image_size}:
+        sizes = list(got.values()) if isinstance(got, dict) else [got]
+        if got is not None and any(size != image_size for size in sizes):
             differs.append(f"{key} {got}")
     if differs:
         log.warning("%s says %s; longclip runs the spec's preprocessing (mean %s, std %s, size %d)", path,

@@ -305,6 +305,10 @@ def test_a_preprocessor_config_unlike_the_spec_is_said_in_one_line(hf_folder, tm
                                                                  "size": 32, "crop_size": 32}))
     check_preprocessor(folder, 32)
     assert caplog.records == []
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": ["x", None, {}], "size": [1]}))
+    check_preprocessor(folder, 32)  # hostile values are said, never raised
+    assert [r.getMessage().split(" says ")[1].split(";")[0] for r in caplog.records] == [
+        "image_mean ['x', None, {}], size [1]"]
 
 
 def test_a_conversion_that_kept_only_the_first_table_differs_from_20_on(hf_folder, tmp_path):
