@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from longclip.runtime.constants import CONTEXT_LENGTH
-from longclip.runtime.errors import CheckpointError
-from longclip.runtime.checkpoints import (
+from longclip.runtime.contract.constants import CONTEXT_LENGTH
+from longclip.runtime.contract.errors import CheckpointError
+from longclip.runtime.contract.manifest import sha256_file
+from longclip.runtime.model.checkpoints import (
     HF_CONFIG,
     checkpoint_format,
     combined_digest,
@@ -22,7 +23,6 @@ from longclip.runtime.checkpoints import (
     not_a_checkpoint,
     pick_checkpoint,
 )
-from longclip.runtime.manifest import sha256_file
 
 from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
 

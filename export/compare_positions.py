@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from longclip.runtime.checkpoints import hf_files
-from longclip.runtime.constants import CONTEXT_LENGTH, POSITION_SPLIT
-from longclip.runtime.errors import LongCLIPError
+from longclip.runtime.contract.constants import CONTEXT_LENGTH, POSITION_SPLIT
+from longclip.runtime.contract.errors import LongCLIPError
+from longclip.runtime.model.checkpoints import hf_files
 
 from .checkpoint import find_checkpoint, load_state_dict
 from .hf import TEXT_POSITIONS, load_hf_state

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from longclip.runtime.checkpoints import HF_CONFIG, hf_files
-from longclip.runtime.constants import CONTEXT_LENGTH, EOT_TOKEN, IMAGE_MEAN, IMAGE_STD, VOCAB_SIZE
-from longclip.runtime.errors import CheckpointError
+from longclip.runtime.contract.constants import CONTEXT_LENGTH, EOT_TOKEN, IMAGE_MEAN, IMAGE_STD, VOCAB_SIZE
+from longclip.runtime.contract.errors import CheckpointError
+from longclip.runtime.model.checkpoints import HF_CONFIG, hf_files
 
 from .model import ACTIVATIONS, LongCLIPConfig
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longclip.runtime.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
-from longclip.runtime.errors import ExportError
+from longclip.runtime.contract.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
+from longclip.runtime.contract.errors import ExportError
 
 HEAD_WIDTH = 64
 ACTIVATIONS = ("quick_gelu", "gelu")

@@ -94,9 +94,9 @@ def transformers_scores(model, images, texts) -> np.ndarray:
     """What transformers computes, on the spec's pixels and the official 248-token ids."""
     import torch
 
-    from longclip.runtime.preprocess import preprocess_images
-    from longclip.runtime.scoring import l2_normalize, to_score
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.preprocess import preprocess_images
+    from longclip.runtime.decode.tokenizer import tokenize
+    from longclip.runtime.model.scoring import l2_normalize, to_score
 
     size = model.config.vision_config.image_size
     with torch.no_grad():
@@ -111,7 +111,7 @@ def runtime_scores(model_dir: Path, images, texts) -> np.ndarray:
     from longclip.runtime import LongCLIP
 
     clip = LongCLIP(model_dir, device="cpu")
-    from longclip.runtime.scoring import to_score
+    from longclip.runtime.model.scoring import to_score
 
     return to_score(clip.encode_images(images) @ clip.encode_texts(texts).T)
 
@@ -122,7 +122,7 @@ def runtime_scores(model_dir: Path, images, texts) -> np.ndarray:
 ])
 def test_hf_checkpoint_scores_as_transformers_scores_it(tmp_path, act, eos, how, dtype, caplog):
     from longclip.export import export_model
-    from longclip.runtime.manifest import read_manifest
+    from longclip.runtime.contract.manifest import read_manifest
 
     model = clip_model(act, eos)
     folder = save(model, tmp_path / "hf", how, dtype)
@@ -172,8 +172,8 @@ def test_every_storage_loads_as_transformers_loads_it(tmp_path, how, dtype):
     import torch
 
     from longclip.export.checkpoint import load_reference
-    from longclip.runtime.preprocess import preprocess_images
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.preprocess import preprocess_images
+    from longclip.runtime.decode.tokenizer import tokenize
 
     model = clip_model("quick_gelu", 2, seed=11)
     ref, used = load_reference(save(model, tmp_path / "hf", how, dtype))
@@ -242,7 +242,7 @@ REFUSALS = {
 @pytest.mark.parametrize("edit, message", REFUSALS.values(), ids=REFUSALS.keys())
 def test_what_is_not_a_longclip_clip_is_refused_in_one_line(hf_folder, tmp_path, edit, message):
     from longclip.export.checkpoint import load_reference
-    from longclip.runtime.errors import CheckpointError
+    from longclip.runtime.contract.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=message) as caught:
         load_reference(_edited(hf_folder, tmp_path, edit))
@@ -257,7 +257,7 @@ def test_a_damaged_config_json_is_one_line(hf_folder, tmp_path, text, message):
     import shutil
 
     from longclip.export.checkpoint import load_reference
-    from longclip.runtime.errors import CheckpointError
+    from longclip.runtime.contract.errors import CheckpointError
 
     folder = Path(shutil.copytree(hf_folder, tmp_path / "damaged"))
     (folder / "config.json").write_text(text)
@@ -279,7 +279,7 @@ def test_a_77_position_clip_is_refused_in_one_line(tmp_path):
 
 def test_a_weight_file_of_a_transformers_folder_alone_names_the_folder(hf_folder):
     from longclip.export.checkpoint import load_reference
-    from longclip.runtime.errors import CheckpointError
+    from longclip.runtime.contract.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"model.safetensors' holds transformers CLIP weights: pass the folder "
                                               r"that holds it with its config.json"):
@@ -316,7 +316,7 @@ def test_a_conversion_that_kept_only_the_first_table_differs_from_20_on(hf_folde
     import torch
 
     from longclip.export.checkpoint import load_reference
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.tokenizer import tokenize
 
     ids = torch.from_numpy(tokenize([" ".join(["a"] * 18), " ".join(["a"] * 19)]))  # EOT at 19 and 20
     ref, _ = load_reference(hf_folder)

@@ -8,9 +8,9 @@ import logging
 import os
 from pathlib import Path
 
-from .constants import CHECKPOINT_SUFFIXES
-from .errors import CheckpointError
-from .manifest import sha256_file
+from ..contract.constants import CHECKPOINT_SUFFIXES
+from ..contract.errors import CheckpointError
+from ..contract.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
+from ..contract.errors import LongCLIPError, ModelDirError
+from ..contract.manifest import sha256_file
 from .checkpoints import HF_CONFIG, HF_WEIGHTS, checkpoints_in, hf_complete, is_hf_folder, shard_names
-from .constants import CHECKPOINT_SUFFIXES, MANIFEST
-from .errors import LongCLIPError, ModelDirError
-from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
+from ..contract.errors import ModelDirError
 from . import hub
 from .checkpoints import (
     checkpoint_format,
@@ -35,8 +37,6 @@ from .checkpoints import (
     pick_checkpoint,
     source_digest,
 )
-from .constants import CHECKPOINT_SUFFIXES, MANIFEST
-from .errors import ModelDirError
 
 log = logging.getLogger(__name__)
 
