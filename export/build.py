@@ -30,7 +30,7 @@ from longclip.runtime.contract.constants import (
 from longclip.runtime.contract.errors import ExportError
 from longclip.runtime.contract.manifest import sha256_file, write_manifest
 
-from .checkpoint import load_reference
+from .checkpoint import load_reference, source_record
 from .model import LongCLIP
 from .onnx_export import EXTERNAL_DATA_BYTES, export_tower, graph_specs, tower_bytes
 from .parity import TOLERANCES, ParityReport, reference_outputs, run_parity
@@ -62,6 +62,15 @@ def fused_attention(precision: str, attention: str = "auto") -> bool:
     if attention not in ATTENTION:
         raise ExportError(f"attention {attention!r}: use one of {', '.join(ATTENTION)}")
     return attention == "fused" or (attention == "auto" and precision != "fp32")
+
+
+def pooling(eot_token: int | None) -> str:
+    """The manifest's words for where the text tower pools (``LongCLIPConfig.eot_token``).
+
+    >>> pooling(None), pooling(49407)
+    ('argmax of input_ids (EOT)', 'first input_ids == 49407 (EOT)')
+    """
+    return "argmax of input_ids (EOT)" if eot_token is None else f"first input_ids == {eot_token} (EOT)"
 
 
 def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityReport, opset: int, precision: str,
@@ -101,11 +110,11 @@ def _manifest(model: LongCLIP, checkpoint: Path, work: Path, report: ParityRepor
             "sot_token": SOT_TOKEN,
             "eot_token": EOT_TOKEN,
             "position_split": POSITION_SPLIT,
-            "pooling": "argmax of input_ids (EOT)",
+            "pooling": pooling(cfg.eot_token),
             "dynamic_length": True,
         },
         "graphs": graphs,
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
+        "checkpoint": source_record(checkpoint),
         "parity": report.to_dict(),
         "accuracy": None if accuracy is None else {
             "precision": precision, "against": "fp32 PyTorch reference",

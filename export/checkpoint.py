@@ -13,7 +13,16 @@ import torch
 
 from longclip.runtime.contract.constants import CONTEXT_LENGTH
 from longclip.runtime.contract.errors import CheckpointError
-from longclip.runtime.model.checkpoints import checkpoint_format, not_a_checkpoint, pick_checkpoint
+from longclip.runtime.contract.manifest import sha256_file
+from longclip.runtime.model.checkpoints import (
+    HF_CONFIG,
+    checkpoint_format,
+    combined_digest,
+    hf_files,
+    is_hf_folder,
+    not_a_checkpoint,
+    pick_checkpoint,
+)
 
 from .model import HEAD_WIDTH, LongCLIP, LongCLIPConfig
 
@@ -24,12 +33,15 @@ _IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in 
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or the one chosen from a folder: names containing "longclip" first, then sorted."""
+    """A checkpoint file; a transformers folder (``config.json``) itself; or the file chosen from another folder:
+    names containing "longclip" first, then sorted."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist: pass a .pt/.bin/.ckpt file or a folder")
+    if is_hf_folder(path):
+        return path
     chosen = pick_checkpoint(path)
     log.info("checkpoint: %s", chosen)
     return chosen
@@ -108,6 +120,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str, path: str) -> tuple[int, ...]:
+    if key not in state and any(k.startswith(("text_model.", "vision_model.")) for k in state):
+        raise CheckpointError(f"{path!r} holds transformers CLIP weights: pass the folder that holds it with its "
+                              f"{HF_CONFIG} (the architecture is read from there)")
     if key not in state:
         sample = ", ".join(sorted(state)[:6])
         raise CheckpointError(f"{path!r} has no {key}: not a LongCLIP state dict (keys: {sample}, ...)")
@@ -144,9 +159,13 @@ def derive_config(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -
     )
 
 
-def build_reference(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -> LongCLIP:
-    """The reference model with ``state`` loaded strictly: every key present, none extra, every shape right."""
-    cfg = derive_config(state, path)
+def build_reference(state: Mapping[str, torch.Tensor], path: str = "checkpoint",
+                    cfg: LongCLIPConfig | None = None) -> LongCLIP:
+    """The reference model with ``state`` loaded strictly: every key present, none extra, every shape right.
+
+    ``cfg``: the architecture when shapes alone cannot say it (a transformers config); else derived from them.
+    """
+    cfg = cfg or derive_config(state, path)
     model = LongCLIP(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -161,6 +180,21 @@ def build_reference(state: Mapping[str, torch.Tensor], path: str = "checkpoint")
 
 
 def load_reference(checkpoint: str | os.PathLike[str]) -> tuple[LongCLIP, Path]:
-    """Find, load and check a checkpoint: ``(reference model in eval mode, file used)``."""
+    """Find, load and check a checkpoint: ``(reference model in eval mode, file or transformers folder used)``."""
     path = find_checkpoint(checkpoint)
+    if path.is_dir():
+        from .hf import load_hf
+
+        state, cfg = load_hf(path)
+        return build_reference(state, str(path), cfg), path
     return build_reference(load_state_dict(path), str(path)), path
+
+
+def source_record(path: Path) -> dict[str, object]:
+    """What was exported, for the manifest's ``checkpoint``: its format, and the sha256 that keys the export cache
+    (``runtime.checkpoints.source_digest``); a transformers folder adds each file's sha256 and its config's."""
+    if not path.is_dir():
+        return {"file": path.name, "sha256": sha256_file(path), "format": "longclip"}
+    digests = {p.name: sha256_file(p) for p in hf_files(path)}
+    return {"file": path.name, "sha256": combined_digest(digests), "format": "transformers-clip",
+            "config_sha256": digests[HF_CONFIG], "files": digests}

@@ -23,8 +23,9 @@ from longclip.runtime.contract.errors import LongCLIPError, ParityError
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 def main(checkpoint: str, out_dir: str, opset: int, precision: str, attention: str, overwrite: bool,
          quiet: bool) -> None:
-    """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
-    graphs and a manifest, and prove them against the PyTorch reference before saying done."""
+    """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, a transformers CLIP folder with
+    config.json, or a folder holding a checkpoint) to two ONNX graphs and a manifest, and prove them against the
+    PyTorch reference before saying done."""
     configure_logging(quiet)
     try:
         from .build import export_model

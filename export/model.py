@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from longclip.runtime.contract.constants import CONTEXT_LENGTH, POSITION_SPLIT, VOCAB_SIZE
+from longclip.runtime.contract.errors import ExportError
 
 HEAD_WIDTH = 64
+ACTIVATIONS = ("quick_gelu", "gelu")
+"""MLP activations: OpenAI's ``x * sigmoid(1.702 x)``, and exact (erf) GELU, which some transformers configs name."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,30 @@ class LongCLIPConfig:
     text_layers: int
     context_length: int = CONTEXT_LENGTH
     vocab_size: int = VOCAB_SIZE
+    # OpenAI's layout fixes these (64-wide heads, 4x MLP, QuickGELU, eps 1e-5, pooling at the largest id);
+    # a transformers config may say otherwise. 0 for heads or MLP width: the OpenAI value for that width.
+    vision_heads: int = 0
+    text_heads: int = 0
+    vision_mlp_width: int = 0
+    text_mlp_width: int = 0
+    vision_activation: str = "quick_gelu"
+    text_activation: str = "quick_gelu"
+    vision_layer_norm_eps: float = 1e-5
+    text_layer_norm_eps: float = 1e-5
+    eot_token: int | None = None
+    """None: pool at the argmax of the ids (OpenAI, and transformers when ``eos_token_id`` is 2); an id: pool at
+    its first occurrence (transformers otherwise). Identical on the tokenizer's ids, whose EOT is the largest."""
+
+    def __post_init__(self) -> None:
+        for tower in ("vision", "text"):
+            width = getattr(self, f"{tower}_width")
+            if not getattr(self, f"{tower}_heads"):
+                object.__setattr__(self, f"{tower}_heads", width // HEAD_WIDTH)
+            if not getattr(self, f"{tower}_mlp_width"):
+                object.__setattr__(self, f"{tower}_mlp_width", 4 * width)
+            if getattr(self, f"{tower}_activation") not in ACTIVATIONS:
+                raise ExportError(f"{tower}_activation {getattr(self, f'{tower}_activation')!r}: use one of "
+                                 f"{', '.join(ACTIVATIONS)}")
 
     @property
     def variant(self) -> str:
@@ -56,6 +83,11 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def activation(name: str) -> nn.Module:
+    """The MLP's activation by its transformers name (``ACTIVATIONS``)."""
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``.
 
@@ -66,9 +98,9 @@ class Attention(nn.Module):
 
     contrib_op = False
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads = width // HEAD_WIDTH
+        self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -103,23 +135,23 @@ def pick(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, hidden: int, act: str):
         super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width)
-        self.gelu = QuickGELU()
-        self.c_proj = nn.Linear(4 * width, width)
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = activation(act)
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, heads: int, mlp_width: int, act: str, eps: float):
         super().__init__()
-        self.ln_1 = LayerNorm(width)
-        self.attn = Attention(width)
-        self.ln_2 = LayerNorm(width)
-        self.mlp = MLP(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.attn = Attention(width, heads)
+        self.ln_2 = LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, mlp_width, act)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, L, width)`` -> ``(N, L, width)``, or ``(N, width)`` for the token ``rows[n]`` of each sequence."""
@@ -129,9 +161,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int):
+    def __init__(self, cfg: LongCLIPConfig, tower: str):
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width) for _ in range(layers))
+        width, layers = getattr(cfg, f"{tower}_width"), getattr(cfg, f"{tower}_layers")
+        block = (width, getattr(cfg, f"{tower}_heads"), getattr(cfg, f"{tower}_mlp_width"),
+                 getattr(cfg, f"{tower}_activation"), getattr(cfg, f"{tower}_layer_norm_eps"))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(*block) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -153,9 +188,9 @@ class VisionTransformer(nn.Module):
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, cfg.vision_layers)
-        self.ln_post = LayerNorm(width)
+        self.ln_pre = LayerNorm(width, eps=cfg.vision_layer_norm_eps)
+        self.transformer = Transformer(cfg, "vision")
+        self.ln_post = LayerNorm(width, eps=cfg.vision_layer_norm_eps)
         self.proj = nn.Parameter(torch.empty(width, cfg.embed_dim))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -176,8 +211,8 @@ class LongCLIP(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
         self.positional_embedding_res = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
-        self.transformer = Transformer(cfg.text_width, cfg.text_layers)
-        self.ln_final = LayerNorm(cfg.text_width)
+        self.transformer = Transformer(cfg, "text")
+        self.ln_final = LayerNorm(cfg.text_width, eps=cfg.text_layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(cfg.text_width, cfg.embed_dim))
         self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
         causal = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1)
@@ -189,12 +224,17 @@ class LongCLIP(nn.Module):
         return self.visual(pixel_values)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``(N, L) int64`` ids, any ``L <= 248`` -> ``(N, embed_dim)``, pooled at EOT (argmax of the ids)."""
+        """``(N, L) int64`` ids, any ``L <= 248`` -> ``(N, embed_dim)``, pooled at EOT (``config.eot_token``)."""
         length = input_ids.shape[1]
         # LongCLIP adds pe * mask1 + pe_res * mask2: exactly pe below position 20 and pe_res from 20 on.
+        # (A transformers conversion has one table: it is loaded into both, so the sum is that table exactly.)
         positions = torch.where(self.use_first_table, self.positional_embedding, self.positional_embedding_res)
         x = self.token_embedding(input_ids) + positions[:length]  # (N, L, width)
-        eot = input_ids.argmax(dim=-1)  # (N,) on integers
+        eot_token = self.config.eot_token
+        if eot_token is None:
+            eot = input_ids.argmax(dim=-1)  # (N,) on integers
+        else:  # the first EOT, as transformers pools when eos_token_id is not 2
+            eot = (input_ids == eot_token).to(torch.int64).argmax(dim=-1)
         pooled = self.transformer(x, self.causal_mask[:length, :length], rows=eot)  # (N, width) at EOT
         return self.ln_final(pooled) @ self.text_projection  # (N, embed_dim)
 

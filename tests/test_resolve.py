@@ -318,3 +318,111 @@ def test_the_export_line_is_logged_only_when_an_export_starts(tmp_path, monkeypa
     with pytest.raises(ModelDirError, match=r"needs the export extra: pip install 'longclip\[export\]'"):
         resolve_model_dir(tmp_path / "model.pt", tmp_path / "cache")
     assert "exporting" not in caplog.text
+
+
+HF_REPO = "zer0int/LongCLIP-L-Diffusers"
+
+
+def hf_folder(folder: Path) -> Path:
+    """A transformers folder by its files (their bytes never loaded here): config.json, an index naming two
+    shards, a preprocessor config, and loose files that a search for checkpoints would pick."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "clip", "architectures": ["CLIPModel"]}')
+    weight_map = {"text_model.a": "model-00001-of-00002.safetensors",
+                  "vision_model.b": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for name in weight_map.values():
+        (folder / name).write_bytes(f"shard {name}".encode())
+    (folder / "preprocessor_config.json").write_text('{"image_mean": [0.5, 0.5, 0.5]}')
+    (folder / "longclip-TE-only.safetensors").write_bytes(b"a text encoder alone")
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 the same weights again")
+    return folder
+
+
+def _fake_export(monkeypatch) -> list[list[str]]:
+    """``longclip-export`` as a recorder: each command, and a manifest where it would have exported."""
+    commands: list[list[str]] = []
+
+    def run(cmd, **kwargs):
+        commands.append(cmd)
+        target = Path(cmd[cmd.index("-o") + 1])
+        target.mkdir(parents=True)
+        (target / "manifest.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr("longclip.runtime.model.resolve.missing_export_modules", lambda: [])
+    monkeypatch.setattr("longclip.runtime.model.resolve.subprocess.run", run)
+    return commands
+
+
+def test_a_transformers_folder_is_exported_whole_and_keyed_on_every_file(tmp_path, monkeypatch):
+    from longclip.runtime.model.checkpoints import hf_files
+
+    folder = hf_folder(tmp_path / "hf")
+    assert [p.name for p in hf_files(folder)] == [
+        "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors"]
+    commands = _fake_export(monkeypatch)
+    first = resolve_model_dir(folder, tmp_path / "cache")
+    assert commands[0][3] == str(folder)  # the folder, not the loose "longclip" file the pick rule prefers
+    (folder / "longclip-TE-only.safetensors").write_bytes(b"changed, and not part of the model")
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 changed too; model.safetensors.index.json wins")
+    assert resolve_model_dir(folder, tmp_path / "cache") == first and len(commands) == 1
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"another shard")
+    second = resolve_model_dir(folder, tmp_path / "cache")
+    (folder / "config.json").write_text('{"model_type": "clip", "architectures": ["CLIPModel"], "x": 1}')
+    third = resolve_model_dir(folder, tmp_path / "cache")
+    assert len({first, second, third}) == 3 and len(commands) == 3
+
+
+def test_a_transformers_folder_missing_a_shard_or_naming_one_outside_is_refused(tmp_path, cache):
+    from longclip.runtime.contract.errors import CheckpointError
+
+    folder = hf_folder(tmp_path / "hf")
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json' names 1 shard\(s\) the folder lacks "
+                                              r"\(model-00002-of-00002.safetensors, ...\): download every shard"):
+        resolve_model_dir(folder, cache)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../../etc/passwd"}}')
+    with pytest.raises(CheckpointError, match=r"names shard '../../etc/passwd' outside its folder: refused"):
+        resolve_model_dir(folder, cache)
+    for text in ('{"metadata": {}}', "[]", '{"weight_map": {}}'):
+        (folder / "model.safetensors.index.json").write_text(text)
+        with pytest.raises(CheckpointError, match=r"has no weight_map: not a transformers shard index"):
+            resolve_model_dir(folder, cache)
+
+
+
+def test_a_config_json_without_transformers_weights_is_not_a_transformers_folder(tmp_path, monkeypatch):
+    folder = hf_folder(tmp_path / "hf")
+    (folder / "model.safetensors.index.json").unlink()
+    (folder / "pytorch_model.bin").unlink()
+    commands = _fake_export(monkeypatch)
+    resolve_model_dir(folder, tmp_path / "cache")  # the spec's rule for a folder: the "longclip" file
+    assert commands[0][3] == str(folder / "longclip-TE-only.safetensors")
+
+
+@needs_hub
+def test_a_transformers_repo_downloads_its_config_and_every_shard_only(tmp_path, hub, monkeypatch):
+    remote = hf_folder(tmp_path / "remote")
+    (remote / "README.md").write_text("# a community conversion\n")
+    asked = _fake_hub(monkeypatch, hub, remote)
+    commands = _fake_export(monkeypatch)
+    resolve_model_dir(HF_REPO, tmp_path / "cache")
+    assert asked == ["manifest.json", "config.json", "model.safetensors", "model.safetensors.index.json",
+                     "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                     "preprocessor_config.json"]
+    snapshot = hub / "models--zer0int--LongCLIP-L-Diffusers" / "snapshots" / "feedbeef"
+    assert commands[0][3] == str(snapshot)
+    asked.clear()
+    resolve_model_dir(HF_REPO, tmp_path / "cache")  # cached: nothing asked of the Hub, nothing exported again
+    assert asked == [] and len(commands) == 1
+
+
+def test_a_cached_transformers_snapshot_missing_a_shard_is_not_used(hub, tmp_path, monkeypatch, cache):
+    remote = hf_folder(tmp_path / "remote")
+    hf_layout(hub, HF_REPO, {name: remote / name for name in ("config.json", "model.safetensors.index.json",
+                                                              "model-00001-of-00002.safetensors")})
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(ModelDirError, match=r"is not a local folder or file, and not in the Hugging Face cache"):
+        resolve_model_dir(HF_REPO, cache)

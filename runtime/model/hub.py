@@ -3,7 +3,9 @@
 A repo whose snapshot holds ``manifest.json`` and the graphs it names is an exported folder: it is used from the
 local Hugging Face cache as it lies (torch-free), or downloaded file by file with ``huggingface_hub`` (when
 installed): the manifest first, then only the files its ``graphs.*.files`` name, each checked against the sha256
-the manifest records for it. Any other repo is searched for a checkpoint, which :mod:`.resolve` exports once.
+the manifest records for it. A repo with ``config.json`` is a transformers model: that file, its weights (one
+file, or an index and every shard it names) and ``preprocessor_config.json`` are downloaded, nothing else. Any
+other repo is searched for a checkpoint. :mod:`.resolve` exports either once.
 
 Nothing is downloaded unless a repo id was named and ``huggingface_hub`` is installed.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
 from ..contract.errors import LongCLIPError, ModelDirError
 from ..contract.manifest import sha256_file
-from .checkpoints import checkpoints_in
+from .checkpoints import HF_CONFIG, HF_WEIGHTS, checkpoints_in, hf_complete, is_hf_folder, shard_names
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,9 @@ def cached_snapshot(repo_id: str) -> Path | None:
     """The cached snapshot of ``repo_id`` to use: ``refs/main``'s first, then any other, that is an exported folder
     or holds a checkpoint; None when the cache has none."""
     for snapshot in _snapshots(repo_id):
-        if snapshot.is_dir() and (is_exported(snapshot) or checkpoints_in(snapshot)):
+        if not snapshot.is_dir():
+            continue
+        if is_exported(snapshot) or (hf_complete(snapshot) if is_hf_folder(snapshot) else checkpoints_in(snapshot)):
             return snapshot
     return None
 
@@ -127,6 +131,34 @@ def _download_exported(repo_id: str, manifest_path: Path) -> Path:
     return snapshot
 
 
+def _download_hf(repo_id: str, config_path: Path) -> Path | None:
+    """A transformers repo's weights, next to its downloaded ``config.json`` (same revision): the first of
+    ``HF_WEIGHTS`` it has (an index, then every shard it names), and ``preprocessor_config.json`` if any; None
+    when it has none of them (then ``config.json`` is some other file, and the repo is searched for a checkpoint)."""
+    from huggingface_hub import hf_hub_download
+
+    snapshot = config_path.parent
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=snapshot.name))
+        except _not_found_type():
+            return None
+
+    log.info("downloading %s (a transformers model) from the Hugging Face Hub", repo_id)
+    for name in HF_WEIGHTS:
+        path = fetch(name)
+        if path is None:
+            continue
+        for shard in shard_names(path) if name.endswith(".index.json") else []:
+            if fetch(shard) is None:
+                raise ModelDirError(f"{repo_id!r}: its {name} names {shard}, which the repo does not have: the "
+                                    "upload is incomplete")
+        fetch("preprocessor_config.json")
+        return snapshot
+    return None
+
+
 def download(repo_id: str, export_possible: bool = True) -> Path:
     """Download ``repo_id`` with ``huggingface_hub``: its exported folder, else its checkpoint(s); the snapshot.
 
@@ -154,6 +186,13 @@ def download(repo_id: str, export_possible: bool = True) -> Path:
                 "pip install 'longclip[export]', or export it on a machine with torch and pass that folder or a "
                 "repo it was uploaded to (README, 'Real checkpoints')"
             )
+        try:
+            config = Path(hf_hub_download(repo_id, HF_CONFIG))
+        except _not_found_type():
+            config = None  # no config.json: a LongCLIP checkpoint repo
+        snapshot = None if config is None else _download_hf(repo_id, config)
+        if snapshot is not None:
+            return snapshot
         log.info("downloading %s's checkpoint from the Hugging Face Hub", repo_id)
         return Path(snapshot_download(repo_id, allow_patterns=[f"*{s}" for s in CHECKPOINT_SUFFIXES]))
     except LongCLIPError:

@@ -4,6 +4,8 @@
 1. An exported folder (has ``manifest.json``): used as it is.
 2. A checkpoint file, or a folder holding one (the spec's rule): exported once by ``longclip-export`` in a
    separate process (torch never enters this one) into a cache keyed by the checkpoint's sha256, then reused.
+   A transformers-format CLIP folder (``config.json`` beside its weights) is exported the same way, keyed by
+   every file it is made of; its layout wins over loose checkpoint files beside it.
 3. A Hugging Face repo id (``BeichenZhang/LongCLIP-L-336px``): an exported folder published there is used as it is;
    a repo holding a checkpoint is exported as in 2 (see :mod:`.hub`).
 
@@ -26,9 +28,15 @@ from pathlib import Path
 
 from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
 from ..contract.errors import ModelDirError
-from ..contract.manifest import sha256_file
 from . import hub
-from .checkpoints import checkpoint_format, checkpoints_in, not_a_checkpoint, pick_checkpoint
+from .checkpoints import (
+    checkpoint_format,
+    checkpoints_in,
+    is_hf_folder,
+    not_a_checkpoint,
+    pick_checkpoint,
+    source_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +61,13 @@ def missing_export_modules() -> list[str]:
 
 
 def export_cached(checkpoint: Path, cache: Path | None = None) -> Path:
-    """The exported folder for ``checkpoint``, made once under ``cache/exports/<sha256>`` by ``longclip-export``.
+    """The exported folder for ``checkpoint`` (a file, or a transformers folder), made once under
+    ``cache/exports/<sha256>`` by ``longclip-export`` (``checkpoints.source_digest``).
 
     An export already in the cache is used without torch; making one needs the export extra, which is checked
     before anything is said or started.
     """
-    digest = sha256_file(checkpoint)
+    digest = source_digest(checkpoint)
     target = (cache or cache_root()) / "exports" / digest[:32]
     if (target / MANIFEST).is_file():
         return target
@@ -131,6 +140,8 @@ def _local(path: Path, cache: Path | None) -> Path:
         if checkpoint_format(path) is None:
             raise ModelDirError(f"model {not_a_checkpoint(path)}, or an exported model folder")
         return export_cached(path, cache)
+    if is_hf_folder(path):
+        return export_cached(path, cache)
     if not checkpoints_in(path):
         raise ModelDirError(f"model {str(path)!r} is a folder without {MANIFEST} or a {'/'.join(CHECKPOINT_SUFFIXES)} "
                             "file: pass an exported model folder (longclip-export CHECKPOINT -o DIR), a checkpoint "
@@ -143,7 +154,7 @@ def _from_hub(repo_id: str, cache: Path | None) -> Path:
     snapshot = hub.cached_snapshot(repo_id) or hub.download(repo_id, export_possible=not missing_export_modules())
     if hub.is_exported(snapshot):
         return snapshot
-    return export_cached(pick_checkpoint(snapshot), cache)
+    return export_cached(snapshot if is_hf_folder(snapshot) else pick_checkpoint(snapshot), cache)
 
 
 def resolve_model_dir(model_name: str | os.PathLike[str], cache: Path | None = None) -> Path:
