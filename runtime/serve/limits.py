@@ -131,8 +131,10 @@ def embedding_inputs(body: dict[str, Any], limits: Limits) -> tuple[list[bytes |
         raise RequestError(400, f"'input' must be a string or a list of strings, got {type(value).__name__}",
                            "invalid_input")
     check_count(items, "input", limits)
-    if all(isinstance(i, int) for i in items) or any(isinstance(i, list) for i in items):
-        raise RequestError(400, "'input' holds token ids: send strings (LangChain's OpenAIEmbeddings sends ids "
+    ids = 0 if all(isinstance(i, int) for i in items) else next(
+        (n for n, i in enumerate(items) if isinstance(i, list)), None)
+    if ids is not None:
+        raise RequestError(400, f"input[{ids}] is token ids: send strings (LangChain's OpenAIEmbeddings sends ids "
                            "unless check_embedding_ctx_length=False)", "token_ids_not_supported")
     out: list[bytes | str] = []
     for index, item in enumerate(items):
