@@ -76,6 +76,9 @@ class Batcher:
     batch_size: int = 32
     batch_wait: float = 0.005
     max_queue: int = 1024
+    # int8 graphs quantize each batch with its own activation scales, so a row's bits depend on its batch there:
+    # each request then runs alone, and equals the library called on that request (see README, Serve)
+    mix_requests: bool = True
     _jobs: collections.deque[Job] = field(default_factory=collections.deque)
     _queued: int = 0
     _stopping: bool = False
@@ -136,12 +139,12 @@ class Batcher:
             if self._stopping:
                 return None
             deadline = time.monotonic() + self.batch_wait
-            while self._queued < self.batch_size and not self._stopping:
+            while self.mix_requests and self._queued < self.batch_size and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
                     break
             batch, size = [], 0
-            while self._jobs and (not batch or size + self._jobs[0].size <= self.batch_size):
+            while self._jobs and (not batch or self.mix_requests and size + self._jobs[0].size <= self.batch_size):
                 job = self._jobs.popleft()
                 batch.append(job)
                 size += job.size

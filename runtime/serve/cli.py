@@ -100,7 +100,7 @@ def _loader(model_dir: Path, device: str, batch_size: int, batch_wait: float, ma
         workers = plan_cpus(model.provider != CPU, decode_workers).decode_workers
         spec = ImageSpec.of(model.manifest, limits.max_pixels)
         return Batcher(model, lambda: make_pool(spec, batch_size, workers, limits.decode_timeout), metrics,
-                       batch_size, batch_wait, max_queue)
+                       batch_size, batch_wait, max_queue, mix_requests=model.manifest.precision != "int8")
     return load
 
 

@@ -22,6 +22,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
 
 from serve_live import live_server  # noqa: E402
 
@@ -217,6 +218,17 @@ def test_32_concurrent_clients_are_batched_together_and_each_is_exact(tiny_model
             assert http.post("/v1/score", json={"pairs": [pairs[1]] * 2}).status_code == 200  # fills the batch
             assert first.result(120).status_code == 200
             assert http.get("/ready").status_code == 200
+
+        # a client that goes away: its queued items are dropped, never run
+        batches = live.metric("longclip_batch_size_sum")
+        with live.client() as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                impatient.post("/v1/score", json={"pairs": [pairs[2]] * 5}, timeout=httpx.Timeout(120, read=1))
+        live.wait_for("the queue emptied", lambda: live.metric("longclip_queue_depth") == 0)
+        live.wait_for("a 499", lambda: live.metric('longclip_requests_total{route="/v1/score",status="499"}') == 1)
+        with live.client() as http:
+            assert http.post("/v1/score", json={"pairs": [pairs[3]] * 32}).status_code == 200
+        assert live.metric("longclip_batch_size_sum") == batches + 32  # the 5 items never ran
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, root):
