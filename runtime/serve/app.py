@@ -80,17 +80,14 @@ def _route(name: str, service: Service, counted: bool = True
     def wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             start = time.perf_counter()
-            service.inflight += counted
+            service.inflight += int(counted)
             try:
                 _check_key(request, service.api_key)
                 response = await handler(request)
             except RequestError as exc:
                 response = error_response(exc.status, str(exc), exc.kind, exc.code)
-            except asyncio.CancelledError:
-                service.metrics.requests.labels(name, "499").inc()
-                raise
             finally:
-                service.inflight -= counted
+                service.inflight -= int(counted)
             service.metrics.requests.labels(name, str(response.status_code)).inc()
             service.metrics.latency.labels(name).observe(time.perf_counter() - start)
             return response
@@ -150,7 +147,8 @@ async def _until_done(request: Request, batcher: Batcher, job: Job) -> Any:
     if not job.future.done():
         batcher.cancel(job)
         job.future.cancel()
-        raise asyncio.CancelledError("the client disconnected")
+        # nobody reads this answer; it is counted as nginx counts a client that closed first
+        raise RequestError(499, "the client disconnected", "client_disconnected")
     return job.future.result()
 
 

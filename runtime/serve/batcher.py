@@ -178,7 +178,10 @@ class Batcher:
                                               "model_failed", "server_error"))
             return
         for job, result in zip(jobs, results):
-            job.settle(error=result) if isinstance(result, BaseException) else job.settle(result)
+            if isinstance(result, BaseException):
+                job.settle(error=result)
+            else:
+                job.settle(result)
 
     def _renew_pool(self) -> None:
         assert self._pool is not None

@@ -246,3 +246,18 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, root):
             assert first.result().json()["data"][0]["score"] == second.json()["data"][0]["score"]
         assert live.process.wait(120) == 0, live.log()
         assert "draining" in live.log()
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(tiny_model_dir, tmp_path):
+    def serve(model):  # type: ignore[no-untyped-def]
+        cmd = [sys.executable, "-c", "from longclip.runtime.serve.cli import main; main()", "-m", str(model),
+               "--port", "0"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    missing = serve(tmp_path / "nope")  # refused before the server starts
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Uvicorn" not in missing.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "text.onnx").write_bytes(b"not a graph")  # found, but fails to load once the server is up
+    failed = serve(broken)
+    assert failed.returncode == 1 and "cannot load" in failed.stderr and "Traceback" not in failed.stderr
