@@ -120,23 +120,25 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
     pairs = make_pairs(args.requests)
-    rows = [("in-process `LongCLIP.score`, one pair a call", 1, in_process(args.model, pairs, args.requests))]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; model {args.model}; "
+          f"--batch-size {args.batch_size} --batch-wait-ms {args.batch_wait_ms}; {args.requests} timed requests "
+          "a level\n\n| way | concurrency | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|", flush=True)
+    row("in-process `LongCLIP.score`, one pair a call", 1, in_process(args.model, pairs, args.requests))
     process, url = start_server(args.model, args.batch_size, args.batch_wait_ms)
     try:
         for c in map(int, args.concurrency.split(",")):
-            rows.append((f"longclip-serve /v1/score, 1 pair a request", c, load(url, pairs, c, args.requests)))
+            row("longclip-serve `/v1/score`, one pair a request", c, load(url, pairs, c, args.requests))
         batches = httpx.get(f"{url}/metrics", timeout=30).text
         count = float(re.search(r"^longclip_batch_size_count (\S+)", batches, re.M)[1])  # type: ignore[index]
         total = float(re.search(r"^longclip_batch_size_sum (\S+)", batches, re.M)[1])  # type: ignore[index]
+        print(f"\nThe server ran {count:.0f} batches of {total / count:.1f} items on average.")
     finally:
         process.terminate()
         process.wait(120)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; model {args.model}; "
-          f"--batch-size {args.batch_size} --batch-wait-ms {args.batch_wait_ms}; {args.requests} timed requests "
-          f"a level; server batches: {total / count:.1f} items on average")
-    print("| way | concurrency | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
-    for name, c, r in rows:
-        print(f"| {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |")
+
+
+def row(name: str, concurrency: int, r: dict[str, float]) -> None:
+    print(f"| {name} | {concurrency} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
