@@ -104,8 +104,8 @@ def _check_key(request: Request, api_key: str | None) -> None:
                            "invalid_api_key")
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing it (413) as soon as it passes ``limit`` bytes."""
+async def read_json(request: Request, limit: int) -> tuple[dict[str, Any], int]:
+    """The body as a JSON object and its size in bytes, refusing it (413) as soon as it passes ``limit``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body is {declared} bytes, more than --max-body-mb allows ({limit} bytes)",
@@ -123,7 +123,12 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise RequestError(400, f"the body is not JSON: {str(exc)[:200]}", "invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}", "invalid_json")
-    return body
+    return body, size
+
+
+async def _off_loop(size: int, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)`` (base64 decoding of data URIs, path checks) on a thread when the body is large."""
+    return await asyncio.to_thread(check, *args) if size > _PARSE_OFF_LOOP else check(*args)
 
 
 def _batcher(service: Service) -> Batcher:
@@ -166,8 +171,8 @@ def build_app(service: Service) -> Starlette:
 
     @_route("/v1/embeddings", service)
     async def embeddings(request: Request) -> Response:
-        body = await read_json(request, limits.max_body_bytes)
-        inputs, encoding = embedding_inputs(body, limits)
+        body, size = await read_json(request, limits.max_body_bytes)
+        inputs, encoding = await _off_loop(size, embedding_inputs, body, limits)
         metrics.items.labels("/v1/embeddings").inc(len(inputs))
         result: Embedded = await _submit(request, service, "embed", (inputs,), len(inputs))
         data = [{"object": "embedding", "index": i,
@@ -178,8 +183,8 @@ def build_app(service: Service) -> Starlette:
 
     @_route("/v1/score", service)
     async def score(request: Request) -> Response:
-        body = await read_json(request, limits.max_body_bytes)
-        images, texts, reasons = score_pairs(body, limits)
+        body, size = await read_json(request, limits.max_body_bytes)
+        images, texts, reasons = await _off_loop(size, score_pairs, body, limits)
         names = [f"pairs[{i}].image" for i in range(len(images))]
         metrics.items.labels("/v1/score").inc(len(images))
         result: ItemScores = await _submit(request, service, "score", (images, texts, reasons, names), len(images))
