@@ -97,7 +97,7 @@ def summary(latencies: list[float], wall: float) -> dict[str, float]:
 
 
 def in_process(model_name: str, pairs: list[tuple[bytes, str]], requests: int) -> dict[str, float]:
-    from longclip.runtime.model import LongCLIP
+    from longclip.runtime.model.longclip import LongCLIP
 
     model = LongCLIP(model_name, device="cpu")
     model.score([io.BytesIO(pairs[0][0])], [pairs[0][1]])  # warm-up

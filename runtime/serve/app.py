@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..rows import ItemScores
+from ..contract.rows import ItemScores
 from .batcher import Batcher, Embedded, Job
 from .limits import Limits, RequestError, embedding_inputs, score_pairs
 from .metrics import Metrics

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ..decode_pool import DecodePool, ThreadPool
+from ..contract.errors import EngineError
+from ..contract.rows import ItemScores
+from ..decode.pool import DecodePool, ThreadPool
 from ..engines.pipeline import Pipeline, Work
-from ..errors import EngineError
-from ..model import LongCLIP
-from ..rows import ItemScores
-from ..scoring import l2_normalize
+from ..model.longclip import LongCLIP
+from ..model.scoring import l2_normalize
 from .limits import RequestError
 from .metrics import Metrics
 

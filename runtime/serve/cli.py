@@ -11,11 +11,11 @@ from types import FrameType
 
 import click
 
-from ..console import configure_logging
-from ..constants import BATCH_SIZE, DECODE_TIMEOUT, DEVICES
-from ..errors import LongCLIPError
-from ..preprocess import MAX_PIXELS
-from ..rows import check_image_root
+from ..cli.console import configure_logging
+from ..contract.constants import BATCH_SIZE, DECODE_TIMEOUT, DEVICES
+from ..contract.errors import LongCLIPError
+from ..contract.rows import check_image_root
+from ..decode.preprocess import MAX_PIXELS
 from .limits import MAX_BODY_MB, MAX_ITEMS, Limits
 
 log = logging.getLogger("longclip.serve")
@@ -67,7 +67,7 @@ def main(model_name: str, host: str, port: int, device: str, batch_size: int, ba
     except ImportError as exc:
         raise click.ClickException(f"longclip-serve needs the serve extra: pip install \"longclip[serve]\" "
                                    f"({exc})") from None
-    from ..resolve import resolve_model_dir
+    from ..model.resolve import resolve_model_dir
 
     try:
         check_image_root(image_root)
@@ -90,10 +90,10 @@ def _loader(model_dir: Path, device: str, batch_size: int, batch_wait: float, ma
             decode_workers: int | None):
     """What the service calls on a thread once the server is up: the model, its decode pool, the batcher."""
     def load(metrics):  # type: ignore[no-untyped-def]
-        from ..cpus import plan_cpus
-        from ..decode_pool import ImageSpec, make_pool
-        from ..model import LongCLIP
-        from ..session import CPU
+        from ..decode.cpus import plan_cpus
+        from ..decode.pool import ImageSpec, make_pool
+        from ..model.longclip import LongCLIP
+        from ..model.session import CPU
         from .batcher import Batcher
 
         model = LongCLIP(model_dir, device=None if device == "auto" else device)

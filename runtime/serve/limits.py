@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import errors
-from ..constants import DECODE_TIMEOUT
-from ..errors import ImageError, LongCLIPError
-from ..preprocess import MAX_PIXELS
+from ..contract import errors
+from ..contract.constants import DECODE_TIMEOUT
+from ..contract.errors import ImageError, LongCLIPError
+from ..decode.preprocess import MAX_PIXELS
 
 MAX_ITEMS = 256
 MAX_BODY_MB = 64

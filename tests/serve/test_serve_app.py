@@ -26,8 +26,8 @@ httpx = pytest.importorskip("httpx")
 
 from serve_live import live_server  # noqa: E402
 
-from longclip.runtime.errors import error_code  # noqa: E402
-from longclip.runtime.model import LongCLIP  # noqa: E402
+from longclip.runtime.contract.errors import error_code  # noqa: E402
+from longclip.runtime.model.longclip import LongCLIP  # noqa: E402
 
 GOLDEN = Path(__file__).parents[1] / "goldens" / "images"
 NAMES = sorted(p.name for p in GOLDEN.iterdir())
@@ -92,7 +92,7 @@ def test_score_equals_longclip_run_and_score_items_bit_for_bit(server, model, ro
              {"image_path": "broken.png", "text": "x"}, {"image_path": "folder", "text": "x"},
              {"image_path": NAMES[2], "text": None}, {"image_path": NAMES[3], "text": "long " * 400}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cli = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", str(tmp_path / "in.jsonl"), "-m",
+    cli = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.run", str(tmp_path / "in.jsonl"), "-m",
                           str(tiny_model_dir), "-o", str(tmp_path / "out.jsonl"), "--image-root", str(root),
                           "--device", "cpu", "-q"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr

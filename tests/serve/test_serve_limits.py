@@ -10,9 +10,8 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from longclip.runtime.errors import ImageError  # noqa: E402
-from longclip.runtime.serve.limits import (  # noqa: E402
-    Limits, RequestError, embedding_inputs, image_path, is_image_uri, score_pairs)
+from longclip.runtime.contract.errors import ImageError  # noqa: E402
+from longclip.runtime.serve.limits import Limits, RequestError, embedding_inputs, image_path, is_image_uri, score_pairs  # noqa: E402
 
 
 @pytest.fixture

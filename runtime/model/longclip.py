@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import Manifest, read_manifest
-from .preprocess import MAX_PIXELS, ImageInput, preprocess_images
-from .rows import ItemScores
-from .scoring import l2_normalize, score_rows
+from ..contract.constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
+from ..contract.manifest import Manifest, read_manifest
+from ..contract.rows import ItemScores
+from ..decode.preprocess import MAX_PIXELS, ImageInput, preprocess_images
+from ..decode.tokenizer import default_tokenizer, eot_positions
 from .resolve import cache_root, resolve_model_dir
+from .scoring import l2_normalize, score_rows
 from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
-from .tokenizer import default_tokenizer, eot_positions
-from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class LongCLIP:
         >>> out.scores, out.errors                                                      # doctest: +SKIP
         (array([0.62, nan], dtype=float32), ['', "missing_file: image not found: 'missing.jpg'"])
         """
-        from .engines.chunk import score_chunk  # the engines import this module
+        from ..engines.chunk import score_chunk  # the engines import this module
 
         if isinstance(images, (str, bytes)) or isinstance(texts, str):
             raise TypeError("score_items takes a list of images and a list of texts, not one "
