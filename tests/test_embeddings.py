@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace

@@ -106,7 +106,7 @@ def test_short_texts_never_run_at_a_long_texts_length(tiny_model_dir, monkeypatc
     monkeypatch.setattr(model_module, "run_one", lambda s, name, batch, *rest: lengths.append(batch.shape) or real(s, name, batch, *rest))
     texts = ["a cat", "a dog on grass", "word " * 300, "a red car", "stripes " * 50]
     together = model.encode_texts(texts, batch_size=64)
-    assert sorted(lengths) == [(1, 52), (1, 248), (3, 6)]  # three buckets, each at its own longest length
+    assert sorted(lengths) == [(1, 64), (1, 248), (3, 8)]  # three buckets, each at its own length
     alone = np.concatenate([model.encode_texts([t]) for t in texts])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
@@ -255,3 +255,42 @@ def test_damaged_external_data_is_caught(tmp_path, tiny_checkpoint, monkeypatch)
     (folder / "text.onnx.data").unlink()
     with pytest.raises(ModelDirError, match="names 'text.onnx.data', which is not a file in the folder"):
         LongCLIP(folder, device="cpu")
+
+
+def test_a_texts_embedding_does_not_depend_on_its_batch(tiny_model_dir):
+    # Padding to the batch's longest text changed last bits (9ea28ed): a text now runs at its own bucket's length.
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    words = "cat dog car tree house bird boat lamp".split() * 3
+    texts = [f"a {w} number {i} " * (1 + i % 9) for i, w in enumerate(words)]  # 22 of 24 differed at batch 64
+    alone = np.concatenate([model.encode_texts([t]) for t in texts])
+    for batch_size in (1, 2, 64):
+        np.testing.assert_array_equal(model.encode_texts(texts, batch_size=batch_size), alone)  # bit for bit
+    np.testing.assert_array_equal(model.encode_texts(texts[::-1]), alone[::-1])
+
+
+def test_score_items_keeps_the_row_contract(tiny_model_dir, tmp_path):
+    model = LongCLIP(tiny_model_dir, device="cpu")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    images = [IMAGES[0], "missing.png", IMAGES[1].read_bytes(), tmp_path / "bad.jpg", IMAGES[2], None]
+    texts = ["a cat", "a dog", "word " * 300, "x", "   ", "y"]
+    out = model.score_items(images, texts)
+    assert out.scores.dtype == np.float32 and out.truncated.dtype == bool
+    assert [e.split(":")[0] for e in out.errors] == ["", "missing_file", "", "not_an_image", "empty_text",
+                                                     "null_path"]
+    assert np.isnan(out.scores[[1, 3, 4, 5]]).all() and out.truncated.tolist() == [False, False, True, False,
+                                                                                   False, False]
+    np.testing.assert_array_equal(out.scores[[0, 2]], model.score([IMAGES[0], IMAGES[1]], [texts[0], texts[2]]))
+    alone = model.score_items([IMAGES[1].read_bytes()], [texts[2]])  # an item's score is its own, bit for bit
+    assert alone.scores[0] == out.scores[2] and alone.errors == [""]
+    relative = model.score_items([IMAGES[0].name], ["a cat"], image_root=IMAGES[0].parent)
+    assert relative.scores[0] == out.scores[0]
+    with pytest.raises(ValueError, match="as many images as texts, got 1 and 2"):
+        model.score_items([IMAGES[0]], ["a", "b"])
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        model.score_items(str(IMAGES[0]), ["a"])
+
+
+def test_the_runtime_never_imports_the_service_framework():
+    code = ("import sys; import longclip.runtime as r; r.LongCLIP; import longclip.runtime.engines.local, "
+            "longclip.runtime.cli.run; assert not {'starlette', 'uvicorn', 'prometheus_client'} & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import tarfile
-import time
 import tracemalloc
 
 import numpy as np

@@ -206,6 +206,19 @@ def row_reason(image_reason: str, text_reason: str) -> str:
     return image_reason or text_reason
 
 
+@dataclass
+class ItemScores:
+    """Each item's outcome, in input order: what the row contract writes, for Python callers and the service.
+
+    ``scores`` is ``(N,) float32`` (``NaN`` when not scored), ``errors[i]`` is ``""`` when scored, else the CLI's
+    ``"<code>: <detail>"``, ``truncated`` is ``(N,) bool`` (the text passed the context length and was cut).
+    """
+
+    scores: np.ndarray  # (N,) float32
+    errors: list[str]
+    truncated: np.ndarray  # (N,) bool
+
+
 def with_scores(frame: pd.DataFrame, scores: np.ndarray, reasons: list[str], output_key: str) -> pd.DataFrame:
     """``frame`` plus the score (float64, ``NaN`` when unscored) and ``<output_key>_error`` columns."""
     out = frame.copy()

@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from ..contract import errors
 from ..contract.errors import EngineError, RowError
-from ..contract.rows import cell_key, check_text, resolve_image_path, row_reason
+from ..contract.rows import ItemScores, cell_key, check_text, resolve_image_path, row_reason
 from ..decode.pool import DecodePool, ThreadPool
 from ..embeddings.store import EmbeddingStore, text_sha256
 from ..inputs.tarshards import SHARD_COLUMN
@@ -54,13 +54,8 @@ TEXTS_PER_JOB = 128  # texts tokenized per worker job
 _TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
 
 
-@dataclass
-class ChunkResult:
-    """Per-row outcome of a chunk: score (``NaN`` when not scored), reason (``""`` when scored), truncation."""
-
-    scores: np.ndarray  # (N,) float32
-    errors: list[str]
-    truncated: np.ndarray  # (N,) bool: the text passed the context length and was cut
+ChunkResult = ItemScores
+"""Per-row outcome of a chunk: the row contract's :class:`..rows.ItemScores`."""
 
 
 @dataclass

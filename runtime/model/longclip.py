@@ -15,6 +15,7 @@ from ..contract.constants import (
     BATCH_SIZE,
     CLIP_CONTEXT_LENGTH,
     LENGTH_BUCKETS,
+    MAX_PIXELS,
     TEXT_BATCH_SIZE,
     TEXT_INPUT,
     TEXT_OUTPUT,
@@ -22,6 +23,7 @@ from ..contract.constants import (
     VISION_OUTPUT,
 )
 from ..contract.manifest import Manifest, read_manifest
+from ..contract.rows import ItemScores
 from ..decode.preprocess import ImageInput, preprocess_images
 from ..decode.tokenizer import default_tokenizer, eot_positions
 from .device import TENSORRT, parse_device
@@ -62,6 +64,15 @@ def length_batches(lengths: np.ndarray, batch_size: int, tokens_per_row: int = 0
         size = size if max_rows is None else min(size, max_rows)
         groups.extend(rows[i : i + size] for i in range(0, len(rows), size))
     return groups
+
+
+def bucket_length(length: int) -> int:
+    """The length a text of ``length`` tokens (SOT and EOT counted) runs at: its bucket's.
+
+    >>> bucket_length(6), bucket_length(8), bucket_length(9), bucket_length(300)
+    (8, 8, 16, 248)
+    """
+    return LENGTH_BUCKETS[min(int(np.searchsorted(LENGTH_BUCKETS, length)), len(LENGTH_BUCKETS) - 1)]
 
 
 TRT_MAX_BATCH = 64
@@ -171,16 +182,21 @@ class LongCLIP:
         return run_one(self.vision, VISION_INPUT, np.ascontiguousarray(pixels, dtype=np.float32), run_options)
 
     def text_batches(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its own
-        longest length (with a causal mask and EOT pooling, tokens after EOT cannot change the embedding, so this
-        is exact and short texts stay cheap even beside long ones); int8 batches of short texts hold up to
-        ``batch_size * TOKENS_PER_ROW`` tokens."""
+        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its bucket's
+        length (with a causal mask and EOT pooling, tokens after EOT cannot change the embedding, so short texts
+        stay cheap even beside long ones); int8 batches of short texts hold up to ``batch_size * TOKENS_PER_ROW``
+        tokens.
+
+        The length is a function of the row's own text, never of the other rows in its batch: padding to the
+        batch's longest text changed the last bits of an embedding (a different reduction length in attention),
+        so a text scored beside others, or by a service batching other requests with it, would differ from the
+        same text alone."""
         eot = eot_positions(ids)
         cap = self._batch_cap()
         per_row = TOKENS_PER_ROW if self.manifest.precision == "int8" else 0
         out = []
         for rows in length_batches(eot + 1, min(batch_size, cap or batch_size), per_row, cap):
-            length = int(eot[rows].max()) + 1
+            length = min(bucket_length(int(eot[rows[0]]) + 1), ids.shape[1])
             out.append((rows, np.ascontiguousarray(ids[rows, :length], dtype=np.int64)))
         return out
 
@@ -202,6 +218,32 @@ class LongCLIP:
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
         """Texts -> L2-normalized ``(N, D) float32`` (LongCLIP tokenization, truncated at 248 tokens)."""
         return l2_normalize(self.embed_ids(self.tokenizer(texts), batch_size))
+
+    def score_items(self, images: Sequence[object], texts: Sequence[object],
+                    image_root: str | os.PathLike[str] | None = None, batch_size: int = BATCH_SIZE,
+                    max_pixels: int = MAX_PIXELS) -> ItemScores:
+        """Score ``images[i]`` against ``texts[i]`` under the row contract: an item that cannot be scored costs
+        only itself. Returns :class:`.rows.ItemScores`: per item the score (``NaN`` when not scored), the reason
+        ``longclip-run`` writes (``"<code>: <detail>"``, ``""`` when scored) and whether the text was truncated.
+
+        Images are paths (relative ones resolve against ``image_root``, default the current folder) or an image
+        file's ``bytes``; texts are strings. Scores are bit for bit those ``longclip-run`` writes for the same
+        pairs (the same pipeline scores them). :meth:`score` is the strict form: it raises on the first bad item.
+
+        >>> out = model.score_items(["cat.jpg", "missing.jpg"], ["a cat", "a dog"])   # doctest: +SKIP
+        >>> out.scores, out.errors                                                      # doctest: +SKIP
+        (array([0.62, nan], dtype=float32), ['', "missing_file: image not found: 'missing.jpg'"])
+        """
+        from ..engines.chunk import score_chunk  # the engines import this module (pyproject: ignore_imports)
+
+        if isinstance(images, (str, bytes)) or isinstance(texts, str):
+            raise TypeError("score_items takes a list of images and a list of texts, not one "
+                            f"{type(images if isinstance(images, (str, bytes)) else texts).__name__}: wrap it "
+                            "in a list")
+        if len(images) != len(texts):
+            raise ValueError(f"score_items needs as many images as texts, got {len(images)} and {len(texts)}")
+        root = Path(image_root) if image_root is not None else None
+        return score_chunk(self, list(images), list(texts), root, batch_size, max_pixels)
 
     def score(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
         """Row-wise ``(cos + 1) / 2`` of ``images[i]`` and ``texts[i]`` -> ``(N,) float32`` in ``[0, 1]``."""
