@@ -188,7 +188,8 @@ def _check_unfinished(work: Path, resume: bool, restart: bool) -> None:
                  str(work))
     elif chunks and not resume and not restart:
         rows = sum(_rows_in(chunk) for chunk in chunks)
-        raise InputError(f"an unfinished run of this output kept {len(chunks)} finished chunks ({rows} rows) in "
+        chunk_s = "chunk" if len(chunks) == 1 else "chunks"
+        raise InputError(f"an unfinished run of this output kept {len(chunks)} finished {chunk_s} ({rows} rows) in "
                          f"{str(work)!r}: continue it with --resume, or discard them with --restart")
 
 
