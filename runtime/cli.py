@@ -169,6 +169,8 @@ def missing_hint(summary: RunSummary, image_root: str | None) -> str:
     missing = summary.failed.get(MISSING_FILE, 0)
     if not missing or 2 * missing <= sum(summary.failed.values()):
         return ""
+    if summary.missing_example and "image not found" not in summary.missing_example:
+        return ""  # a WebDataset sample or a folder's key without an image: no path was resolved
     quoted = re.search(r"'([^']*)'", summary.missing_example)
     folder = os.path.abspath(image_root or os.curdir)
     if quoted is not None:  # the first quoted path of the reason: the file (or its folder) looked for

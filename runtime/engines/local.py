@@ -201,11 +201,15 @@ def _rows_in(part: Path) -> int:
 
 
 def open_input(location: str | os.PathLike[str], opts: RunOptions = RunOptions()) -> TableReader | WdsReader:
-    """The checked reader of an INPUT: WebDataset shards (a ``.tar``, a folder, glob or brace pattern of them), or
-    one table file."""
+    """The checked reader of an INPUT: WebDataset shards (a ``.tar``, a folder, glob or brace pattern of them), a
+    folder of image (and caption) files read as one shard (:mod:`..inputs.folder`), or one table file."""
+    from ..inputs.folder import FolderReader, is_file_folder
+
+    wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
     if is_webdataset(location):
-        wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
         return WdsReader(location, wds, opts.image_key, opts.text_key)
+    if is_file_folder(location, wds.image_ext):
+        return FolderReader(location, wds, opts.image_key, opts.text_key)
     return TableReader(location)
 
 
@@ -366,6 +370,8 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
 
     absent = {code for code, key in ((NULL_PATH, opts.image_key), (NULL_TEXT, opts.text_key))
               if key not in reader.columns}  # a table of images only: its rows' missing text is no failure
+    if getattr(reader, "texts_found", None) == 0:  # a folder of images without captions: the same
+        absent.add(NULL_TEXT)
 
     with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as pipeline:
         for result in pipeline.run(works()):

@@ -1,0 +1,1 @@
+"""Rows in: tables, WebDataset shards, folders of files."""
