@@ -2,6 +2,7 @@
 (rows, reasons, scores), and a folder of images alone is embedded by --embed-only."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,11 @@ def test_img2dataset_files_score_as_the_same_files_in_a_tar(tmp_path, tiny_model
     pd.testing.assert_series_equal(got["longclip_score"], want["longclip_score"])  # bit for bit
     assert got["image_path"].tolist()[1:3] == ["00000/000000000.jpg", "00000/000000001.png"]
     assert (got["__shard__"] == "data").all()
+    report = subprocess.run([str(SCRIPT.with_name("longclip-report")), "folder.jsonl", "-o", "r.html"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    shown = int(re.search(r"(\d+) thumbnails embedded", report.stdout + report.stderr)[1])
+    assert shown == (tmp_path / "r.html").read_text().count("data:image/") and shown >= 2  # read from the folder
 
 
 def test_a_folder_of_images_alone_is_embedded(tmp_path, tiny_model_dir):
