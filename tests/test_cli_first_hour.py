@@ -3,7 +3,6 @@ status of its own and says where relative paths were looked for, an unfinished r
 the summary names the output and the whole run's time, and the progress advances per batch."""
 
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -3,7 +3,6 @@ CLI's reason codes for what the CLI refuses, ``similarity``, and one model share
 
 import io
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest

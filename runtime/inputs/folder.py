@@ -15,7 +15,6 @@ tar's members would. What differs from a tar, and why:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
