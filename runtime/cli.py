@@ -207,8 +207,8 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 
 
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
-               restart: bool, decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str,
-               quiet: bool) -> RunSummary:
+               restart: bool, decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None,
+               embeddings_dtype: str, quiet: bool) -> RunSummary:
     from .engines.local import execute, plan_file
 
     with plan_file(input_path, output_path, opts, resume, restart) as plan, contextlib.ExitStack() as stack:

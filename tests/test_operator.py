@@ -119,7 +119,7 @@ def test_a_run_logs_its_summary_and_shows_progress_when_asked(tiny_model_dir, fr
         evaluator.run(MemoryStorage(frame))
     (summary,) = [r for r in caplog.records if "rows: scored" in r.getMessage()]
     assert summary.levelno == logging.WARNING
-    assert summary.getMessage() == ("ImageLongCLIPEvaluator: 10 rows: scored 3, failed 7 (empty_text 2, missing_file 1, "
-                                    "not_an_image 1, directory 1, null_path 1, null_text 1); each reason is in the "
-                                    "error column")
+    assert summary.getMessage() == ("ImageLongCLIPEvaluator: 10 rows: scored 3, failed 7 (empty_text 2, "
+                                    "missing_file 1, not_an_image 1, directory 1, null_path 1, null_text 1); each "
+                                    "reason is in the error column")
     assert "10/10" in capsys.readouterr().err
