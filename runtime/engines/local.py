@@ -340,12 +340,13 @@ def _pipeline(model: LongCLIP, pool: DecodePool | ThreadPool | None, root: Path 
 
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
              opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None,
-             pool: DecodePool | ThreadPool | None = None) -> RunSummary:
-    """Score every row of ``input_path`` into ``output_path``; formats by extension. See the module doc.
+             pool: DecodePool | ThreadPool | None = None, restart: bool = False) -> RunSummary:
+    """Score every row of ``input_path`` into ``output_path``; formats by extension. See the module doc. An
+    unfinished run's chunks are continued with ``resume``, discarded with ``restart``, else the run is refused.
 
     >>> run_file(LongCLIP("models/tiny"), "pairs.jsonl", "scored.parquet")    # doctest: +SKIP
     """
-    with plan_file(input_path, output_path, opts, resume) as plan:
+    with plan_file(input_path, output_path, opts, resume, restart) as plan:
         return execute(plan, model, progress, pool)
 
 
