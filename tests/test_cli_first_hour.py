@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import GOLDENS
-from longclip.runtime.tables import read_table
+from longclip.runtime.inputs.tables import read_table
 
 IMG = GOLDENS / "images"
 BIN = Path(sys.executable).parent

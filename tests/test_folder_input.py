@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import GOLDENS
-from longclip.runtime.tables import read_table
+from longclip.runtime.inputs.tables import read_table
 
 IMG = GOLDENS / "images"
 SCRIPT = Path(sys.executable).with_name("longclip-run")

@@ -107,7 +107,7 @@ def test_run_takes_only_the_storage_and_its_keys():
     """DataFlow's compile() warns about any run() argument other than storage, input_* and output_* strings."""
     import inspect
 
-    from longclip.runtime.operator import ImageLongCLIPEvaluator as Plain
+    from longclip.runtime.cli.operator import ImageLongCLIPEvaluator as Plain
 
     params = list(inspect.signature(Plain.run).parameters)
     assert params == ["self", "storage", "input_image_key", "input_text_key", "output_key"]

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import GOLDENS, needs_torch
 from longclip.runtime import ImageLongCLIPEvaluator, LongCLIP
-from longclip.runtime.errors import ModelDirError
-from longclip.runtime.hub import hf_hub_cache, manifest_files
-from longclip.runtime.resolve import is_path, resolve_model_dir
+from longclip.runtime.contract.errors import ModelDirError
+from longclip.runtime.model.hub import hf_hub_cache, manifest_files
+from longclip.runtime.model.resolve import is_path, resolve_model_dir
 
 REPO = "BeichenZhang/LongCLIP-L-336px"
 EXPORTED = "someone/longclip-tiny-onnx"
@@ -75,7 +75,7 @@ def test_checkpoint_file_is_exported_once_then_reused(tiny_checkpoint, cache, mo
     first = resolve_model_dir(tiny_checkpoint, cache)
     assert first.parent == cache / "exports" and (first / "manifest.json").is_file()
     stamp = (first / "manifest.json").stat().st_mtime_ns
-    monkeypatch.setattr("longclip.runtime.resolve.subprocess.run", no_export)
+    monkeypatch.setattr("longclip.runtime.model.resolve.subprocess.run", no_export)
     copy = cache.parent / "renamed.bin"
     shutil.copy(tiny_checkpoint, copy)  # same bytes under another name: same sha256, same folder
     assert resolve_model_dir(copy, cache) == first
@@ -105,7 +105,7 @@ def test_exported_repo_is_used_from_the_cache_as_it_lies(tiny_model_dir, hub, mo
     snapshot = hf_layout(hub, EXPORTED, {p.name: p for p in tiny_model_dir.iterdir()})
     assert (snapshot / "vision.onnx").is_symlink()
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    monkeypatch.setattr("longclip.runtime.resolve.subprocess.run", no_export)
+    monkeypatch.setattr("longclip.runtime.model.resolve.subprocess.run", no_export)
     assert resolve_model_dir(EXPORTED) == snapshot
     texts = ["a photo of stripes"]
     from_hub = LongCLIP(EXPORTED, device="cpu").score([IMAGE], texts)
@@ -150,7 +150,7 @@ def _fake_hub(monkeypatch, hub: Path, remote: Path, commit: str = "feedbeef") ->
 def test_exported_repo_is_downloaded_file_by_file(tmp_path, tiny_model_dir, hub, monkeypatch):
     remote = _remote(tmp_path, tiny_model_dir)
     asked = _fake_hub(monkeypatch, hub, remote)
-    monkeypatch.setattr("longclip.runtime.resolve.subprocess.run", no_export)
+    monkeypatch.setattr("longclip.runtime.model.resolve.subprocess.run", no_export)
     snapshot = resolve_model_dir(EXPORTED)
     manifest = json.loads((remote / "manifest.json").read_text())
     assert asked == ["manifest.json", *manifest_files(manifest)] and "README.md" not in asked
@@ -186,7 +186,7 @@ def test_a_repo_missing_a_file_its_manifest_names_is_refused(tmp_path, tiny_mode
 def test_a_checkpoint_repo_is_not_downloaded_where_it_cannot_be_exported(hub, tmp_path, monkeypatch):
     (tmp_path / "remote").mkdir()
     asked = _fake_hub(monkeypatch, hub, tmp_path / "remote")
-    monkeypatch.setattr("longclip.runtime.resolve.missing_export_modules", lambda: ["torch"])
+    monkeypatch.setattr("longclip.runtime.model.resolve.missing_export_modules", lambda: ["torch"])
     with pytest.raises(ModelDirError, match=r"^'BeichenZhang/LongCLIP-L-336px' holds a checkpoint, not an exported "
                                             r"folder, and exporting it needs the export extra: pip install "
                                             r"'longclip\[export\]'"):
@@ -211,7 +211,7 @@ def test_a_model_path_from_the_wrong_folder_names_where_and_every_missing_piece(
                                                                                  export_missing, extras, missing):
     monkeypatch.chdir(tmp_path)  # no models/ here: "models/tiny" can only be a repo id
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    monkeypatch.setattr("longclip.runtime.resolve.missing_export_modules", lambda: export_missing)
+    monkeypatch.setattr("longclip.runtime.model.resolve.missing_export_modules", lambda: export_missing)
     with pytest.raises(ModelDirError) as info:
         resolve_model_dir("models/tiny", tmp_path / "cache")
     message = str(info.value)
@@ -248,7 +248,7 @@ def test_names_that_are_paths(tmp_path, monkeypatch):
 
 
 def _refused(monkeypatch, name, message):
-    monkeypatch.setattr("longclip.runtime.hub.download", lambda *a, **k: pytest.fail("must not reach the Hub"))
+    monkeypatch.setattr("longclip.runtime.model.hub.download", lambda *a, **k: pytest.fail("must not reach the Hub"))
     with pytest.raises(ModelDirError) as caught:
         resolve_model_dir(name)
     assert str(caught.value) == message
@@ -330,7 +330,7 @@ def test_checkpoint_without_the_export_extra_says_only_what_will_happen(tmp_path
 
 
 def test_the_export_line_is_logged_only_when_an_export_starts(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr("longclip.runtime.resolve.missing_export_modules", lambda: ["torch"])
+    monkeypatch.setattr("longclip.runtime.model.resolve.missing_export_modules", lambda: ["torch"])
     (tmp_path / "model.pt").write_bytes(b"PK\x03\x04" + bytes(64))
     caplog.set_level(logging.INFO, logger="longclip")
     with pytest.raises(ModelDirError, match=r"needs the export extra: pip install 'longclip\[export\]'"):

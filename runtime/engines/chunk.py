@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import BATCH_SIZE, CHUNK_ROWS
-from ..cpus import plan_cpus
-from ..decode_pool import DecodePool, ImageSpec, ThreadPool, make_pool
-from ..embeddings import EmbeddingStore
-from ..model import LongCLIP
-from ..preprocess import MAX_PIXELS
-from ..rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
-from ..session import CPU
+from ..contract.constants import BATCH_SIZE, CHUNK_ROWS
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, with_scores
+from ..decode.cpus import plan_cpus
+from ..decode.pool import DecodePool, ImageSpec, ThreadPool, make_pool
+from ..decode.preprocess import MAX_PIXELS
+from ..embeddings.store import EmbeddingStore
+from ..model.longclip import LongCLIP
+from ..model.session import CPU
 from .pipeline import ChunkResult, Pipeline, Work
-
 
 __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_pool"]
 

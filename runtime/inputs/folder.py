@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import NULL_TEXT, InputError, error_code
-from ..tarshards import is_webdataset
-from ..tarstream import Entry
-from ..webdataset import WdsOptions, WdsReader, _key_ext, _row, _samples
+from ..contract.errors import NULL_TEXT, InputError, error_code
+from .tarshards import is_webdataset
+from .tarstream import Entry
+from .webdataset import WdsOptions, WdsReader, _key_ext, _row, _samples
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
           (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))

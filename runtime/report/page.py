@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import replacing
-from ..errors import MISSING_FILE, InputError, RowError, write_error
-from ..preprocess import load_image
-from ..rows import cell_key, check_image_root, is_null, resolve_image_path
-from ..tables import TableReader, same_file
-from ..tarshards import MemberReader, ShardMember
+from ..contract.atomic import replacing
+from ..contract.errors import MISSING_FILE, InputError, RowError, write_error
+from ..contract.rows import cell_key, check_image_root, is_null, resolve_image_path
+from ..decode.preprocess import load_image
+from ..inputs.tables import TableReader, same_file
+from ..inputs.tarshards import MemberReader, ShardMember
 from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
 from .svg import histogram_svg
 

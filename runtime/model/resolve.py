@@ -24,11 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..contract.constants import CHECKPOINT_SUFFIXES, MANIFEST
+from ..contract.errors import ModelDirError
+from ..contract.manifest import sha256_file
 from . import hub
 from .checkpoints import checkpoint_format, checkpoints_in, not_a_checkpoint, pick_checkpoint
-from .constants import CHECKPOINT_SUFFIXES, MANIFEST
-from .errors import ModelDirError
-from .manifest import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import Manifest, read_manifest
-from .preprocess import ImageInput, one_or_many, preprocess_images
-from .scoring import l2_normalize, score_matrix, score_rows
+from ..contract.constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
+from ..contract.manifest import Manifest, read_manifest
+from ..decode.preprocess import ImageInput, one_or_many, preprocess_images
+from ..decode.tokenizer import default_tokenizer, eot_positions
 from .resolve import cache_root, resolve_model_dir
+from .scoring import l2_normalize, score_matrix, score_rows
 from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
-from .tokenizer import default_tokenizer, eot_positions
-from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
 def checked_texts(texts: str | Sequence[str]) -> list[str]:
     """``texts`` as a list (one ``str`` is one text), each checked as a row's text is: :class:`.TextError` with
     the CLI's reason code for a null, non-string, empty or whitespace-only one."""
-    from .rows import check_text  # pandas comes with it: imported when texts are first encoded, not with the model
+    from ..contract.rows import (
+        check_text,  # pandas comes with it: imported when texts are first encoded, not with the model
+    )
 
     return [check_text(text) for text in ([texts] if isinstance(texts, str) else texts)]
 

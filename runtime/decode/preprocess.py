@@ -38,9 +38,19 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .constants import IMAGE_MEAN, IMAGE_STD
-from .errors import (BAD_PATH, DIRECTORY, EMPTY_FILE, MISSING_FILE, NOT_A_FILE, NOT_AN_IMAGE, TOO_MANY_PIXELS,
-                     UNDECODABLE, UNREADABLE, ImageError)
+from ..contract.constants import IMAGE_MEAN, IMAGE_STD
+from ..contract.errors import (
+    BAD_PATH,
+    DIRECTORY,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NOT_A_FILE,
+    NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    UNDECODABLE,
+    UNREADABLE,
+    ImageError,
+)
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 """What ``LongCLIP.encode_images`` takes as one image: a path, encoded bytes or a binary file (read from its start),
