@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from longclip.runtime.cli.console import configure_logging
+from longclip.runtime.cli.console import configure_logging, version_option
 from longclip.runtime.contract.constants import OPSET
 from longclip.runtime.contract.errors import LongCLIPError, ParityError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.argument("checkpoint", type=click.Path(path_type=str))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write vision.onnx, text.onnx and manifest.json into.")

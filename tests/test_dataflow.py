@@ -72,7 +72,7 @@ def test_spec_example_with_file_storage(workspace):
     assert "torch" not in sys.modules
 
 
-def test_compiled_pipeline(workspace):
+def test_compiled_pipeline(workspace, capsys):
     from dataflow.pipeline import PipelineABC
     from dataflow.utils.storage import FileStorage
 
@@ -90,7 +90,10 @@ def test_compiled_pipeline(workspace):
                             output_key="longclip_score")
 
     pipeline = LongCLIPPipeline()
+    capsys.readouterr()
     pipeline.compile()
+    said = capsys.readouterr()
+    assert "Unexpected key" not in said.out + said.err  # run() takes only storage and input_* / output_* keys
     assert not (workspace / "cache_pipe").exists()  # compile records the run, it does not score
     pipeline.forward()
     _check_output(workspace / "cache_pipe" / "step_step1.jsonl")

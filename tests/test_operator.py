@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,12 +75,14 @@ def test_score_columns_already_in_the_frame_are_refused_unless_asked(tiny_model_
     evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu")
     taken = frame.assign(longclip_score_error="kept")
     storage = MemoryStorage(taken)
-    with pytest.raises(InputError, match="column 'longclip_score_error' is already in the input.*overwrite_columns=True"):
+    with pytest.raises(InputError, match=r"column 'longclip_score_error' is already in the input.*"
+                                         r"ImageLongCLIPEvaluator\(\.\.\., overwrite_columns=True\)"):
         evaluator.run(storage)
     assert storage.written == []
     with pytest.raises(InputError, match=r"column 'caption' not in the input.*pass input_text_key"):
         evaluator.run(MemoryStorage(frame), input_text_key="caption")
-    assert evaluator.run(storage, overwrite_columns=True) == ["longclip_score"]
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu", overwrite_columns=True)
+    assert evaluator.run(storage) == ["longclip_score"]
     assert storage.written[0]["longclip_score_error"].iloc[0] == ""
 
 
@@ -97,3 +101,25 @@ def test_embeddings_dir_keeps_and_reuses_embeddings(tiny_model_dir, frame, tmp_p
     assert encoded == []  # every image came from the folder
     np.testing.assert_array_equal(again.written[0]["longclip_score"].to_numpy(),
                                   first.written[0]["longclip_score"].to_numpy())
+
+
+def test_run_takes_only_the_storage_and_its_keys():
+    """DataFlow's compile() warns about any run() argument other than storage, input_* and output_* strings."""
+    import inspect
+
+    from longclip.runtime.cli.operator import ImageLongCLIPEvaluator as Plain
+
+    params = list(inspect.signature(Plain.run).parameters)
+    assert params == ["self", "storage", "input_image_key", "input_text_key", "output_key"]
+
+
+def test_a_run_logs_its_summary_and_shows_progress_when_asked(tiny_model_dir, frame, caplog, capsys):
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu", progress=True)
+    with caplog.at_level(logging.INFO, logger="longclip"):
+        evaluator.run(MemoryStorage(frame))
+    (summary,) = [r for r in caplog.records if "rows: scored" in r.getMessage()]
+    assert summary.levelno == logging.WARNING
+    assert summary.getMessage() == ("ImageLongCLIPEvaluator: 10 rows: scored 3, failed 7 (empty_text 2, "
+                                    "missing_file 1, not_an_image 1, directory 1, null_path 1, null_text 1); each "
+                                    "reason is in the error column")
+    assert "10/10" in capsys.readouterr().err

@@ -196,9 +196,27 @@ def test_a_checkpoint_repo_is_not_downloaded_where_it_cannot_be_exported(hub, tm
 
 def test_repo_id_not_cached_without_huggingface_hub(hub, monkeypatch, cache):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(ModelDirError, match=r"^model 'BeichenZhang/LongCLIP-L-336px' is not a local folder or file, "
-                                            r"and not in the Hugging Face cache \(.*\): pip install huggingface_hub"):
+    with pytest.raises(ModelDirError, match=r"^model 'BeichenZhang/LongCLIP-L-336px' was looked for as a path, "
+                                            r"'.*/BeichenZhang/LongCLIP-L-336px' \(no such folder or file\), and as a "
+                                            r"Hugging Face repo id, in the Hugging Face cache '.*' \(not there\); to "
+                                            r"download it: pip install 'longclip\[hub"):
         resolve_model_dir(REPO, cache)
+
+
+@pytest.mark.parametrize("export_missing, extras, missing", [
+    ([], "hub", "huggingface_hub"),
+    (["torch", "onnxscript"], "hub,export", "huggingface_hub, torch, onnxscript"),
+])
+def test_a_model_path_from_the_wrong_folder_names_where_and_every_missing_piece(tmp_path, monkeypatch,
+                                                                                 export_missing, extras, missing):
+    monkeypatch.chdir(tmp_path)  # no models/ here: "models/tiny" can only be a repo id
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    monkeypatch.setattr("longclip.runtime.model.resolve.missing_export_modules", lambda: export_missing)
+    with pytest.raises(ModelDirError) as info:
+        resolve_model_dir("models/tiny", tmp_path / "cache")
+    message = str(info.value)
+    assert f"{str(tmp_path / 'models' / 'tiny')!r} (no such folder or file)" in message
+    assert f"pip install 'longclip[{extras}]' (missing: {missing});" in message and "\n" not in message
 
 
 @needs_torch

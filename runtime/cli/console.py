@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +24,25 @@ def configure_logging(quiet: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def run_seconds() -> float:
+    """Seconds since this process started (interpreter and imports included), from ``/proc``; elsewhere since the
+    first call (made when a command starts)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, after boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _FIRST_CALL.setdefault("t", time.perf_counter())
+
+
+_FIRST_CALL: dict[str, float] = {}
+
+
+def version_option() -> Callable[[F], F]:
+    """``--version``, as every command prints it: ``longclip-run 0.1.0`` (the installed ``longclip``'s version)."""
+    return click.version_option(package_name="longclip", message="%(prog)s %(version)s")
 
 
 def column_options(score_help: str) -> Callable[[F], F]:

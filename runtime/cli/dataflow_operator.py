@@ -22,9 +22,10 @@ class ImageLongCLIPEvaluator(operator.ImageLongCLIPEvaluator, OperatorABC):
     __doc__ = operator.ImageLongCLIPEvaluator.__doc__
 
     def __init__(self, model_name: str | os.PathLike[str] = operator.DEFAULT_MODEL, device: str | None = None,
-                 embeddings_dir: str | os.PathLike[str] | None = None):
+                 embeddings_dir: str | os.PathLike[str] | None = None, overwrite_columns: bool = False,
+                 progress: bool | None = None):
         OperatorABC.__init__(self)
-        operator.ImageLongCLIPEvaluator.__init__(self, model_name, device, embeddings_dir)
+        operator.ImageLongCLIPEvaluator.__init__(self, model_name, device, embeddings_dir, overwrite_columns, progress)
 
     @staticmethod
     def get_desc(lang: str = "zh") -> str:

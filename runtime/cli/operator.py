@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
+from ..contract.errors import error_code
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns, error_key
 from ..engines.assemble import load_model, open_store, split_cpus
 from ..engines.chunk import score_frame
 
@@ -39,7 +41,12 @@ class ImageLongCLIPEvaluator:
 
     ``model_name``: any form ``LongCLIP`` takes (an exported model folder, a checkpoint file or a folder holding one,
     exported once into a cache, or a Hugging Face repo id found in the local cache or downloaded). ``device``: ``None`` (best provider
-    that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
+    that initializes), ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. ``overwrite_columns``: replace score and reason
+    columns the frame already has (else it is refused). ``progress``: a progress bar on stderr (``None``: when
+    stderr is a terminal). Each run logs a summary (rows, scored, failed by reason; a warning when rows failed).
+
+    As DataFlow's operators do, settings are ``__init__`` arguments and ``run`` takes only the storage and its
+    ``input_*`` / ``output_*`` keys, so ``PipelineABC.compile()`` finds no unexpected key.
 
     >>> evaluator = ImageLongCLIPEvaluator("models/tiny")            # doctest: +SKIP
     >>> evaluator.run(storage.step())                                # doctest: +SKIP
@@ -47,7 +54,9 @@ class ImageLongCLIPEvaluator:
     """
 
     def __init__(self, model_name: str | os.PathLike[str] = DEFAULT_MODEL, device: str | None = None,
-                 embeddings_dir: str | os.PathLike[str] | None = None):
+                 embeddings_dir: str | os.PathLike[str] | None = None, overwrite_columns: bool = False,
+                 progress: bool | None = None):
+        self.overwrite_columns, self.progress = overwrite_columns, progress
         self.split = split_cpus(device)  # decode workers start for each run, beside this model
         self.model = load_model(model_name, device, self.split)
         self.embeddings_dir = embeddings_dir
@@ -61,21 +70,34 @@ class ImageLongCLIPEvaluator:
         input_image_key: str = IMAGE_KEY,
         input_text_key: str = TEXT_KEY,
         output_key: str = OUTPUT_KEY,
-        overwrite_columns: bool = False,
     ) -> list[str]:
         """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once.
 
         The frame is checked before any row is scored: both columns present, and the score and reason columns not
-        already there unless ``overwrite_columns``.
+        already there unless the operator was made with ``overwrite_columns=True``.
         """
         frame: pd.DataFrame = storage.read("dataframe")
         check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
-        check_output_columns(list(frame.columns), output_key, overwrite_columns, option="overwrite_columns=True")
+        check_output_columns(list(frame.columns), output_key, self.overwrite_columns,
+                             option="ImageLongCLIPEvaluator(..., overwrite_columns=True)")
         with self._store() if self.embeddings_dir is not None else contextlib.nullcontext() as store:
             scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None,
-                                 decode_workers=self.split.decode_workers, store=store)
+                                 decode_workers=self.split.decode_workers, store=store, progress=self.progress)
+        _log_summary(scored[error_key(output_key)])
         storage.write(scored)
         return [output_key]
 
     def _store(self) -> EmbeddingStore:
         return open_store(self.embeddings_dir, self.model.manifest)  # type: ignore[arg-type]
+
+
+def _log_summary(reasons: pd.Series) -> None:
+    """One line: rows, scored, failed by reason code (a warning when any failed, so it shows by default)."""
+    codes = Counter(error_code(reason) for reason in reasons)
+    scored = codes.pop("", 0)
+    failed = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+    if codes:
+        log.warning("ImageLongCLIPEvaluator: %d rows: scored %d, failed %d (%s); each reason is in the error column",
+                    len(reasons), scored, sum(codes.values()), failed)
+    else:
+        log.info("ImageLongCLIPEvaluator: %d rows: scored %d, failed 0", len(reasons), scored)

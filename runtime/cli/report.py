@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from ..contract.errors import LongCLIPError
-from .console import column_options, configure_logging
+from .console import column_options, configure_logging, version_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.argument("scored_path", metavar="SCORED_FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "html_path", required=True, type=click.Path(dir_okay=False),
               help="The report to write, e.g. report.html (one self-contained file).")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,9 +21,9 @@ from ..contract.constants import (
     WDS_IMAGE_EXT,
     WDS_TEXT,
 )
-from ..contract.errors import EngineError, InputError, LongCLIPError
+from ..contract.errors import MISSING_FILE, EngineError, InputError, LongCLIPError
 from ..inputs.tables import FORMATS, same_file
-from .console import column_options, configure_logging
+from .console import column_options, configure_logging, run_seconds, version_option
 
 if TYPE_CHECKING:
     from ..decode.pool import DecodePool, ThreadPool
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.argument("input_path", metavar="INPUT")
 @click.option("-m", "--model", "model_name", required=True,
               help="Exported model folder, checkpoint file/folder (exported once, cached), or Hugging Face repo id.")
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(1),
               help="Images/texts per forward (int8 models: short texts fill up to this x 64 tokens).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished chunks.")
+@click.option("--restart", is_flag=True,
+              help="Discard an interrupted run's finished chunks and start over [default: such a run is refused].")
 @click.option("--chunk-rows", default=CHUNK_ROWS, show_default=True, type=click.IntRange(1),
               help="Rows scored (and checkpointed) together; memory follows --batch-size, not this.")
 @click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1),
@@ -86,13 +91,18 @@ if TYPE_CHECKING:
               help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
-         overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, chunk_rows: int,
+         overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, restart: bool,
+         chunk_rows: int,
          max_pixels: int, decode_workers: int | None, decode_timeout: float, wds_image_ext: str, wds_text: str,
          wds_keep: str, embeddings_dir: str | None, embeddings_dtype: str, embed_only: bool, engine: str,
          ray_address: str | None,
          workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
-    [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
+    [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise).
+
+    Exit status: 0 done; 1 refused or failed (one line, nothing written); 2 usage; 3 done, but not one row could be
+    scored (OUTPUT is written: see its reasons); 130 interrupted."""
+    run_seconds()  # where /proc cannot say when the process started, the clock starts here
     configure_logging(quiet)
     from ..engines.local import RunOptions, work_dir_for
 
@@ -102,13 +112,16 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                       wds_text=wds_text, wds_keep=_names(wds_keep))
     if engine == "local" and (ray_address or workers or cpus_per_worker != 1):
         raise click.UsageError("--ray-address, --workers and --cpus-per-worker need --engine ray")
-    if embed_only and (embeddings_dir is None or output_path is not None or resume or report_path or engine == "ray"):
-        raise click.UsageError("--embed-only takes --embeddings DIR and no -o, --resume, --report or --engine ray "
-                               "(the folder keeps what a stopped run embedded: run it again)")
+    if embed_only and (embeddings_dir is None or output_path is not None or resume or restart or report_path
+                       or engine == "ray"):
+        raise click.UsageError("--embed-only takes --embeddings DIR and no -o, --resume, --restart, --report or "
+                               "--engine ray (the folder keeps what a stopped run embedded: run it again)")
+    if resume and restart:
+        raise click.UsageError("--resume continues an interrupted run and --restart discards it: pass one")
     if not embed_only and output_path is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
     try:
-        _check_options(input_path, output_path, report_path, engine, resume)
+        _check_options(input_path, output_path, report_path, engine, resume or restart)
         if embed_only:
             summary = _embed_only(input_path, model_name, opts, device, decode_workers, decode_timeout,
                                   embeddings_dir, embeddings_dtype, quiet)  # type: ignore[arg-type]
@@ -119,10 +132,15 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                                   decode_timeout, log_level=logging.ERROR if quiet else logging.WARNING)
             summary = _run_ray(input_path, output_path, model_name, opts, device, ray_opts, quiet)
         else:
-            summary = _run_local(input_path, output_path, model_name, opts, device, resume, decode_workers,
+            summary = _run_local(input_path, output_path, model_name, opts, device, resume, restart, decode_workers,
                                  decode_timeout, embeddings_dir, embeddings_dtype, quiet)
         if not quiet:
             click.echo(summary.report(), err=True)
+            written = f"embeddings: {embeddings_dir}" if embed_only else f"output: {output_path}"
+            click.echo(f"{written} ({run_seconds():.1f} s in all, start-up included)", err=True)
+        hint = missing_hint(summary, image_root)
+        if hint:
+            click.echo(f"longclip-run: {hint}", err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
             from ..report import ReportOptions, write_report
 
@@ -130,6 +148,12 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                                                                  output_key=output_key, image_root=image_root))
             if not quiet:
                 click.echo(f"report: {report_path}", err=True)
+        if summary.nothing_done:
+            what = "embedded" if embed_only else "scored"
+            click.echo(f"longclip-run: not one of the {summary.rows} rows could be {what}"
+                       f"{'' if embed_only else f' ({output_path} has each reason)'}: exit status {NOTHING_DONE}",
+                       err=True)
+            raise SystemExit(NOTHING_DONE)
     except LongCLIPError as exc:
         click.echo(f"longclip-run: error: {exc}", err=True)
         raise SystemExit(1) from None
@@ -140,6 +164,32 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                 "to continue")
         click.echo(f"longclip-run: interrupted; {kept}", err=True)
         raise SystemExit(130) from None
+
+
+NOTHING_DONE = 3
+"""Exit status of a run that finished (OUTPUT written) without scoring one row, or an --embed-only run that embedded
+nothing: every image missing, every text empty..."""
+
+
+def missing_hint(summary: RunSummary, image_root: str | None) -> str:
+    """When most failures are ``missing_file`` of relative paths: which folder they resolved against, and
+    ``--image-root``; else ``""``."""
+    missing = summary.failed.get(MISSING_FILE, 0)
+    if not missing or 2 * missing <= sum(summary.failed.values()):
+        return ""
+    if summary.missing_example and "image not found" not in summary.missing_example:
+        return ""  # a WebDataset sample or a folder's key without an image: no path was resolved
+    quoted = re.search(r"'([^']*)'", summary.missing_example)
+    folder = os.path.abspath(image_root or os.curdir)
+    if quoted is not None:  # the first quoted path of the reason: the file (or its folder) looked for
+        looked = quoted[1]
+        relative = looked.startswith(os.path.join(image_root, "")) if image_root else not os.path.isabs(looked)
+        if not relative:
+            return ""
+    where = f"--image-root {folder!r}" if image_root else f"the current directory {folder!r}"
+    example = f" (e.g. {summary.missing_example.split(': ', 1)[1]})" if ": " in summary.missing_example else ""
+    return (f"{missing} of {summary.rows} rows failed missing_file{example}: relative image paths were resolved "
+            f"against {where}; if the images are elsewhere, pass --image-root FOLDER")
 
 
 def _names(values: str) -> tuple[str, ...]:
@@ -165,11 +215,11 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 
 
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
-               decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str,
-               quiet: bool) -> RunSummary:
+               restart: bool, decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None,
+               embeddings_dtype: str, quiet: bool) -> RunSummary:
     from ..engines.local import execute, plan_file
 
-    with plan_file(input_path, output_path, opts, resume) as plan, contextlib.ExitStack() as stack:
+    with plan_file(input_path, output_path, opts, resume, restart) as plan, contextlib.ExitStack() as stack:
         model, pool, store = _load(stack, model_name, plan.opts, device, decode_workers, decode_timeout,
                                    embeddings_dir, embeddings_dtype)
         return execute(plan, model, progress=None if not quiet else False, pool=pool, store=store)

@@ -52,7 +52,9 @@ from ..contract.errors import (
     ImageError,
 )
 
-ImageInput = Union[str, "os.PathLike[str]", Image.Image]
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+"""What ``LongCLIP.encode_images`` takes as one image: a path, encoded bytes or a binary file (read from its start),
+a PIL image, or a decoded ``(H, W, 3) uint8`` RGB / ``(H, W) uint8`` grayscale array."""
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
 
 
@@ -379,14 +381,49 @@ def to_normalized_array(
     return out
 
 
+def one_or_many(images: ImageInput | Sequence[ImageInput]) -> Sequence[ImageInput]:
+    """``images`` as a sequence: one image given alone (a path, bytes, a file, a PIL image, an array) is a list of
+    one, never iterated (a ``str`` would be its characters, an array its rows).
+
+    >>> one_or_many("cat.jpg"), len(one_or_many(["a.jpg", "b.jpg"]))
+    (['cat.jpg'], 2)
+    """
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)):
+        return [images]
+    if hasattr(images, "read"):  # a binary file object
+        return [images]  # type: ignore[list-item]
+    return images  # type: ignore[return-value]
+
+
+def from_array(array: np.ndarray) -> Image.Image:
+    """A decoded ``(H, W, 3) uint8`` RGB or ``(H, W) uint8`` grayscale array as a PIL image; anything else is
+    :class:`ImageError` ``not_an_image`` saying what was given and how to convert it.
+
+    >>> from_array(np.zeros((4, 6, 3), dtype=np.uint8)).size
+    (6, 4)
+    """
+    shape = tuple(array.shape)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and shape[2] == 3)):
+        raise ImageError(NOT_AN_IMAGE, f"a numpy image must be (H, W, 3) uint8 RGB or (H, W) uint8 grayscale, got "
+                         f"{array.dtype} {shape}: convert it (e.g. CHW -> arr.transpose(1, 2, 0); RGBA -> "
+                         "arr[..., :3]; floats in [0, 1] -> (arr * 255).round().astype(np.uint8))")
+    if min(shape[:2]) < 1:
+        raise ImageError(NOT_AN_IMAGE, f"a numpy image must have pixels, got shape {shape}")
+    return Image.fromarray(np.ascontiguousarray(array))  # uint8 (H, W, 3): RGB; (H, W): L
+
+
 def preprocess_image(
     image: ImageInput, size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One image (path or PIL image) -> ``(3, size, size) float32`` model input (written into ``out`` if given).
+    """One image (any :data:`ImageInput`) -> ``(3, size, size) float32`` model input (written into ``out`` if
+    given).
 
-    A path is read like a row of a run (:func:`decode_image`); a PIL image's resize is bounded like a row's.
+    A path, bytes or file is read like a row of a run (:func:`decode_image`); a PIL image's (or array's) resize is
+    bounded like a row's.
     """
+    if isinstance(image, np.ndarray):
+        image = from_array(image)
     if not isinstance(image, Image.Image):
         return decode_image(image, size, mean, std, out=out)
     if min(image.size) >= 1:  # already decoded: only its resize is left to bound
@@ -399,7 +436,7 @@ def preprocess_image(
 def preprocess_images(
     images: Sequence[ImageInput], size: int, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD
 ) -> np.ndarray:
-    """Paths or PIL images -> ``(N, 3, size, size) float32`` batch.
+    """Images (each any :data:`ImageInput`) -> ``(N, 3, size, size) float32`` batch.
 
     >>> preprocess_images([Image.new("RGB", (50, 30))], 16).shape
     (1, 3, 16, 16)

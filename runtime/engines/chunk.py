@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,19 +53,25 @@ def score_frame(
     batch_size: int = BATCH_SIZE,
     decode_workers: int | None = None,
     store: EmbeddingStore | None = None,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """A copy of ``frame`` (index, order and columns kept) plus ``output_key`` and ``<output_key>_error``.
 
     Rows that cannot be scored get ``NaN`` and a reason; good rows get ``""`` as their error. The columns are
     the caller's to check (the operator's plan does). ``decode_workers``: processes (0: threads), default sized
     from the CPUs this process may use. ``store``: an embeddings folder to keep and reuse embeddings in.
+    ``progress``: a bar over the rows on stderr, advanced per image batch (``None``: when stderr is a terminal).
     """
+    from tqdm import tqdm
+
     root = Path(image_root) if image_root is not None else None
     images, texts = frame[image_key].tolist(), frame[text_key].tolist()
     works = (Work(images[s : s + chunk_rows], texts[s : s + chunk_rows]) for s in range(0, len(frame), chunk_rows))
     scores, errors = np.full(len(frame), np.nan, dtype=np.float32), []
-    with default_pool(model, batch_size, decode_workers=decode_workers) as pool:
-        pipeline = Pipeline(model, pool, root, batch_size, store=store)
+    show = sys.stderr.isatty() if progress is None else progress
+    with default_pool(model, batch_size, decode_workers=decode_workers) as pool, \
+            tqdm(total=len(frame), unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
+        pipeline = Pipeline(model, pool, root, batch_size, store=store, progress=bar.update)
         for start, result in zip(range(0, len(frame), chunk_rows), pipeline.run(works)):
             scores[start : start + len(result.scores)] = result.scores
             errors.extend(result.errors)

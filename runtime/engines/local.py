@@ -22,13 +22,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 
 from ..contract.atomic import run_sibling, stale_partials, write_bytes
 from ..contract.constants import BATCH_SIZE, MAX_PIXELS
-from ..contract.errors import InputError, WriteError, error_code, write_error
+from ..contract.errors import MISSING_FILE, NULL_PATH, NULL_TEXT, InputError, WriteError, error_code, write_error
 from ..contract.rows import (
     Columns,
     check_columns,
@@ -79,9 +78,12 @@ class RunSummary:
     decode: str = ""  # what decoded: "2 worker processes", "2 threads"
     cached: dict[str, int] = field(default_factory=dict)  # images / texts read from an embeddings folder
     scoring: bool = True  # False: --embed-only
+    missing_example: str = ""  # the first missing_file reason: the path a relative image path was looked for at
 
     def add(self, result: ChunkResult) -> None:
         self.add_codes(Counter(error_code(e) for e in result.errors))
+        if not self.missing_example:
+            self.missing_example = next((e for e in result.errors if error_code(e) == MISSING_FILE), "")
         if self.truncated is not None:
             self.truncated += int(result.truncated.sum())
 
@@ -94,12 +96,20 @@ class RunSummary:
             else:
                 self.scored += n
 
+    @property
+    def nothing_done(self) -> bool:
+        """Rows came in and not one was scored (``--embed-only``: not one image or text embedded or found)."""
+        if self.scoring:
+            return self.rows > 0 and self.scored == 0
+        return self.rows > 0 and not any(self.cached.values())
+
     def report(self) -> str:
         fresh = self.rows - self.resumed_rows
         rate = fresh / self.seconds if self.seconds > 0 else 0.0
         failed = ", ".join(f"{code} {n}" for code, n in self.failed.most_common()) or "none"
         lines = [f"rows {self.rows}: scored {self.scored}, failed {sum(self.failed.values())} ({failed})"
-                 if self.scoring else f"rows {self.rows}: embedded, nothing scored (--embed-only)"]
+                 if self.scoring else f"rows {self.rows}: embedded, nothing scored (--embed-only); rows with a "
+                 f"failed image or text {sum(self.failed.values())} ({failed})"]
         if self.truncated is not None:
             lines.append(f"texts cut at {self.context_length} tokens: {self.truncated}")
         lines.append(f"{rate:.1f} rows/s over {fresh} rows in {self.seconds:.1f} s on {self.provider}")
@@ -146,9 +156,12 @@ class LocalPlan:
 
 
 def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
-              opts: RunOptions = RunOptions(), resume: bool = False) -> LocalPlan:
+              opts: RunOptions = RunOptions(), resume: bool = False, restart: bool = False) -> LocalPlan:
     """Check a run before any model loads; :class:`InputError` names the first problem. Holds the output's lock
-    from here on, so a second run on the same output is refused now, not after its model loads."""
+    from here on, so a second run on the same output is refused now, not after its model loads.
+
+    An unfinished run's finished chunks are never discarded unasked: without ``resume`` (continue them) or
+    ``restart`` (discard them) the run is refused, naming them."""
     reader = open_input(input_path, opts)
     if reader.columns or reader.n_rows:  # a JSON input without rows has no columns, and nothing to score
         check_columns(reader.columns, {opts.image_key: "--image-key", opts.text_key: "--text-key"})
@@ -162,6 +175,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     lock = OutputLock(output)
     lock.acquire()
     try:
+        _check_unfinished(work_dir_for(output), resume, restart)
         for stale in stale_partials(output):
             stale.unlink(missing_ok=True)  # left by a run killed while writing its output (we hold its lock)
         writer = TableWriter(output, output_schema(reader.schema, opts.output_key))
@@ -171,12 +185,37 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     return LocalPlan(reader, output, opts, resume, lock, writer)
 
 
+def _check_unfinished(work: Path, resume: bool, restart: bool) -> None:
+    """Refuse to start over on an unfinished run's finished chunks unless ``restart``; with ``resume`` and nothing
+    to resume, say so (the run starts from the beginning)."""
+    chunks = sorted(work.glob("chunk-*.npz")) if work.is_dir() else []
+    if resume and not (work / "state.json").is_file():
+        log.info("nothing to resume for this output (no unfinished run in %s): starting from the beginning",
+                 str(work))
+    elif chunks and not resume and not restart:
+        rows = sum(_rows_in(chunk) for chunk in chunks)
+        chunk_s = "chunk" if len(chunks) == 1 else "chunks"
+        raise InputError(f"an unfinished run of this output kept {len(chunks)} finished {chunk_s} ({rows} rows) in "
+                         f"{str(work)!r}: continue it with --resume, or discard them with --restart")
+
+
+def _rows_in(part: Path) -> int:
+    try:
+        return len(_load_part(part).errors)
+    except (OSError, ValueError, KeyError):  # a damaged chunk: counted as none (a resume redoes it)
+        return 0
+
+
 def open_input(location: str | os.PathLike[str], opts: RunOptions = RunOptions()) -> TableReader | WdsReader:
-    """The checked reader of an INPUT: WebDataset shards (a ``.tar``, a folder, glob or brace pattern of them), or
-    one table file."""
+    """The checked reader of an INPUT: WebDataset shards (a ``.tar``, a folder, glob or brace pattern of them), a
+    folder of image (and caption) files read as one shard (:mod:`..inputs.folder`), or one table file."""
+    from ..inputs.folder import FolderReader, is_file_folder
+
+    wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
     if is_webdataset(location):
-        wds = WdsOptions(image_ext=opts.wds_image_ext, text=opts.wds_text, keep=opts.wds_keep)
         return WdsReader(location, wds, opts.image_key, opts.text_key)
+    if is_file_folder(location, wds.image_ext):
+        return FolderReader(location, wds, opts.image_key, opts.text_key)
     return TableReader(location)
 
 
@@ -220,7 +259,7 @@ def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> Non
             what = {"input": f"input {state['input']!r}", "input_sha256": f"input {state['input']!r}"}
             names = ", ".join(dict.fromkeys(what.get(k, k) for k in changed))
             raise InputError(f"cannot resume: {names} changed since the interrupted run; "
-                             "run again without --resume to start over")
+                             "run again with --restart to discard its finished chunks and start over")
         return
     if work.exists():
         log.info("starting over: removing the unfinished run in %s", work)
@@ -258,7 +297,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
             else:
                 yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
-    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as (pipeline, bar):
+    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as pipeline:
         for part, result in zip(parts, pipeline.run(works())):
             if not part.is_file():
                 if store is not None:
@@ -268,7 +307,6 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
                 except OSError as exc:
                     raise write_error(part, exc, kept) from None
             summary.add(result)
-            bar.update(len(result.errors))
     writer = plan.writer
     try:
         for part, chunk in zip(parts, reader.chunks(opts.chunk_rows)):
@@ -288,30 +326,33 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
 @contextlib.contextmanager
 def _pipeline(model: LongCLIP, pool: DecodePool | ThreadPool | None, root: Path | None, opts: RunOptions,
               store: EmbeddingStore | None, summary: RunSummary, rows: int,
-              progress: bool | None) -> Iterator[tuple[Pipeline, Any]]:
-    """A local run's pipeline (on ``pool``, else on workers of its own, closed after) and its progress bar over
-    ``rows`` (shown on a terminal unless ``progress`` says); ``summary`` shares the pipeline's tower times and,
-    with an embeddings folder (no folder, no summary line), its counts."""
+              progress: bool | None) -> Iterator[Pipeline]:
+    """A local run's pipeline (on ``pool``, else on workers of its own, closed after) with its progress bar over
+    ``rows`` (shown on a terminal unless ``progress`` says), advanced as each image batch comes back, not once a
+    chunk; ``summary`` shares the pipeline's tower times and, with an embeddings folder (no folder, no summary
+    line), its counts."""
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
     owned = default_pool(model, opts.batch_size, opts.max_pixels) if pool is None else None
     with tqdm(total=rows, unit="rows", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar, \
             contextlib.nullcontext() if owned is None else owned:
-        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store)  # type: ignore[arg-type]
+        pipeline = Pipeline(model, pool or owned, root, opts.batch_size, store=store,  # type: ignore[arg-type]
+                            progress=bar.update)
         summary.busy, summary.decode = pipeline.busy, pipeline.pool.describe()
         summary.cached = pipeline.counts if store is not None else {}
-        yield pipeline, bar
+        yield pipeline
 
 
 def run_file(model: LongCLIP, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
              opts: RunOptions = RunOptions(), resume: bool = False, progress: bool | None = None,
-             pool: DecodePool | ThreadPool | None = None) -> RunSummary:
-    """Score every row of ``input_path`` into ``output_path``; formats by extension. See the module doc.
+             pool: DecodePool | ThreadPool | None = None, restart: bool = False) -> RunSummary:
+    """Score every row of ``input_path`` into ``output_path``; formats by extension. See the module doc. An
+    unfinished run's chunks are continued with ``resume``, discarded with ``restart``, else the run is refused.
 
     >>> run_file(LongCLIP("models/tiny"), "pairs.jsonl", "scored.parquet")    # doctest: +SKIP
     """
-    with plan_file(input_path, output_path, opts, resume) as plan:
+    with plan_file(input_path, output_path, opts, resume, restart) as plan:
         return execute(plan, model, progress, pool)
 
 
@@ -334,10 +375,15 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
         for chunk in reader.read_chunks(opts.chunk_rows):
             yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
-    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as (pipeline, bar):
+    absent = {code for code, key in ((NULL_PATH, opts.image_key), (NULL_TEXT, opts.text_key))
+              if key not in reader.columns}  # a table of images only: its rows' missing text is no failure
+    if getattr(reader, "texts_found", None) == 0:  # a folder of images without captions: the same
+        absent.add(NULL_TEXT)
+
+    with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as pipeline:
         for result in pipeline.run(works()):
             store.flush()
-            summary.rows += len(result.errors)
-            bar.update(len(result.errors))
+            codes = (error_code(e) for e in result.errors)
+            summary.add_codes(Counter("" if code in absent else code for code in codes))
     summary.seconds = time.perf_counter() - start
     return summary

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +109,8 @@ class _Chunk:
     text_embeds: dict[str, np.ndarray] = field(default_factory=dict)
     model_jobs: int = 0  # batches at the model, not back yet
     texts_sent: bool = False
+    images_back: int = 0  # distinct images embedded, failed or found cached: the progress shown for this chunk
+    rows_shown: int = 0  # rows of this chunk the progress callback was given
     # an embeddings run: each image's first row and source, its (sha256, size, mtime_ns), those found cached
     first_row: dict[Hashable, int] = field(default_factory=dict)
     sources: dict[Hashable, str | bytes] = field(default_factory=dict)
@@ -164,8 +166,11 @@ class Pipeline:
 
     def __init__(self, model: LongCLIP, pool: DecodePool | ThreadPool, image_root: Path | None = None,
                  batch_size: int = 32, max_chunks: int = MAX_CHUNKS, store: EmbeddingStore | None = None,
-                 cache: bool = True):
+                 cache: bool = True, progress: Callable[[int], object] | None = None):
         self.model, self.pool, self.root = model, pool, image_root
+        # progress(rows): called as each image batch comes back, with the rows it stands for (a chunk's rows in
+        # proportion to its distinct images); the calls of a chunk add up to its rows by the time it is yielded
+        self.progress = progress
         # an embeddings folder: every embedding computed goes there; with ``cache``, what it has is not computed
         self.store = store
         self._cache = None if store is None else (str(store.root) if cache else "")
@@ -200,7 +205,9 @@ class Pipeline:
                         active.append(self._admit(work, model_queue))
                 self._dispatch(active)
                 if active and active[0].finished():
-                    yield self._result(active.popleft())
+                    done = active.popleft()
+                    self._show(done, finished=True)
+                    yield self._result(done)
                 elif active:
                     self._handle(self._next_event(), model_queue)
         except BaseException:
@@ -291,10 +298,12 @@ class Pipeline:
                 chunk.cached.append(chunk.keys[seq])
                 self._free.append(slot)
                 chunk.decoded[seq] = None
+                chunk.images_back += 1
             elif reason:
                 chunk.image_failed[chunk.keys[seq]] = reason
                 self._free.append(slot)
                 chunk.decoded[seq] = None
+                chunk.images_back += 1
             else:
                 chunk.decoded[seq] = slot
             self._batch_images(chunk, model_queue)
@@ -321,12 +330,29 @@ class Pipeline:
                     failed[key if kind == "vision" else cell_key(key)] = (
                         f"{errors.NON_FINITE}: the model gave NaN or inf for this {what}")
             chunk.model_jobs -= 1
+            if kind == "vision":
+                chunk.images_back += len(keys)
+                self._show(chunk)
         elif kind == "model_failed":
             exc = event[1]
             detail = " ".join(str(exc).split())[:300]
             raise EngineError(f"the model failed on a batch: {type(exc).__name__}: {detail}") from exc
         elif kind == "pool_failed":
             raise EngineError(f"the decode workers failed: {event[1]}")
+
+    def _show(self, chunk: _Chunk, finished: bool = False) -> None:
+        """Advance the progress callback to this chunk's share of rows done: all of them once ``finished``, else
+        its rows times the fraction of its distinct images back (never all before the texts are done too)."""
+        if self.progress is None:
+            return
+        rows = len(chunk.work.done.errors) if chunk.work.done is not None else len(chunk.work.images)
+        if finished:
+            target = rows
+        else:
+            target = min(rows - 1, rows * chunk.images_back // max(1, len(chunk.keys)))
+        if target > chunk.rows_shown:
+            self.progress(target - chunk.rows_shown)
+            chunk.rows_shown = target
 
     def _batch_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
         """Batches in seq order: the decoded images from ``next_seq`` on, as far as every one has come back."""

@@ -24,13 +24,13 @@ from ..contract.constants import (
 )
 from ..contract.manifest import Manifest, read_manifest
 from ..contract.rows import ItemScores
-from ..decode.preprocess import ImageInput, preprocess_images
+from ..decode.preprocess import ImageInput, one_or_many, preprocess_images
 from ..decode.tokenizer import default_tokenizer, eot_positions
 from .device import TENSORRT, parse_device
 from .graph_io import TensorSpec, check_io
 from .providers import TrtProfile
 from .resolve import cache_root, resolve_model_dir
-from .scoring import l2_normalize, score_rows
+from .scoring import l2_normalize, score_matrix, score_rows
 from .session import create_session, run_one
 from .verify import verify_graph
 
@@ -94,6 +94,16 @@ def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
     return {"vision": (TensorSpec(VISION_INPUT, "float32", ("N", 3, n, n)),
                        TensorSpec(VISION_OUTPUT, "float32", ("N", d))),
             "text": (TensorSpec(TEXT_INPUT, "int64", ("N", "L")), TensorSpec(TEXT_OUTPUT, "float32", ("N", d)))}
+
+
+def checked_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a list (one ``str`` is one text), each checked as a row's text is: :class:`.TextError` with
+    the CLI's reason code for a null, non-string, empty or whitespace-only one."""
+    from ..contract.rows import (
+        check_text,  # pandas comes with it: imported when texts are first encoded, not with the model
+    )
+
+    return [check_text(text) for text in ([texts] if isinstance(texts, str) else texts)]
 
 
 def _one_name(model_name: str | os.PathLike[str] | None, model_dir: str | os.PathLike[str] | None
@@ -160,10 +170,11 @@ class LongCLIP:
     def image_size(self) -> int:
         return self.manifest.image_size
 
-    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Paths or PIL images -> ``(N, 3, n, n) float32`` with this model's size, mean and std."""
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Images (every form :meth:`encode_images` takes) -> ``(N, 3, n, n) float32`` with this model's size,
+        mean and std."""
         m = self.manifest
-        return preprocess_images(images, m.image_size, m.mean, m.std)
+        return preprocess_images(one_or_many(images), m.image_size, m.mean, m.std)
 
     def _batch_cap(self) -> int | None:
         """TensorRT engines are built for batches up to ``trt_max_batch``; the other providers take any batch."""
@@ -211,13 +222,23 @@ class LongCLIP:
             out[rows] = self.run_text(batch)
         return out
 
-    def encode_images(self, images: Sequence[ImageInput], batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """Paths or PIL images -> L2-normalized ``(N, D) float32``."""
+    def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """Images -> L2-normalized ``(N, D) float32``; one image (not in a list) gives ``(1, D)``.
+
+        An image is a path (``str`` or ``os.PathLike``), its encoded bytes (``bytes``, or a binary file object such
+        as ``io.BytesIO``, read from its start), a PIL image, or a decoded ``numpy`` array: ``(H, W, 3) uint8`` RGB
+        or ``(H, W) uint8`` grayscale. A bad image raises :class:`.ImageError` with the CLI's reason code.
+
+        >>> model.encode_images("cat.jpg").shape                # doctest: +SKIP
+        (1, 768)
+        """
         return l2_normalize(self.embed_pixels(self.preprocess(images), batch_size))
 
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = TEXT_BATCH_SIZE) -> np.ndarray:
-        """Texts -> L2-normalized ``(N, D) float32`` (LongCLIP tokenization, truncated at 248 tokens)."""
-        return l2_normalize(self.embed_ids(self.tokenizer(texts), batch_size))
+        """Texts -> L2-normalized ``(N, D) float32`` (LongCLIP tokenization, truncated at 248 tokens); one ``str``
+        gives ``(1, D)``. A null, non-string, empty or whitespace-only text raises :class:`.TextError` with the
+        CLI's reason code (``empty_text``...), never a score."""
+        return l2_normalize(self.embed_ids(self.tokenizer(checked_texts(texts)), batch_size))
 
     def score_items(self, images: Sequence[object], texts: Sequence[object],
                     image_root: str | os.PathLike[str] | None = None, batch_size: int = BATCH_SIZE,
@@ -245,8 +266,25 @@ class LongCLIP:
         root = Path(image_root) if image_root is not None else None
         return score_chunk(self, list(images), list(texts), root, batch_size, max_pixels)
 
-    def score(self, images: Sequence[ImageInput], texts: Sequence[str]) -> np.ndarray:
-        """Row-wise ``(cos + 1) / 2`` of ``images[i]`` and ``texts[i]`` -> ``(N,) float32`` in ``[0, 1]``."""
+    def score(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> np.ndarray:
+        """Row-wise ``(cos + 1) / 2`` of ``images[i]`` and ``texts[i]`` -> ``(N,) float32`` in ``[0, 1]``.
+
+        One image and one ``str`` are one pair: ``(1,)``, as ``encode_*`` give ``(1, D)`` for one item.
+
+        >>> model.score("cat.jpg", "a photo of a cat")          # doctest: +SKIP
+        array([0.62], dtype=float32)
+        """
+        images, texts = one_or_many(images), checked_texts(texts)
         if len(images) != len(texts):
-            raise ValueError(f"score needs as many images as texts, got {len(images)} and {len(texts)}")
+            raise ValueError(f"score needs as many images as texts, got {len(images)} and {len(texts)}: for "
+                             "every image against every text use similarity()")
         return score_rows(self.encode_images(images), self.encode_texts(texts))
+
+    def similarity(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> np.ndarray:
+        """Every image against every text: ``(N, M) float32`` of ``(cos + 1) / 2`` (retrieval, dedup); cell
+        ``[i, j]`` is bit for bit ``score([images[i]], [texts[j]])[0]``.
+
+        >>> model.similarity(["cat.jpg", "dog.jpg"], ["a cat", "a dog", "a car"]).shape   # doctest: +SKIP
+        (2, 3)
+        """
+        return score_matrix(self.encode_images(images), self.encode_texts(texts))

@@ -151,10 +151,35 @@ def _local(path: Path, cache: Path | None) -> Path:
 
 def _from_hub(repo_id: str, cache: Path | None) -> Path:
     """A repo's exported folder as it is, else its checkpoint exported once; from the cache, else downloaded."""
-    snapshot = hub.cached_snapshot(repo_id) or hub.download(repo_id, export_possible=not missing_export_modules())
+    snapshot = hub.cached_snapshot(repo_id)
+    if snapshot is None and not _has_hub():
+        raise _nowhere(repo_id)
+    snapshot = snapshot or hub.download(repo_id, export_possible=not missing_export_modules())
     if hub.is_exported(snapshot):
         return snapshot
     return export_cached(snapshot if is_hf_folder(snapshot) else pick_checkpoint(snapshot), cache)
+
+
+def _has_hub() -> bool:
+    try:
+        import huggingface_hub  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True
+
+
+def _nowhere(repo_id: str) -> ModelDirError:
+    """A name that is no path here and no repo in the Hugging Face cache, where nothing can download it: every
+    place looked in, and every missing piece (a checkpoint repo needs the export extra too), in one line."""
+    extras, modules = ["hub"], ["huggingface_hub"]
+    if missing_export_modules():
+        extras.append("export")
+        modules += missing_export_modules()
+    return ModelDirError(
+        f"model {repo_id!r} was looked for as a path, {str(Path(repo_id).absolute())!r} (no such folder or file), "
+        f"and as a Hugging Face repo id, in the Hugging Face cache {str(hub.hf_hub_cache())!r} (not there); to "
+        f"download it: pip install 'longclip[{','.join(extras)}]' (missing: {', '.join(modules)}); or pass the "
+        "exported folder's or checkpoint's path as it is from here")
 
 
 def resolve_model_dir(model_name: str | os.PathLike[str], cache: Path | None = None) -> Path:

@@ -32,3 +32,17 @@ def to_score(cosine: np.ndarray) -> np.ndarray:
 def score_rows(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
     """Row-wise ``(cos + 1) / 2`` of (unnormalized or normalized) embeddings -> ``(N,) float32``."""
     return to_score(cosine_rows(image_embeds, text_embeds)).astype(np.float32)
+
+
+def score_matrix(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+    """Every image against every text -> ``(N, M) float32``; row ``i`` is :func:`score_rows` of image ``i`` repeated
+    against the texts, so each cell is bit for bit that pair's row-wise score (a matmul sums in another order).
+
+    >>> score_matrix(np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])).tolist()
+    [[1.0, 0.5, 0.0]]
+    """
+    image_embeds, text_embeds = np.asarray(image_embeds), np.asarray(text_embeds)
+    out = np.empty((len(image_embeds), len(text_embeds)), dtype=np.float32)
+    for i, image in enumerate(image_embeds):
+        out[i] = score_rows(np.repeat(image[None, :], len(text_embeds), axis=0), text_embeds)
+    return out

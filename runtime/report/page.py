@@ -174,6 +174,8 @@ class Thumbnails:
                 return thumbnail_uri(bytes(value), self.size)
             if isinstance(value, ShardMember):  # a WebDataset row: read from its shard
                 shard = resolve_image_path(value.shard, self.root)
+                if shard.is_dir():  # a folder of files read as one shard (inputs.folder): the member is a file
+                    return thumbnail_uri(shard / value.name, self.size)
                 with self._lock:
                     data = self._members.read(shard, value.name)
                 return thumbnail_uri(data, self.size)

@@ -375,3 +375,16 @@ def test_ray_embeddings_are_written_by_the_workers_and_reused(tmp_path, ray_clus
     assert pads.dataset(tmp_path / "emb" / "images").to_table().num_rows == len(NAMES)  # no image computed again
     a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
     np.testing.assert_array_equal(a["longclip_score"].to_numpy(), b["longclip_score"].to_numpy())
+
+
+def test_a_ray_run_that_scores_nothing_exits_3_with_its_output(tmp_path, ray_cluster, tiny_model_dir):
+    _write_jsonl(tmp_path / "in.jsonl", [{"image_path": "gone.png", "text": "a cat"},
+                                         {"image_path": "also/gone.png", "text": "a dog"}])
+    address = ray_cluster.get_runtime_context().gcs_address
+    proc = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.csv", "--engine", "ray", "--ray-address", address,
+                cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "not one of the 2 rows could be scored (out.csv has each reason): exit status 3" in proc.stderr
+    assert "pass --image-root FOLDER" in proc.stderr
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert [r.split(":")[0] for r in out["longclip_score_error"]] == ["missing_file", "missing_file"]
