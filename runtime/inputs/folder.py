@@ -24,7 +24,7 @@ from typing import Any
 from ..contract.errors import NULL_TEXT, InputError, error_code
 from .tarshards import is_webdataset
 from .tarstream import Entry
-from .webdataset import WdsOptions, WdsReader, _key_ext, _row, _samples
+from .webdataset import WdsOptions, WdsReader, member_key_ext, sample_row, samples_of
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
           (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
@@ -83,9 +83,9 @@ class FolderStream:
 
     def entries(self) -> Iterator[Entry]:
         names = list(_walk(self.root))
-        samples = {key for key, ext in filter(None, map(_key_ext, names)) if ext in self._uses}
+        samples = {key for key, ext in filter(None, map(member_key_ext, names)) if ext in self._uses}
         for name in names:
-            split = _key_ext(name)
+            split = member_key_ext(name)
             if split is None or split[0] not in samples:  # no image or text: not a sample (stats, parquet)
                 continue
             entry = _entry(self.root, name)
@@ -118,10 +118,10 @@ class FolderReader(WdsReader):
     def _shard_rows(self, path: Path, images: bool, digest: Any) -> Iterator[Any]:
         shard = self._name or str(path)
         stream = FolderStream(path, self.opts, digest)
-        for sample in _samples(stream, self.opts, images):  # type: ignore[arg-type]
+        for sample in samples_of(stream, self.opts, images):  # type: ignore[arg-type]
             if digest is not None and self.opts.text_ext in sample.members:
                 self.texts_found += 1
-            values, reason, image = _row(sample, shard, self.opts)
+            values, reason, image = sample_row(sample, shard, self.opts)
             if digest is None and not self.texts_found and error_code(reason) == NULL_TEXT:
                 # a folder of images alone (no caption anywhere): each image is still embedded; the row's text
                 # is null, which the pipeline gives its null_text (a scoring run scores nothing, --embed-only

@@ -127,13 +127,13 @@ def _refuse_repeated(values: tuple[str, ...], option: str) -> None:
 
 
 # -- grouping ------------------------------------------------------------------------------------------------------
-def _key_ext(name: str) -> tuple[str, str] | None:
+def member_key_ext(name: str) -> tuple[str, str] | None:
     """``(key, extension)`` of a member as the ``webdataset`` library splits it (the extension lowercase), or None
     for a member it puts in no sample (no extension, a metadata name) or that is hidden (a base name starting with
     ``.``).
 
-    >>> _key_ext("dir/000001.JPG"), _key_ext("a.b.c.json"), _key_ext("README"), _key_ext("__meta__/x.json")
-    (('dir/000001', 'jpg'), ('a', 'b.c.json'), None, None)
+    >>> [member_key_ext(name) for name in ("dir/000001.JPG", "a.b.c.json", "README", "__meta__/x.json")]
+    [('dir/000001', 'jpg'), ('a', 'b.c.json'), None, None]
     """
     if _META.match(name):
         return None
@@ -180,12 +180,12 @@ class _Sample:
             self.too_large = self.too_large or entry
 
 
-def _samples(stream: TarStream, opts: WdsOptions, images: bool) -> Iterator[_Sample]:
+def samples_of(stream: TarStream, opts: WdsOptions, images: bool) -> Iterator[_Sample]:
     """The samples of one shard, in order; image bytes are read only when ``images``."""
     uses = set(opts.image_ext) | opts.data_exts
     sample: _Sample | None = None
     for entry in stream.entries():
-        split = _key_ext(entry.name)
+        split = member_key_ext(entry.name)
         if split is None:
             continue
         key, ext = split
@@ -286,8 +286,8 @@ class WdsReader:
         try:
             with open(path, "rb", buffering=_BUFFER) as file:
                 stream = TarStream(file, os.fstat(file.fileno()).st_size, digest)
-                for sample in _samples(stream, self.opts, images):
-                    yield _row(sample, shard, self.opts)
+                for sample in samples_of(stream, self.opts, images):
+                    yield sample_row(sample, shard, self.opts)
                 if stream.stop is not None:
                     reason = (f"{errors.CORRUPT_SHARD}: {shard!r} is not a valid tar from byte {stream.stop.offset} "
                               f"on: {stream.stop.why}")
@@ -297,7 +297,7 @@ class WdsReader:
             raise unreadable_shard(shard, exc) from None
 
 
-def _row(sample: _Sample, shard: str, opts: WdsOptions) -> _Row:
+def sample_row(sample: _Sample, shard: str, opts: WdsOptions) -> _Row:
     """A sample's cells (in column order), its reason and its image bytes (None when it has a reason)."""
     where = f"sample {sample.key!r} in {shard!r}"
     parsed, json_reason = _json(sample, shard, where) if "json" in opts.data_exts else (None, "")
