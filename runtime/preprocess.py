@@ -238,7 +238,7 @@ def open_allowed(file: BinaryIO) -> Image.Image:
 
 
 def _other_format(file: BinaryIO) -> str | None:
-    """The format Pillow would have taken ``file`` for, by the byte probes (``_accept``) its plugins register: pure
+    """The format(s) Pillow would have taken ``file`` for, by the byte probes (``_accept``) its plugins register: pure
     checks of the first 16 bytes, as ``Image.open`` makes them; no plugin's open runs. None if no probe claims it.
 
     >>> _other_format(io.BytesIO(b"%!PS-Adobe-3.0 EPSF-3.0"))
@@ -253,7 +253,7 @@ def _other_format(file: BinaryIO) -> str | None:
     claims = [format_id for format_id, (_, accept) in Image.OPEN.items() if _claims(accept, prefix)]
     if any(format_id in ALLOWED_IMAGE_FORMATS for format_id in claims):
         return None  # an allowed format's magic, broken after it: not an image, but not another format either
-    return claims[0] if claims else None
+    return " or ".join(claims) or None  # probes are loose ("/*" starts XBM and XPM): name each that claims it
 
 
 def _claims(accept: object, prefix: bytes) -> bool:
