@@ -268,3 +268,18 @@ def json_sha(path) -> str:
     from longclip.runtime.manifest import sha256_file
 
     return sha256_file(path)
+
+
+def test_why_the_check_is_ours_onnx_runtime_before_1_24_reads_outside(folder):
+    """What ONNX Runtime itself does with a ``../`` location (measured: 1.20-1.23 load it, the outside file's bytes
+    becoming the weights; 1.24+ refuse): on the floor venv of .ci/run, only our check stands between."""
+    import onnxruntime
+
+    graph = initializer_graph(folder / "g.onnx", "../secret.bin")
+    version = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+    if version < (1, 24):
+        session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": X})[0], X + [111.0, 222.0])
+    else:
+        with pytest.raises(Exception, match="(?i)external data"):
+            onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])

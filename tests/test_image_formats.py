@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,13 +54,14 @@ def test_mpo_opens_as_jpeg():
 
 
 @pytest.mark.parametrize(("data", "named"), [(EPS, "EPS"), (b"\xc5\xd0\xd3\xc6" + bytes(28), "EPS"),
-                                             (b"8BPS" + bytes(30), "PSD"), (b"/* XPM */\n" + bytes(10), "XBM or XPM")])
+                                             (b"8BPS" + bytes(30), "PSD"), (b"/* XPM */\n" + bytes(10), "(XBM or )?XPM")])
 def test_another_format_is_not_an_image_naming_it(data, named):
     with pytest.raises(ImageError) as caught:
         decode_image(data, 8, name="row.png")
     assert caught.value.code == errors.NOT_AN_IMAGE
-    assert str(caught.value).startswith(f"not_an_image: 'row.png' is {named}, not an allowed image format "
-                                        "(allowed: JPEG, PNG, GIF, WEBP, BMP, TIFF")
+    # Pillow 13's XBM probe also claims "/*": every format whose probe claims the bytes is named
+    assert re.match(f"not_an_image: 'row.png' is {named}, not an allowed image format \\(allowed: JPEG, PNG, GIF, "
+                    "WEBP, BMP, TIFF, ", str(caught.value)), str(caught.value)
 
 
 def test_broken_allowed_format_is_not_named_as_another():
@@ -184,7 +186,8 @@ def test_the_stand_in_gs_is_what_pillow_would_run(tmp_path):
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}",
            "GS_RECORD": str(tmp_path / "calls.txt")}
     subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300)
-    assert (tmp_path / "calls.txt").read_text().splitlines()[0] == "--version"
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert "-dSAFER" in calls[-1] and "-dBATCH" in calls[-1]  # a render (Pillow 13 first asks `gs --version`)
 
 
 @pytest.mark.parametrize("path", PATHS)
