@@ -13,9 +13,9 @@ import struct
 import numpy as np
 import pytest
 
-from longclip.runtime.errors import ModelDirError
-from longclip.runtime.session import create_session
-from longclip.runtime.verify import check_external_data
+from longclip.runtime.contract.errors import ModelDirError
+from longclip.runtime.model.session import create_session
+from longclip.runtime.model.verify import check_external_data
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -245,7 +245,7 @@ def test_the_model_refuses_a_folder_whose_graph_reads_outside(tiny_model_dir, tm
     """Through ``LongCLIP``: the vision graph's weights moved to a file beside the folder."""
     from conftest import copy_model
     from longclip.runtime import LongCLIP
-    from longclip.runtime.manifest import sha256_file
+    from longclip.runtime.contract.manifest import sha256_file
 
     model_dir = copy_model(tiny_model_dir, tmp_path / "tiny")
     vision = onnx.load(str(model_dir / "vision.onnx"))
@@ -265,7 +265,7 @@ def test_the_model_refuses_a_folder_whose_graph_reads_outside(tiny_model_dir, tm
 
 
 def json_sha(path) -> str:
-    from longclip.runtime.manifest import sha256_file
+    from longclip.runtime.contract.manifest import sha256_file
 
     return sha256_file(path)
 

@@ -9,7 +9,7 @@ import pandas as pd
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.engines.local import RunOptions, run_file
-from longclip.runtime.tables import read_table
+from longclip.runtime.inputs.tables import read_table
 
 IMAGES = ["rgb_333x517.png", "small_41x97.jpg", "animated_50x70.gif", "cmyk_80x60.jpg"]
 TEXTS = ["a photo", "a long caption " * 30, "x", "two dogs on a red sofa"]

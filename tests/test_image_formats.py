@@ -19,10 +19,10 @@ import textwrap
 import pytest
 from PIL import Image
 
-from longclip.runtime import errors
-from longclip.runtime.constants import ALLOWED_IMAGE_FORMATS
-from longclip.runtime.errors import ImageError
-from longclip.runtime.preprocess import allowed_formats, decode_image
+from longclip.runtime.contract import errors
+from longclip.runtime.contract.constants import ALLOWED_IMAGE_FORMATS
+from longclip.runtime.contract.errors import ImageError
+from longclip.runtime.decode.preprocess import allowed_formats, decode_image
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nshowpage\n%%EOF\n"
 """A minimal EPS that Pillow opens (8x8) and, on load, renders by running ``gs``."""
@@ -94,10 +94,10 @@ HARNESS = textwrap.dedent('''
     from longclip.runtime import LongCLIP
     from longclip.runtime.engines.chunk import score_frame
     from longclip.runtime.engines.local import RunOptions, run_file
-    from longclip.runtime.errors import RowError
-    from longclip.runtime.operator import ImageLongCLIPEvaluator
+    from longclip.runtime.contract.errors import RowError
+    from longclip.runtime.cli.operator import ImageLongCLIPEvaluator
     from longclip.runtime.report.page import thumbnail_uri
-    from longclip.runtime.tables import read_table
+    from longclip.runtime.inputs.tables import read_table
 
     model = LongCLIP(model_dir, device="cpu")
     frame = pd.DataFrame({"image_path": [str(work / "art.eps")], "text": ["a drawing"]})

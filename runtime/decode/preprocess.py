@@ -40,9 +40,19 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .constants import ALLOWED_IMAGE_FORMATS, IMAGE_MEAN, IMAGE_STD
-from .errors import (BAD_PATH, DIRECTORY, EMPTY_FILE, MISSING_FILE, NOT_A_FILE, NOT_AN_IMAGE, TOO_MANY_PIXELS,
-                     UNDECODABLE, UNREADABLE, ImageError)
+from ..contract.constants import ALLOWED_IMAGE_FORMATS, IMAGE_MEAN, IMAGE_STD
+from ..contract.errors import (
+    BAD_PATH,
+    DIRECTORY,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NOT_A_FILE,
+    NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    UNDECODABLE,
+    UNREADABLE,
+    ImageError,
+)
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]

@@ -28,9 +28,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .atomic import write_bytes
-from .errors import ModelDirError
-from .manifest import REEXPORT, GraphFiles, sha256_file
+from ..contract.atomic import write_bytes
+from ..contract.errors import ModelDirError
+from ..contract.manifest import REEXPORT, GraphFiles, sha256_file
 from .resolve import cache_root
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from .constants import DEVICES
-from .errors import DeviceUnavailableError, ModelDirError
-from .manifest import REEXPORT
+from ..contract.constants import DEVICES
+from ..contract.errors import DeviceUnavailableError, ModelDirError
+from ..contract.manifest import REEXPORT
 from .verify import check_external_data
 
 log = logging.getLogger(__name__)
