@@ -78,3 +78,10 @@ WDS_IMAGE_EXT = ("jpg", "jpeg", "png", "webp")
 
 WDS_TEXT = "txt"
 """A WebDataset sample's text: the member with this extension (``--wds-text``)."""
+
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO", "JPEG2000", "PPM", "DDS")
+"""Pillow format IDs an image of a row (or a report thumbnail) may be: formats a dataset plausibly holds, each
+decoded inside this process (JPEG also opens MPO). Never EPS/PS: Pillow hands those to Ghostscript, another
+program, so dataset bytes would reach it. An ID this Pillow build lacks (AVIF before Pillow 11.2) is skipped; an
+image of any other format is its row's ``not_an_image``. Deliberately narrower than the spec's bare
+``Image.open``."""

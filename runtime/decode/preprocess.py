@@ -12,6 +12,8 @@ so one bad row costs that row and nothing else:
   file is opened non-blocking and ``fstat``-ed, so one swapped for a FIFO in between cannot block either.
 - Memory is bounded from the header, before decoding (:func:`check_pixels`): the image and its resize to the model
   size must each have at most ``max_pixels`` pixels (a 664-byte 1x300,000 PNG resizes to 64x19,200,000 at 64 px).
+- Only the formats of ``constants.ALLOWED_IMAGE_FORMATS`` are opened (:func:`open_allowed`): an EPS would have
+  Pillow run Ghostscript on the row's bytes. Any other format is the row's ``not_an_image``, naming the format.
 - An exception of any class from a decoder or a preprocessing step is the row's ``undecodable``;
   ``KeyboardInterrupt`` and ``SystemExit`` still stop the run. Pillow's warnings (corrupt EXIF, ...) are silenced.
 
@@ -38,7 +40,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..contract.constants import IMAGE_MEAN, IMAGE_STD, MAX_PIXELS
+from ..contract.constants import ALLOWED_IMAGE_FORMATS, IMAGE_MEAN, IMAGE_STD, MAX_PIXELS
 from ..contract.errors import (
     BAD_PATH,
     DIRECTORY,
@@ -220,9 +222,57 @@ def _row_errors(name: str, file: BinaryIO) -> Iterator[None]:
     except UnidentifiedImageError:
         if _is_empty(file):
             raise ImageError(EMPTY_FILE, f"image file is empty: {name!r}") from None
+        seen = _other_format(file)
+        if seen:
+            raise ImageError(NOT_AN_IMAGE, f"{name!r} is {seen}, not an allowed image format (allowed: "
+                             f"{', '.join(allowed_formats())})") from None
         raise ImageError(NOT_AN_IMAGE, f"not an image file: {name!r}") from None
     except Exception as exc:  # any class: a decoder fails in more ways than it documents
         raise ImageError(UNDECODABLE, f"cannot decode image {name!r}: {_describe(exc)}") from None
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """The IDs of ``ALLOWED_IMAGE_FORMATS`` this Pillow build has: ``Image.open`` raises ``KeyError`` for an ID it
+    does not know (AVIF before Pillow 11.2), so one missing from the build is left out.
+
+    >>> allowed_formats()[:3]
+    ('JPEG', 'PNG', 'GIF')
+    """
+    Image.init()  # registers every plugin (once per process); their open functions run only on Image.open
+    return tuple(f for f in ALLOWED_IMAGE_FORMATS if f in Image.OPEN)
+
+
+def open_allowed(file: BinaryIO) -> Image.Image:
+    """``Image.open`` limited to the allowed formats: no other plugin's open (or decoder) ever sees ``file``."""
+    return Image.open(file, formats=allowed_formats())
+
+
+def _other_format(file: BinaryIO) -> str | None:
+    """The format(s) Pillow would have taken ``file`` for, by the byte probes (``_accept``) its plugins register: pure
+    checks of the first 16 bytes, as ``Image.open`` makes them; no plugin's open runs. None if no probe claims it.
+
+    >>> _other_format(io.BytesIO(b"%!PS-Adobe-3.0 EPSF-3.0"))
+    'EPS'
+    """
+    try:
+        file.seek(0)
+        prefix = file.read(16)
+    except Exception:  # not seekable: it was read whole by Pillow already, nothing to name it by
+        return None
+    Image.init()
+    claims = [format_id for format_id, (_, accept) in Image.OPEN.items() if _claims(accept, prefix)]
+    if any(format_id in ALLOWED_IMAGE_FORMATS for format_id in claims):
+        return None  # an allowed format's magic, broken after it: not an image, but not another format either
+    return " or ".join(claims) or None  # probes are loose ("/*" starts XBM and XPM): name each that claims it
+
+
+def _claims(accept: object, prefix: bytes) -> bool:
+    if not callable(accept):
+        return False
+    try:
+        return bool(accept(prefix))  # True, or (AVIF without its library) a message: either way, that format
+    except Exception:  # a probe that fails on a short prefix claims nothing
+        return False
 
 
 def _is_empty(file: BinaryIO) -> bool:
@@ -307,7 +357,7 @@ def _check_arguments(size: int, mean: Sequence[float], std: Sequence[float], out
 def _decode(file: BinaryIO, name: str, size: int, mean: Sequence[float], std: Sequence[float], max_pixels: int,
             out: np.ndarray | None) -> np.ndarray:
     with _row_errors(name, file):
-        with Image.open(file) as image:
+        with open_allowed(file) as image:
             check_pixels(*image.size, size, max_pixels, name)  # the header's size: nothing is decoded yet
             rgb = image.convert("RGB")
         check_pixels(*rgb.size, size, max_pixels, name)  # a few formats (ICO) learn their true size by decoding
@@ -327,7 +377,7 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIX
     else:
         file, name = open_image_file(source), name or os.fspath(source)
     with file, _row_errors(name, file):
-        with Image.open(file) as image:
+        with open_allowed(file) as image:
             _check_source(*image.size, max_pixels, name)
             return image.convert("RGB")
 

@@ -151,8 +151,8 @@ class LongCLIP:
         # sessions are not used before their graphs are verified, and a wrong sha256 is the error reported.
         with ThreadPoolExecutor(max_workers=5, thread_name_prefix="longclip-load") as pool:
             checks = [pool.submit(verify_graph, graph) for graph in m.graphs.values()]
-            vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt, spin)
-            text = pool.submit(create_session, m.text_graph, device, threads, text_trt, spin)
+            vision = pool.submit(create_session, m.vision_graph, device, threads, vision_trt, spin, m.root)
+            text = pool.submit(create_session, m.text_graph, device, threads, text_trt, spin, m.root)
             tokenizer = pool.submit(default_tokenizer)
             for check in checks:
                 check.result()

@@ -16,6 +16,7 @@ from ..contract.manifest import REEXPORT
 from . import device as device_policy
 from .device import CUDA, PROVIDER_OF, no_gpu, not_initialized, not_offered, parse_device
 from .providers import TrtProfile, provider_chain
+from .verify import check_external_data
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _load_error(path: str | os.PathLike[str], exc: Exception) -> ModelDirError:
 
 def create_session(
     path: str | os.PathLike[str], device: str | None = None, threads: int | None = None,
-    trt: TrtProfile | None = None, spin: bool = True,
+    trt: TrtProfile | None = None, spin: bool = True, model_dir: str | os.PathLike[str] | None = None,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` for ``path``.
 
@@ -57,7 +58,8 @@ def create_session(
     where the GPU wheel finds no GPU). TensorRT is only used when asked for: its first run builds engines for
     minutes. An explicit ``"cuda"`` or ``"tensorrt"`` that cannot run raises :class:`DeviceUnavailableError`
     saying why, instead of quietly running on the CPU; a graph that ONNX Runtime cannot load raises
-    :class:`ModelDirError`.
+    :class:`ModelDirError`, and so does one whose tensors keep data outside ``model_dir`` (default: the graph's
+    folder), checked before ONNX Runtime reads the graph (:func:`.verify.check_external_data`).
     """
     kind, device_id = parse_device(device)
     available = ort.get_available_providers()
@@ -74,6 +76,7 @@ def create_session(
     chain = provider_chain(wanted, device_id, trt)
     if trt is not None and wanted == "tensorrt":
         trt.cache_dir.mkdir(parents=True, exist_ok=True)
+    check_external_data(path, model_dir)  # before ONNX Runtime opens it: old versions follow any location
     try:
         session = ort.InferenceSession(str(path), sess_options=_options(threads, spin), providers=chain)
     except _GRAPH_ERRORS as exc:
