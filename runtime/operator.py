@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 
 from .cpus import plan_cpus
+from .errors import InputError
 from .engines.chunk import score_frame
 from .model import LongCLIP
 from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
@@ -67,11 +68,15 @@ class ImageLongCLIPEvaluator:
     ) -> list[str]:
         """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once.
 
-        The frame is checked before any row is scored: both columns present, and the score and reason columns not
-        already there unless ``overwrite_columns``.
+        The frame is checked before any row is scored: both columns present (column names need not be strings:
+        ``input_image_key=0`` names a column ``0``), and the score and reason columns not already there unless
+        ``overwrite_columns``; a key that names no column is an :class:`InputError` naming it and the columns.
         """
+        if not isinstance(output_key, str) or not output_key:  # it names two new columns: key and key + "_error"
+            raise InputError(f"output_key={output_key!r} ({type(output_key).__name__}): pass a non-empty string, the "
+                             "name of the score column to add")
         frame: pd.DataFrame = storage.read("dataframe")
-        check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
+        check_columns(list(frame.columns), [(input_image_key, "input_image_key"), (input_text_key, "input_text_key")])
         check_output_columns(list(frame.columns), output_key, overwrite_columns, option="overwrite_columns=True")
         with self._store() if self.embeddings_dir is not None else contextlib.nullcontext() as store:
             scored = score_frame(self.model, frame, input_image_key, input_text_key, output_key, image_root=None,
