@@ -249,7 +249,10 @@ class TableReader:
         # memory then grows with the file (Arrow's pool peaked at 87 MB for 1.2M rows, 8 MB for 30k).
         file = pq.ParquetFile(self.path)
         batches = (b for g in range(file.num_row_groups) for b in file.iter_batches(batch_size=n, row_groups=[g]))
-        yield from _rechunk((b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), n)
+        # ignore_metadata: a pandas index saved as a column (a named index, `__index_level_0__`) is a column like
+        # any other, not an index to restore and then lose; a RangeIndex is only metadata, no column
+        frames = (b.to_pandas(types_mapper=pd.ArrowDtype, ignore_metadata=True) for b in batches)
+        yield from _rechunk(frames, n)
 
     def _frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         # object columns keep every value as parsed (ints stay ints, a NaN stays NaN); an absent key is ABSENT

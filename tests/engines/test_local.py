@@ -326,3 +326,49 @@ def test_a_model_that_fails_on_a_batch_stops_the_run_with_one_error_and_keeps_th
                                           "access was encountered [(]and more lines[)]$"):
         run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, progress=False)
     assert not (tmp_path / "out.jsonl").exists() and work_dir_for(tmp_path / "out.jsonl").is_dir()
+
+
+def _indexed(kind: str) -> pd.DataFrame:
+    """Six rows with an index pandas saves in the parquet file (or, a RangeIndex, in its metadata only)."""
+    frame = pd.DataFrame({"image_path": [NAMES[i % 3] for i in range(6)], "text": [f"caption {i}" for i in range(6)]})
+    if kind == "named":
+        return frame.set_axis(pd.Index([10, 3, 7, 7, 99, -1], name="row_id"))
+    if kind == "unnamed":  # saved as __index_level_0__
+        return frame.set_axis(pd.Index(["a", "b", "c", "d", "e", "f"]))
+    if kind == "multi":
+        return frame.set_axis(pd.MultiIndex.from_arrays([[1, 1, 2, 2, 3, 3], list("xyxyxy")], names=["k", None]))
+    if kind == "clash":  # an index named like a column: pandas saves it as __index_level_0__
+        return frame.set_axis(pd.Index([f"other {i}" for i in range(6)], name="text"))
+    return frame.set_axis(pd.RangeIndex(100, 112, 2))  # "range": metadata only, no column
+
+
+# the columns each file holds, with their values, beyond image_path and text
+_INDEX_COLUMNS = {
+    "named": {"row_id": [10, 3, 7, 7, 99, -1]},
+    "unnamed": {"__index_level_0__": list("abcdef")},
+    "multi": {"k": [1, 1, 2, 2, 3, 3], "__index_level_1__": list("xyxyxy")},
+    "clash": {"__index_level_0__": [f"other {i}" for i in range(6)]},
+    "range": {},
+}
+
+
+@pytest.mark.parametrize("kind", list(_INDEX_COLUMNS))
+def test_a_pandas_index_saved_in_a_parquet_input_comes_back_as_a_column(tmp_path, model, kind):
+    """A parquet written by ``DataFrame.to_parquet()`` with its index: the index columns came back in no output
+    (pandas' metadata made them an index again, which the writers drop), and a parquet output failed after all
+    the work (its schema named a column the frames did not have). Every output format, on one thread pool."""
+    from longclip.runtime.decode_pool import ImageSpec, make_pool
+
+    _indexed(kind).to_parquet(tmp_path / "in.parquet")
+    extra = _INDEX_COLUMNS[kind]
+    with make_pool(ImageSpec.of(model.manifest, 10**8), 8, 0) as pool:
+        for dst in (".jsonl", ".json", ".csv", ".parquet"):
+            run_file(model, tmp_path / "in.parquet", tmp_path / f"out{dst}",
+                     RunOptions(image_root=str(IMG), chunk_rows=4), progress=False, pool=pool)
+            out = pd.read_parquet(tmp_path / f"out{dst}") if dst == ".parquet" else read_table(tmp_path / f"out{dst}")
+            assert list(out.columns) == ["image_path", "text", *extra, "longclip_score", "longclip_score_error"], dst
+            assert list(out.index) == list(range(6))
+            assert out["text"].tolist() == [f"caption {i}" for i in range(6)]
+            for name, values in extra.items():
+                assert [str(v) for v in out[name]] == [str(v) for v in values], (dst, name)
+            assert (out["longclip_score_error"] == "").all() and out["longclip_score"].notna().all()
