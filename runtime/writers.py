@@ -1,10 +1,12 @@
 """Row files out: stream DataFrames into a temporary file beside the output and move it into place only when
 complete, so a killed run never leaves a partial file.
 
-Text that UTF-8 cannot hold (lone surrogates, from a JSON ``"\\ud800"`` escape or a byte that was not UTF-8) never
-loses the output: jsonl / json keep it as a ``\\uXXXX`` escape (the line is written ASCII-only), CSV and parquet
-write U+FFFD in its place. Binary cells are written as base64 text in jsonl / json / CSV. A write that fails (a
-full disk, a lost permission) is a :class:`WriteError` naming the path and the errno; nothing partial is left.
+Text that UTF-8 cannot hold (lone surrogates, from a JSON ``"\\ud800"`` escape, a byte that was not UTF-8 or a tar
+member name that was not) never loses the output: every format writes U+FFFD in its place, so each output reads
+back with ``pd.read_json`` / ``pyarrow.json`` (a ``"\\udcff"`` escape would be JSON that neither takes) as well
+as with pandas / pyarrow for CSV and parquet. Binary cells are written as base64 text in jsonl / json / CSV. A
+write that fails (a full disk, a lost permission) is a :class:`WriteError` naming the path and the errno; nothing
+partial is left.
 """
 
 from __future__ import annotations
@@ -121,10 +123,11 @@ class TableWriter:
         out = self._file
         for values in frame.itertuples(index=False, name=None):
             row = {c: _json_cell(v, o) for c, v, o in zip(columns, values, objects) if v is not ABSENT}
+            text = json.dumps(row, ensure_ascii=False, default=_json_default)
             try:
-                line = json.dumps(row, ensure_ascii=False, default=_json_default).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: keep it, as an escape
-                line = json.dumps(row, ensure_ascii=True, default=_json_default).encode("ascii")
+                line = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: U+FFFD, as an escape of it would be JSON no reader takes
+                line = text.encode("utf-8", _text_errors())
             if self.format == ".jsonl":
                 out.write(line + b"\n")
             else:
