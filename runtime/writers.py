@@ -16,7 +16,7 @@ import codecs
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from .atomic import publish, temporary_sibling
+from .constants import MAX_SPARSE_COLUMNS
 from .errors import InputError, write_error
-from .rows import ABSENT
+from .rows import ABSENT, error_key
 from .schema import json_column_values
 from .tables import FORMATS, table_format
 
@@ -116,13 +117,34 @@ class TableWriter:
             raise write_error(self.path, exc) from None
         self._rows += len(frame)
 
+    def write_records(self, rows: list[dict[str, Any]], scores: np.ndarray, reasons: list[str],
+                      output_key: str) -> None:
+        """Append a JSON input's rows as parsed (each a dict of only its own keys, ``TableReader.record_chunks``)
+        with their scores and reasons, to a jsonl / json output: each row costs its own keys, however many distinct
+        keys the file has. The same bytes as :meth:`write` of the rows' frame, but that keys keep each row's order."""
+        assert self.format in (".jsonl", ".json"), self.format
+        reason_key = error_key(output_key)
+        out = []
+        for row, score, reason in zip(rows, np.asarray(scores, dtype=np.float64).tolist(), reasons):
+            row = {key: _json_cell(value, True) for key, value in row.items()}
+            row[output_key], row[reason_key] = (None if math.isnan(score) else score), reason
+            out.append(row)
+        try:
+            self._write_json_rows(out)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        self._rows += len(rows)
+
     def _write_json(self, frame: pd.DataFrame) -> None:
-        assert self._file is not None
         columns = [str(c) for c in frame.columns]
         objects = [frame[c].dtype == object for c in frame.columns]
+        self._write_json_rows({c: _json_cell(v, o) for c, v, o in zip(columns, values, objects) if v is not ABSENT}
+                              for values in frame.itertuples(index=False, name=None))
+
+    def _write_json_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         out = self._file
-        for values in frame.itertuples(index=False, name=None):
-            row = {c: _json_cell(v, o) for c, v, o in zip(columns, values, objects) if v is not ABSENT}
+        assert out is not None
+        for row in rows:
             text = json.dumps(row, ensure_ascii=False, default=_json_default)
             try:
                 line = text.encode("utf-8")
@@ -227,6 +249,23 @@ class TableWriter:
     def _cleanup_parts(self) -> None:
         for part in self._parts:
             part.unlink(missing_ok=True)
+
+
+def check_sparse_width(keys: int, rows: int, source: str, output: Path) -> None:
+    """Refuse a CSV or parquet ``output`` of a JSON input with more than ``MAX_SPARSE_COLUMNS`` distinct ``keys``
+    (:class:`InputError`, before any work): it would be rows x keys cells, though each row has only its own keys.
+
+    >>> try:
+    ...     check_sparse_width(20_000, 20_000, "in.jsonl", Path("out.csv"))
+    ... except InputError as error:
+    ...     print(str(error)[:59])
+    'in.jsonl' has 20000 distinct keys, and a .csv output would
+    """
+    suffix = output.suffix.lower()
+    if suffix in (".csv", ".parquet") and keys > MAX_SPARSE_COLUMNS:
+        raise InputError(f"{source!r} has {keys} distinct keys, and a {suffix} output would give each of its {rows} "
+                         f"rows a cell for every one (more than {MAX_SPARSE_COLUMNS} keys): write .jsonl or .json "
+                         "instead, which keep each row's own keys")
 
 
 def _to_arrow(frame: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:
