@@ -294,7 +294,8 @@ def _read_chunks(reader: TableReader | WdsReader, opts: RunOptions) -> Iterator[
     """The chunks scoring reads: of a JSON input, only the image and text keys (a file whose rows each have keys
     of their own would otherwise cost rows x every key)."""
     if _is_json(reader):
-        return reader.read_chunks(opts.chunk_rows, columns=[opts.image_key, opts.text_key])  # type: ignore[call-arg]
+        keys = [key for key in (opts.image_key, opts.text_key) if key in reader.columns]  # --embed-only: one may lack
+        return reader.read_chunks(opts.chunk_rows, columns=keys)  # type: ignore[call-arg]
     return reader.read_chunks(opts.chunk_rows)
 
 
