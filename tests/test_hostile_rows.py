@@ -53,9 +53,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_preprocess import _dds_unknown_pixel_format, _png_header
 
 from conftest import GOLDENS
-from test_preprocess import _dds_unknown_pixel_format, _png_header
 
 SCRIPT = Path(sys.executable).with_name("longclip-run")
 OK_JPG = GOLDENS / "images" / "small_41x97.jpg"
@@ -557,8 +557,9 @@ def operator_cases(root: Path) -> list[Case]:
 
 
 def test_operator_returns_every_row_with_its_reason(mixed, tiny_model_dir):
-    from longclip.runtime import ImageLongCLIPEvaluator
     from test_operator import MemoryStorage
+
+    from longclip.runtime import ImageLongCLIPEvaluator
 
     cases = operator_cases(mixed.root)
     index = [f"r{n // 2}" for n in range(len(cases))]  # duplicated labels: kept as they are

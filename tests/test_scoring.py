@@ -4,7 +4,7 @@ not (squares past float32's range or below it), NaN where a row has no direction
 import numpy as np
 import pytest
 
-from longclip.runtime.scoring import l2_normalize, score_rows
+from longclip.runtime.model.scoring import l2_normalize, score_rows
 
 
 def test_ordinary_rows_are_divided_by_their_norm_bit_for_bit():

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from ..decode_pool import DecodePool, ThreadPool
-from .. import errors
-from ..embeddings import EmbeddingStore, text_sha256
-from ..errors import EngineError, RowError
-from ..model import LongCLIP
-from ..rows import cell_key, check_text, resolve_image_path, row_reason
-from ..scoring import l2_normalize, score_rows
-from ..tarshards import SHARD_COLUMN
+from ..contract import errors
+from ..contract.errors import EngineError, RowError
+from ..contract.rows import cell_key, check_text, resolve_image_path, row_reason
+from ..decode.pool import DecodePool, ThreadPool
+from ..embeddings.store import EmbeddingStore, text_sha256
+from ..inputs.tarshards import SHARD_COLUMN
+from ..model.longclip import LongCLIP
+from ..model.scoring import l2_normalize, score_rows
 
 if TYPE_CHECKING:
     import pandas as pd

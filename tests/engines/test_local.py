@@ -14,9 +14,9 @@ import pytest
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
-from longclip.runtime.errors import InputError
+from longclip.runtime.contract.errors import InputError
 from longclip.runtime.engines.local import RunOptions, run_file, work_dir_for
-from longclip.runtime.tables import TableReader, read_table
+from longclip.runtime.inputs.tables import TableReader, read_table
 
 IMG = GOLDENS / "images"
 NAMES = ["rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png", "gray_64x50.png", "animated_50x70.gif"]
@@ -44,7 +44,7 @@ def _write(path, rows):
 
 
 def _cli(*args, cwd, timeout=120):
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -182,7 +182,7 @@ def test_sigkill_then_resume_gives_the_same_file(tmp_path, tiny_model_dir):
     common = ["-m", tiny_model_dir, "--image-root", IMG, "--chunk-rows", "10", "--device", "cpu"]
     reference = _cli("in.jsonl", "-o", "ref.parquet", *common, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
-    cmd = [sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-o", "out.parquet", *map(str, common)]
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-o", "out.parquet", *map(str, common)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = work_dir_for(tmp_path / "out.parquet")
     deadline = time.time() + 60
@@ -205,7 +205,7 @@ def test_resume_refuses_a_changed_input(tmp_path, model):
     work = work_dir_for(tmp_path / "out.jsonl")
     work.mkdir()
     (work / "state.json").write_text(json.dumps({"input": "elsewhere"}))
-    from longclip.runtime.errors import InputError
+    from longclip.runtime.contract.errors import InputError
 
     with pytest.raises(InputError, match="cannot resume: input"):
         run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", RunOptions(image_root=str(IMG)), resume=True,
@@ -244,7 +244,7 @@ def test_resume_continues_with_the_same_model(tmp_path, model, monkeypatch):
 
 
 def test_resume_refuses_another_model(tmp_path, model, other_model_dir, monkeypatch):
-    from longclip.runtime.errors import InputError
+    from longclip.runtime.contract.errors import InputError
 
     opts = _interrupted_run(tmp_path, model, monkeypatch)
     other = LongCLIP(other_model_dir, device="cpu")
@@ -310,7 +310,7 @@ def test_image_bytes_in_a_parquet_column_score_as_the_same_files(tmp_path, model
 
 def test_a_model_that_fails_on_a_batch_stops_the_run_with_one_error_and_keeps_the_chunks(tmp_path, model,
                                                                                        monkeypatch):
-    from longclip.runtime.errors import EngineError
+    from longclip.runtime.contract.errors import EngineError
 
     _write(tmp_path / "in.jsonl", _rows(12))
     real, calls = model.run_vision, []
@@ -358,7 +358,7 @@ def test_a_pandas_index_saved_in_a_parquet_input_comes_back_as_a_column(tmp_path
     """A parquet written by ``DataFrame.to_parquet()`` with its index: the index columns came back in no output
     (pandas' metadata made them an index again, which the writers drop), and a parquet output failed after all
     the work (its schema named a column the frames did not have). Every output format, on one thread pool."""
-    from longclip.runtime.decode_pool import ImageSpec, make_pool
+    from longclip.runtime.decode.pool import ImageSpec, make_pool
 
     _indexed(kind).to_parquet(tmp_path / "in.parquet")
     extra = _INDEX_COLUMNS[kind]
@@ -388,7 +388,7 @@ def test_rows_with_keys_of_their_own_cost_their_own_keys(tmp_path, model, monkey
     """2,000 rows each with its own key: every frame built held every key of the file (rows x 2,002 cells, twice:
     8 million; 20,000 such rows took 9 minutes and 900 MB). Now scoring reads the image and text keys only and the
     output is written from each row's own keys: at most rows x 2 cells."""
-    from longclip.runtime.decode_pool import ImageSpec, make_pool
+    from longclip.runtime.decode.pool import ImageSpec, make_pool
 
     rows = _sparse(tmp_path / f"in{src}", 2000)
     cells = []
@@ -414,7 +414,7 @@ def test_rows_with_keys_of_their_own_cost_their_own_keys(tmp_path, model, monkey
 
 @pytest.mark.parametrize("dst", [".csv", ".parquet"])
 def test_a_wide_table_output_of_sparse_keys_is_refused_up_front(tmp_path, model, monkeypatch, dst):
-    from longclip.runtime import writers
+    from longclip.runtime.outputs import writers
 
     monkeypatch.setattr(writers, "MAX_SPARSE_COLUMNS", 12)
     _sparse(tmp_path / "at.jsonl", 10)  # 12 keys: image_path, text, k0..k9

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
-from longclip.runtime.decode_pool import ImageSpec, make_pool
+from longclip.runtime.decode.pool import ImageSpec, make_pool
 from longclip.runtime.engines.local import RunOptions, run_file
 
 JPG = (GOLDENS / "images" / "small_41x97.jpg").read_bytes()

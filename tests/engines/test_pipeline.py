@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from conftest import GOLDENS
-from longclip.runtime import LongCLIP, errors
-from longclip.runtime.decode_pool import ImageSpec, ThreadPool, make_pool
+from longclip.runtime import LongCLIP
+from longclip.runtime.contract import errors
+from longclip.runtime.contract.errors import EngineError
+from longclip.runtime.decode.pool import ImageSpec, ThreadPool, make_pool
 from longclip.runtime.engines import pipeline as pipeline_module
 from longclip.runtime.engines.pipeline import Pipeline, Work
-from longclip.runtime.errors import EngineError
 
 IMG = GOLDENS / "images"
 DISTINCT = ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")  # three images of different bytes
@@ -131,7 +132,7 @@ def test_an_embedding_of_huge_or_tiny_finite_values_scores_as_its_direction(tmp_
     """Squares past float32's range (1e30**2) or below it (1e-30**2) made the norm inf or 0: the row came back NaN
     with an empty reason, and an embeddings folder refused the vector. Scaled first, the row scores as the same
     vector of ordinary size does, and is kept."""
-    from longclip.runtime.embeddings import EmbeddingStore, StoreIdentity
+    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
 
     paths = [str(IMG / name) for name in DISTINCT]
     texts = ["a cat", "a dog", "a bird"]
@@ -160,7 +161,7 @@ def test_an_embedding_of_huge_or_tiny_finite_values_scores_as_its_direction(tmp_
     ("vision", -np.inf, "NaN or inf"), ("text", np.inf, "NaN or inf")])
 def test_an_embedding_with_no_direction_costs_its_row_and_is_not_kept(tmp_path, model, monkeypatch, tower, poison,
                                                                      gave):
-    from longclip.runtime.embeddings import EmbeddingStore, StoreIdentity
+    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
 
     paths = [str(IMG / name) for name in DISTINCT]
     name = "run_vision" if tower == "vision" else "run_text"

@@ -18,10 +18,10 @@ import pytest
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
-from longclip.runtime.errors import EngineError, InputError, ModelDirError
+from longclip.runtime.contract.errors import EngineError, InputError, ModelDirError
 from longclip.runtime.engines.local import RunOptions, run_file
 from longclip.runtime.engines.shards import find_shards, output_target
-from longclip.runtime.tables import read_table
+from longclip.runtime.inputs.tables import read_table
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason='needs the ray extra: pip install "longclip[ray]" (.ci/run does)')
@@ -244,7 +244,7 @@ def test_plan_workers():
 
 
 def _cli(*args, cwd, timeout=180, prelude=""):
-    code = f"{prelude}from longclip.runtime.cli import main; main()"
+    code = f"{prelude}from longclip.runtime.cli.run import main; main()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -367,7 +367,7 @@ def test_ray_embeddings_are_written_by_the_workers_and_reused(tmp_path, ray_clus
     _run_ray(tiny_model_dir, str(tmp_path / "in.jsonl"), str(tmp_path / "a.parquet"), opts, "cpu", ray_opts)
     images = pads.dataset(tmp_path / "emb" / "images").to_table()
     assert images.num_rows == len(NAMES) and sorted(images.column("image_path").to_pylist()) == sorted(NAMES)
-    from longclip.runtime.embeddings import EmbeddingStore
+    from longclip.runtime.embeddings.store import EmbeddingStore
 
     with EmbeddingStore(tmp_path / "emb", write=False) as store:  # indexed by the driver
         assert len(store.has_images(images.column("sha256").to_pylist())) == len(NAMES)

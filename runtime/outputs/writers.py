@@ -23,12 +23,12 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .atomic import publish, temporary_sibling
-from .constants import MAX_SPARSE_COLUMNS
-from .errors import InputError, write_error
-from .rows import ABSENT, error_key
-from .schema import json_column_values
-from .tables import FORMATS, table_format
+from ..contract.atomic import publish, temporary_sibling
+from ..contract.constants import MAX_SPARSE_COLUMNS
+from ..contract.errors import InputError, write_error
+from ..contract.rows import ABSENT, error_key
+from ..inputs.schema import json_column_values
+from ..inputs.tables import FORMATS, table_format
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import errors
-from .errors import InputError
-from .manifest import sha256_file
-from .rows import ABSENT, is_utf8
+from ..contract import errors
+from ..contract.errors import InputError
+from ..contract.manifest import sha256_file
+from ..contract.rows import ABSENT, is_utf8
 from .schema import ColumnKinds
 
 if TYPE_CHECKING:

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from .cpus import plan_cpus
-from .errors import InputError
-from .engines.chunk import score_frame
-from .model import LongCLIP
-from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
-from .session import wants_gpu
+from ..contract.errors import InputError
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns
+from ..decode.cpus import plan_cpus
+from ..engines.chunk import score_frame
+from ..model.longclip import LongCLIP
+from ..model.session import wants_gpu
 
 if TYPE_CHECKING:
-    from .embeddings import EmbeddingStore
+    from ..embeddings.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,6 @@ class ImageLongCLIPEvaluator:
         return [output_key]
 
     def _store(self) -> EmbeddingStore:
-        from .embeddings import EmbeddingStore, StoreIdentity
+        from ..embeddings.store import EmbeddingStore, StoreIdentity
 
         return EmbeddingStore(self.embeddings_dir, StoreIdentity.of(self.model.manifest))  # type: ignore[arg-type]
