@@ -123,3 +123,44 @@ def test_a_run_logs_its_summary_and_shows_progress_when_asked(tiny_model_dir, fr
                                     "missing_file 1, not_an_image 1, directory 1, null_path 1, null_text 1); each "
                                     "reason is in the error column")
     assert "10/10" in capsys.readouterr().err
+
+
+def test_integer_column_names_are_columns_like_any_other(tiny_model_dir, frame):
+    """A frame whose columns are ints (``pd.DataFrame(rows)``) is scored with ``input_image_key=0``: the same scores
+    as the same frame with string names."""
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu")
+    named = MemoryStorage(frame)
+    evaluator.run(named)
+    numbered = MemoryStorage(frame.set_axis([0, 1, 2], axis=1))
+    assert evaluator.run(numbered, input_image_key=0, input_text_key=1) == ["longclip_score"]
+    (out,) = numbered.written
+    assert list(out.columns) == [0, 1, 2, "longclip_score", "longclip_score_error"]
+    np.testing.assert_array_equal(out["longclip_score"].to_numpy(), named.written[0]["longclip_score"].to_numpy())
+    assert out["longclip_score_error"].tolist() == named.written[0]["longclip_score_error"].tolist()
+    floats = MemoryStorage(frame.set_axis([0.5, "text", 7], axis=1))  # mixed labels: a float and an int too
+    evaluator.run(floats, input_image_key=0.5, input_text_key="text")
+    assert floats.written[0]["longclip_score"].tolist()[:1] == named.written[0]["longclip_score"].tolist()[:1]
+
+
+@pytest.mark.parametrize(("image_key", "columns", "message"), [
+    (0, ["image_path", "text", "note"], r"column 0 not in the input; columns are \['image_path', 'text', 'note'\]"),
+    ("0", [0, 1, 2], r"column '0' not in the input; columns are \['0', '1', '2'\]; did you mean 0\? "
+                     r"\(pass input_image_key 0 \(a int, not '0'\)\)"),
+    (True, [1, 0, 2], r"input_image_key=True \(bool\) is not a column name"),  # True == 1: never column 1
+    (["image_path"], ["image_path", "text", "note"], r"input_image_key=\['image_path'\] \(list\) is not a column"),
+    (None, ["image_path", "text", "note"], r"column None not in the input"),
+])
+def test_a_key_that_names_no_column_is_one_clear_error(tiny_model_dir, frame, image_key, columns, message):
+    evaluator = ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu")
+    storage = MemoryStorage(frame.set_axis(columns, axis=1))
+    with pytest.raises(InputError, match=message):
+        evaluator.run(storage, input_image_key=image_key, input_text_key=columns[1])
+    assert storage.written == []
+
+
+@pytest.mark.parametrize("output_key", [0, "", None, ("a",)])
+def test_an_output_key_that_is_not_a_name_is_refused(tiny_model_dir, frame, output_key):
+    storage = MemoryStorage(frame)
+    with pytest.raises(InputError, match=r"output_key=.*: pass a non-empty string"):
+        ImageLongCLIPEvaluator(str(tiny_model_dir), device="cpu").run(storage, output_key=output_key)
+    assert storage.written == []

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from ..contract.errors import error_code
+from ..contract.errors import InputError, error_code
 from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY, check_columns, check_output_columns, error_key
 from ..engines.assemble import load_model, open_store, split_cpus
 from ..engines.chunk import score_frame
@@ -73,11 +73,15 @@ class ImageLongCLIPEvaluator:
     ) -> list[str]:
         """Read ``storage.read("dataframe")``, add ``output_key`` (and ``<output_key>_error``), write once.
 
-        The frame is checked before any row is scored: both columns present, and the score and reason columns not
-        already there unless the operator was made with ``overwrite_columns=True``.
+        The frame is checked before any row is scored: both columns present (column names need not be strings:
+        ``input_image_key=0`` names a column ``0``), and the score and reason columns not already there unless
+        the operator was made with ``overwrite_columns=True``; a key that names no column is an :class:`InputError` naming it and the columns.
         """
+        if not isinstance(output_key, str) or not output_key:  # it names two new columns: key and key + "_error"
+            raise InputError(f"output_key={output_key!r} ({type(output_key).__name__}): pass a non-empty string, the "
+                             "name of the score column to add")
         frame: pd.DataFrame = storage.read("dataframe")
-        check_columns(list(frame.columns), {input_image_key: "input_image_key", input_text_key: "input_text_key"})
+        check_columns(list(frame.columns), [(input_image_key, "input_image_key"), (input_text_key, "input_text_key")])
         check_output_columns(list(frame.columns), output_key, self.overwrite_columns,
                              option="ImageLongCLIPEvaluator(..., overwrite_columns=True)")
         with self._store() if self.embeddings_dir is not None else contextlib.nullcontext() as store:

@@ -39,6 +39,10 @@ embeddings folder): a larger one costs its row, never the run's memory."""
 CHUNK_ROWS = 1024
 """Rows scored (and, by the local engine, checkpointed) together (``--chunk-rows``)."""
 
+MAX_SPARSE_COLUMNS = 4096
+"""The most distinct keys a JSON input may have for a CSV or parquet output, where every row gets a cell for every
+key (rows x keys cells, written and read whole); a jsonl / json output keeps each row's own keys, at any count."""
+
 DECODE_TIMEOUT = 120.0
 """Seconds one image may take in a worker before it is killed (``--decode-timeout``): generous, since a huge
 legitimate image on a loaded machine takes seconds; a stalled network read takes forever."""

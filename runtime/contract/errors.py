@@ -84,7 +84,7 @@ TOO_LONG = "too_long"  # tokenize(..., truncate=False) only
 BAD_ENCODING = "bad_encoding"  # a jsonl line that is not UTF-8
 CORRUPT_SHARD = "corrupt_shard"  # one row for the rest of a WebDataset shard that stops being a valid tar
 DUPLICATE_MEMBER = "duplicate_member"  # a WebDataset sample with two image (or text) members: which is meant?
-NON_FINITE = "non_finite_embedding"  # the model gave NaN or inf for this row's image or text (an fp16 overflow)
+NON_FINITE = "non_finite_embedding"  # no unit vector from the model: NaN, inf or zeros (an fp16 overflow)
 
 IMAGE_CODES = (NULL_PATH, BAD_PATH, MISSING_FILE, DIRECTORY, NOT_A_FILE, UNREADABLE, EMPTY_FILE, NOT_AN_IMAGE,
                UNDECODABLE, TOO_MANY_PIXELS, DECODER_CRASHED, DECODE_TIMEOUT)

@@ -49,7 +49,8 @@ def error_key(output_key: str) -> str:
     return f"{output_key}_error"
 
 
-def check_columns(columns: Sequence[object], keys: dict[str, str], where: str = "the input") -> None:
+def check_columns(columns: Sequence[object], keys: dict[str, str] | Sequence[tuple[object, str]],
+                  where: str = "the input") -> None:
     """Raise :class:`InputError` for the first of ``keys`` (column -> the option that names it) missing from
     ``columns``, listing the columns there are and suggesting a near name.
 
@@ -59,12 +60,24 @@ def check_columns(columns: Sequence[object], keys: dict[str, str], where: str = 
     ...     print(error)
     column 'image_path' not in the input; columns are ['image', 'text']; did you mean 'image'? (pass --image-key image)
     """
-    names = [str(c) for c in columns]
-    for key, option in keys.items():
-        if key not in names:
-            near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}? (pass {option} {near[0]})" if near else f"; pass {option} naming one"
-            raise InputError(f"column {key!r} not in {where}; columns are {names}{hint}")
+    labels = list(columns)
+    names = [str(c) for c in labels]
+    for key, option in keys.items() if isinstance(keys, dict) else keys:  # pairs: a caller's key may be a list
+        if not isinstance(key, Hashable) or isinstance(key, bool):  # True == 1 would select a column named 1
+            raise InputError(f"{option}={key!r} ({type(key).__name__}) is not a column name: pass one of {names}")
+        if _has_label(labels, key):
+            continue
+        near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        label = labels[names.index(near[0])] if near else None
+        shown = label if isinstance(label, str) else f"{label!r} (a {type(label).__name__}, not {str(label)!r})"
+        hint = f"; did you mean {label!r}? (pass {option} {shown})" if near else f"; pass {option} naming one"
+        raise InputError(f"column {key!r} not in {where}; columns are {names}{hint}")
+
+
+def _has_label(labels: list[object], key: Hashable) -> bool:
+    """Whether ``key`` is one of ``labels`` (a DataFrame's columns may be ints too), a bool only as a bool."""
+    return any(label == key and isinstance(label, bool) == isinstance(key, bool) for label in labels
+               if isinstance(label, Hashable))
 
 
 def check_output_columns(columns: Sequence[object], output_key: str, overwrite: bool = False,

@@ -39,11 +39,11 @@ from ..contract.rows import (
 )
 from ..decode.pool import DecodePool, ThreadPool
 from ..embeddings.store import EmbeddingStore
-from ..inputs.tables import TableReader, same_file
+from ..inputs.tables import Chunk, TableReader, same_file
 from ..inputs.webdataset import WdsOptions, WdsReader, is_webdataset
 from ..model.longclip import LongCLIP
 from ..outputs.lock import OutputLock
-from ..outputs.writers import TableWriter
+from ..outputs.writers import TableWriter, check_sparse_width
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work
 
@@ -172,6 +172,8 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
         raise InputError(f"output {str(output)!r} is the input file: choose another output (the input is never "
                          "overwritten)")
     TableWriter.check(output)
+    if _is_json(reader):
+        check_sparse_width(len(reader.columns), reader.n_rows, str(reader.path), output)
     lock = OutputLock(output)
     lock.acquire()
     try:
@@ -289,7 +291,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
 
     def works() -> Iterator[Work]:
-        for part, chunk in zip(parts, reader.read_chunks(opts.chunk_rows)):
+        for part, chunk in zip(parts, _read_chunks(reader, opts)):
             if part.is_file():
                 done = _load_part(part)
                 summary.resumed_rows += len(done.errors)
@@ -309,9 +311,14 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
             summary.add(result)
     writer = plan.writer
     try:
-        for part, chunk in zip(parts, reader.chunks(opts.chunk_rows)):
-            result = _load_part(part)
-            writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
+        if _is_json(reader) and writer.format in (".jsonl", ".json"):  # each row as parsed: its own keys only
+            for part, rows in zip(parts, reader.record_chunks(opts.chunk_rows)):  # type: ignore[union-attr]
+                result = _load_part(part)
+                writer.write_records(rows, result.scores, result.errors, opts.output_key)
+        else:
+            for part, chunk in zip(parts, reader.chunks(opts.chunk_rows)):
+                result = _load_part(part)
+                writer.write(with_scores(chunk, result.scores, result.errors, opts.output_key))
         if reader.n_rows == 0:  # still write the header / schema
             writer.write(no_rows(reader.columns, opts.output_key))
         writer.commit()
@@ -321,6 +328,19 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     shutil.rmtree(work)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _is_json(reader: TableReader | WdsReader) -> bool:
+    return isinstance(reader, TableReader) and reader.format in (".jsonl", ".json")
+
+
+def _read_chunks(reader: TableReader | WdsReader, opts: RunOptions) -> Iterator[Chunk]:
+    """The chunks scoring reads: of a JSON input, only the image and text keys (a file whose rows each have keys
+    of their own would otherwise cost rows x every key)."""
+    if _is_json(reader):
+        keys = [key for key in (opts.image_key, opts.text_key) if key in reader.columns]  # --embed-only: one may lack
+        return reader.read_chunks(opts.chunk_rows, columns=keys)  # type: ignore[call-arg]
+    return reader.read_chunks(opts.chunk_rows)
 
 
 @contextlib.contextmanager
@@ -372,7 +392,7 @@ def embed_file(model: LongCLIP, source: str | os.PathLike[str] | TableReader | W
                          scoring=False)
 
     def works() -> Iterator[Work]:
-        for chunk in reader.read_chunks(opts.chunk_rows):
+        for chunk in _read_chunks(reader, opts):
             yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
     absent = {code for code, key in ((NULL_PATH, opts.image_key), (NULL_TEXT, opts.text_key))

@@ -317,18 +317,19 @@ class Pipeline:
             if len(chunk.token_parts) == chunk.token_jobs:
                 self._send_texts(chunk, model_queue)
         elif kind in ("vision", "text_embeds"):
-            _, chunk, keys, embeds = event
+            _, chunk, keys, embeds, zeros = event
             if kind == "vision":
                 self._vision_queued -= 1
             embedded, failed = (chunk.image_embeds, chunk.image_failed) if kind == "vision" else \
                 (chunk.text_embeds, chunk.text_failed)
-            for key, embedding, finite in zip(keys, embeds, np.isfinite(embeds).all(axis=1)):
+            for key, embedding, finite, zero in zip(keys, embeds, np.isfinite(embeds).all(axis=1), zeros):
                 if finite:
                     embedded[key] = embedding
                 else:  # never scored, nor kept in an embeddings folder
                     what = "image" if kind == "vision" else "text"
+                    gave = "a vector of zeros (no direction)" if zero else "NaN or inf"
                     failed[key if kind == "vision" else cell_key(key)] = (
-                        f"{errors.NON_FINITE}: the model gave NaN or inf for this {what}")
+                        f"{errors.NON_FINITE}: the model gave {gave} for this {what}")
             chunk.model_jobs -= 1
             if kind == "vision":
                 chunk.images_back += len(keys)
@@ -397,14 +398,16 @@ class Pipeline:
             try:
                 run = self.model.run_vision if kind == "vision" else self.model.run_text
                 # normalized once, here: an embedding kept (or read back from an embeddings folder) scores exactly
-                # as one just computed, and as LongCLIP.encode_* gives it
-                with np.errstate(invalid="ignore", divide="ignore"):  # NaN or inf: the row's reason, on the main thread
-                    embeds = l2_normalize(run(batch, stop))
+                # as one just computed, and as LongCLIP.encode_* gives it. A row that comes out NaN (NaN, inf or
+                # zeros in; huge finite values are scaled, not lost) is the row's reason, on the main thread.
+                raw = run(batch, stop)
+                embeds = l2_normalize(raw)
+                zeros = ~np.asarray(raw).any(axis=1)
             except Exception as exc:  # noqa: BLE001 - raised again on the main thread
                 self.pool.events.put(("model_failed", exc))
                 return
             self.busy["image" if kind == "vision" else "text"] += time.perf_counter() - start
-            self.pool.events.put((kind, chunk, keys, embeds))
+            self.pool.events.put((kind, chunk, keys, embeds, zeros))
 
     def _keep(self, chunk: _Chunk) -> None:
         """Read the chunk's cached image embeddings; add the ones it computed to the embeddings folder (an image

@@ -226,8 +226,10 @@ class TableReader:
         for chunk in self.read_chunks(n):
             yield chunk.frame
 
-    def read_chunks(self, n: int) -> Iterator[Chunk]:
-        """As :meth:`chunks`, each with the rows' read reasons (``""``, or ``bad_encoding: ...``)."""
+    def read_chunks(self, n: int, columns: list[str] | None = None) -> Iterator[Chunk]:
+        """As :meth:`chunks`, each with the rows' read reasons (``""``, or ``bad_encoding: ...``). ``columns``: the
+        ones the caller reads (the image and text keys): a JSON input's frames then hold only those, so a file
+        whose rows each have keys of their own costs rows x these columns, not rows x every key of the file."""
         if self.format == ".parquet":
             for frame in self._parquet_frames(n):
                 yield Chunk(frame, [""] * len(frame))
@@ -235,12 +237,22 @@ class TableReader:
             for group in batched(self._csv_records(), n):
                 frame = pd.DataFrame([f for f, _ in group], columns=self.columns, dtype=object)
                 yield Chunk(frame, [r for _, r in group])
-        elif self._records is not None:
-            for group in batched(zip(self._records, self._record_reasons), n):
-                yield Chunk(self._frame([row for row, _ in group]), [reason for _, reason in group])
         else:
-            for group in batched(self._jsonl_rows(), n):
-                yield Chunk(self._frame([row for _, row, _ in group]), [reason for *_, reason in group])
+            keys = self.columns if columns is None else list(dict.fromkeys(columns))
+            for group in self._json_groups(n):
+                yield Chunk(_frame([row for row, _ in group], keys), [reason for _, reason in group])
+
+    def record_chunks(self, n: int) -> Iterator[list[dict[str, Any]]]:
+        """A JSON input's rows as parsed, ``n`` at a time, each a dict of only the keys it has: what the jsonl / json
+        writers take, linear in each row's own keys however many distinct keys the file has."""
+        for group in self._json_groups(n):
+            yield [row for row, _ in group]
+
+    def _json_groups(self, n: int) -> Iterator[list[tuple[dict[str, Any], str]]]:
+        if self._records is not None:
+            yield from batched(zip(self._records, self._record_reasons), n)
+        else:
+            yield from batched(((row, reason) for _, row, reason in self._jsonl_rows()), n)
 
     def _parquet_frames(self, n: int) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
@@ -249,12 +261,15 @@ class TableReader:
         # memory then grows with the file (Arrow's pool peaked at 87 MB for 1.2M rows, 8 MB for 30k).
         file = pq.ParquetFile(self.path)
         batches = (b for g in range(file.num_row_groups) for b in file.iter_batches(batch_size=n, row_groups=[g]))
-        yield from _rechunk((b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), n)
+        # ignore_metadata: a pandas index saved as a column (a named index, `__index_level_0__`) is a column like
+        # any other, not an index to restore and then lose; a RangeIndex is only metadata, no column
+        frames = (b.to_pandas(types_mapper=pd.ArrowDtype, ignore_metadata=True) for b in batches)
+        yield from _rechunk(frames, n)
 
-    def _frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        # object columns keep every value as parsed (ints stay ints, a NaN stays NaN); an absent key is ABSENT
-        return pd.DataFrame({c: [row.get(c, ABSENT) for row in rows] for c in self.columns}, dtype=object,
-                            columns=self.columns)
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    # object columns keep every value as parsed (ints stay ints, a NaN stays NaN); an absent key is ABSENT
+    return pd.DataFrame({c: [row.get(c, ABSENT) for row in rows] for c in columns}, dtype=object, columns=columns)
 
 
 def loads_json(text: str) -> Any:

@@ -10,9 +10,23 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
     >>> l2_normalize(np.array([[3.0, 4.0]], dtype=np.float32)).tolist()
     [[0.6000000238418579, 0.800000011920929]]
+
+    A row whose squares overflow float32 (values past ~1.8e19) or underflow to 0 is scaled by its largest value first,
+    and still comes out a unit vector; every other row is divided by its norm, bit for bit as always. A row of NaN,
+    inf or zeros has no direction: it comes out with NaN in it (the pipeline's ``non_finite_embedding``).
+
+    >>> l2_normalize(np.array([[3e30, 4e30]], dtype=np.float32)).tolist()
+    [[0.5999999642372131, 0.800000011920929]]
     """
     x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+        out = x / norms
+        lost = ~((norms > 0) & np.isfinite(norms))[..., 0] & np.isfinite(x).all(axis=-1)
+        if lost.any():  # rare: only these rows pay for the second pass
+            scaled = x[lost] / np.abs(x[lost]).max(axis=-1, keepdims=True)
+            out[lost] = scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)
+    return out
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

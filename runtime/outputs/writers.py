@@ -1,10 +1,12 @@
 """Row files out: stream DataFrames into a temporary file beside the output and move it into place only when
 complete, so a killed run never leaves a partial file.
 
-Text that UTF-8 cannot hold (lone surrogates, from a JSON ``"\\ud800"`` escape or a byte that was not UTF-8) never
-loses the output: jsonl / json keep it as a ``\\uXXXX`` escape (the line is written ASCII-only), CSV and parquet
-write U+FFFD in its place. Binary cells are written as base64 text in jsonl / json / CSV. A write that fails (a
-full disk, a lost permission) is a :class:`WriteError` naming the path and the errno; nothing partial is left.
+Text that UTF-8 cannot hold (lone surrogates, from a JSON ``"\\ud800"`` escape, a byte that was not UTF-8 or a tar
+member name that was not) never loses the output: every format writes U+FFFD in its place, so each output reads
+back with ``pd.read_json`` / ``pyarrow.json`` (a ``"\\udcff"`` escape would be JSON that neither takes) as well
+as with pandas / pyarrow for CSV and parquet. Binary cells are written as base64 text in jsonl / json / CSV. A
+write that fails (a full disk, a lost permission) is a :class:`WriteError` naming the path and the errno; nothing
+partial is left.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import codecs
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -22,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ..contract.atomic import PARTIAL, publish, temporary_sibling
+from ..contract.constants import MAX_SPARSE_COLUMNS
 from ..contract.errors import InputError, write_error
-from ..contract.rows import ABSENT
+from ..contract.rows import ABSENT, error_key
 from ..inputs.schema import json_column_values
 from ..inputs.tables import FORMATS, table_format
 
@@ -114,17 +117,39 @@ class TableWriter:
             raise write_error(self.path, exc) from None
         self._rows += len(frame)
 
+    def write_records(self, rows: list[dict[str, Any]], scores: np.ndarray, reasons: list[str],
+                      output_key: str) -> None:
+        """Append a JSON input's rows as parsed (each a dict of only its own keys, ``TableReader.record_chunks``)
+        with their scores and reasons, to a jsonl / json output: each row costs its own keys, however many distinct
+        keys the file has. The same bytes as :meth:`write` of the rows' frame, but that keys keep each row's order."""
+        assert self.format in (".jsonl", ".json"), self.format
+        reason_key = error_key(output_key)
+        out = []
+        for row, score, reason in zip(rows, np.asarray(scores, dtype=np.float64).tolist(), reasons):
+            row = {key: _json_cell(value, True) for key, value in row.items()}
+            row[output_key], row[reason_key] = (None if math.isnan(score) else score), reason
+            out.append(row)
+        try:
+            self._write_json_rows(out)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        self._rows += len(rows)
+
     def _write_json(self, frame: pd.DataFrame) -> None:
-        assert self._file is not None
         columns = [str(c) for c in frame.columns]
         objects = [frame[c].dtype == object for c in frame.columns]
+        self._write_json_rows({c: _json_cell(v, o) for c, v, o in zip(columns, values, objects) if v is not ABSENT}
+                              for values in frame.itertuples(index=False, name=None))
+
+    def _write_json_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         out = self._file
-        for values in frame.itertuples(index=False, name=None):
-            row = {c: _json_cell(v, o) for c, v, o in zip(columns, values, objects) if v is not ABSENT}
+        assert out is not None
+        for row in rows:
+            text = json.dumps(row, ensure_ascii=False, default=_json_default)
             try:
-                line = json.dumps(row, ensure_ascii=False, default=_json_default).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: keep it, as an escape
-                line = json.dumps(row, ensure_ascii=True, default=_json_default).encode("ascii")
+                line = text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: U+FFFD, as an escape of it would be JSON no reader takes
+                line = text.encode("utf-8", _text_errors())
             if self.format == ".jsonl":
                 out.write(line + b"\n")
             else:
@@ -224,6 +249,23 @@ class TableWriter:
     def _cleanup_parts(self) -> None:
         for part in self._parts:
             part.unlink(missing_ok=True)
+
+
+def check_sparse_width(keys: int, rows: int, source: str, output: Path) -> None:
+    """Refuse a CSV or parquet ``output`` of a JSON input with more than ``MAX_SPARSE_COLUMNS`` distinct ``keys``
+    (:class:`InputError`, before any work): it would be rows x keys cells, though each row has only its own keys.
+
+    >>> try:
+    ...     check_sparse_width(20_000, 20_000, "in.jsonl", Path("out.csv"))
+    ... except InputError as error:
+    ...     print(str(error)[:59])
+    'in.jsonl' has 20000 distinct keys, and a .csv output would
+    """
+    suffix = output.suffix.lower()
+    if suffix in (".csv", ".parquet") and keys > MAX_SPARSE_COLUMNS:
+        raise InputError(f"{source!r} has {keys} distinct keys, and a {suffix} output would give each of its {rows} "
+                         f"rows a cell for every one (more than {MAX_SPARSE_COLUMNS} keys): write .jsonl or .json "
+                         "instead, which keep each row's own keys")
 
 
 def _to_arrow(frame: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:

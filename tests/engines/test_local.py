@@ -14,6 +14,7 @@ import pytest
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
+from longclip.runtime.contract.errors import InputError
 from longclip.runtime.engines.local import RunOptions, run_file, work_dir_for
 from longclip.runtime.inputs.tables import TableReader, read_table
 
@@ -346,3 +347,115 @@ def test_an_earlier_output_survives_a_rerun_killed_part_way(tmp_path, tiny_model
     proc.wait()
     assert 3 <= len(list(work.glob("chunk-*.npz"))) < 90, "the re-run should have been killed part-way"
     assert (tmp_path / "out.jsonl").read_bytes() == before
+
+
+def _indexed(kind: str) -> pd.DataFrame:
+    """Six rows with an index pandas saves in the parquet file (or, a RangeIndex, in its metadata only)."""
+    frame = pd.DataFrame({"image_path": [NAMES[i % 3] for i in range(6)], "text": [f"caption {i}" for i in range(6)]})
+    if kind == "named":
+        return frame.set_axis(pd.Index([10, 3, 7, 7, 99, -1], name="row_id"))
+    if kind == "unnamed":  # saved as __index_level_0__
+        return frame.set_axis(pd.Index(["a", "b", "c", "d", "e", "f"]))
+    if kind == "multi":
+        return frame.set_axis(pd.MultiIndex.from_arrays([[1, 1, 2, 2, 3, 3], list("xyxyxy")], names=["k", None]))
+    if kind == "clash":  # an index named like a column: pandas saves it as __index_level_0__
+        return frame.set_axis(pd.Index([f"other {i}" for i in range(6)], name="text"))
+    return frame.set_axis(pd.RangeIndex(100, 112, 2))  # "range": metadata only, no column
+
+
+# the columns each file holds, with their values, beyond image_path and text
+_INDEX_COLUMNS = {
+    "named": {"row_id": [10, 3, 7, 7, 99, -1]},
+    "unnamed": {"__index_level_0__": list("abcdef")},
+    "multi": {"k": [1, 1, 2, 2, 3, 3], "__index_level_1__": list("xyxyxy")},
+    "clash": {"__index_level_0__": [f"other {i}" for i in range(6)]},
+    "range": {},
+}
+
+
+@pytest.mark.parametrize("kind", list(_INDEX_COLUMNS))
+def test_a_pandas_index_saved_in_a_parquet_input_comes_back_as_a_column(tmp_path, model, kind):
+    """A parquet written by ``DataFrame.to_parquet()`` with its index: the index columns came back in no output
+    (pandas' metadata made them an index again, which the writers drop), and a parquet output failed after all
+    the work (its schema named a column the frames did not have). Every output format, on one thread pool."""
+    from longclip.runtime.decode.pool import ImageSpec, make_pool
+
+    _indexed(kind).to_parquet(tmp_path / "in.parquet")
+    extra = _INDEX_COLUMNS[kind]
+    with make_pool(ImageSpec.of(model.manifest, 10**8), 8, 0) as pool:
+        for dst in (".jsonl", ".json", ".csv", ".parquet"):
+            run_file(model, tmp_path / "in.parquet", tmp_path / f"out{dst}",
+                     RunOptions(image_root=str(IMG), chunk_rows=4), progress=False, pool=pool)
+            out = pd.read_parquet(tmp_path / f"out{dst}") if dst == ".parquet" else read_table(tmp_path / f"out{dst}")
+            assert list(out.columns) == ["image_path", "text", *extra, "longclip_score", "longclip_score_error"], dst
+            assert list(out.index) == list(range(6))
+            assert out["text"].tolist() == [f"caption {i}" for i in range(6)]
+            for name, values in extra.items():
+                assert [str(v) for v in out[name]] == [str(v) for v in values], (dst, name)
+            assert (out["longclip_score_error"] == "").all() and out["longclip_score"].notna().all()
+
+
+def _sparse(path, n):
+    """``n`` rows, each with a key of its own (``k<i>``) besides the image and the text."""
+    rows = [{"image_path": NAMES[0], "text": "a photo", f"k{i}": i} for i in range(n)]
+    _write(path, rows)
+    return rows
+
+
+@pytest.mark.parametrize("src", [".jsonl", ".json"])
+@pytest.mark.parametrize("dst", [".jsonl", ".json"])
+def test_rows_with_keys_of_their_own_cost_their_own_keys(tmp_path, model, monkeypatch, src, dst):
+    """2,000 rows each with its own key: every frame built held every key of the file (rows x 2,002 cells, twice:
+    8 million; 20,000 such rows took 9 minutes and 900 MB). Now scoring reads the image and text keys only and the
+    output is written from each row's own keys: at most rows x 2 cells."""
+    from longclip.runtime.decode.pool import ImageSpec, make_pool
+
+    rows = _sparse(tmp_path / f"in{src}", 2000)
+    cells = []
+    read_chunks = TableReader.read_chunks
+
+    def counted(self, *args, **kwargs):
+        for chunk in read_chunks(self, *args, **kwargs):
+            cells.append(chunk.frame.size)
+            yield chunk
+
+    monkeypatch.setattr(TableReader, "read_chunks", counted)
+    with make_pool(ImageSpec.of(model.manifest, 10**8), 8, 0) as pool:
+        summary = run_file(model, tmp_path / f"in{src}", tmp_path / f"out{dst}",
+                           RunOptions(image_root=str(IMG), chunk_rows=500), progress=False, pool=pool)
+    assert summary.scored == 2000
+    assert len(cells) == 4 and sum(cells) == 2000 * 2
+    text = (tmp_path / f"out{dst}").read_text()
+    out = [json.loads(line) for line in text.splitlines()] if dst == ".jsonl" else json.loads(text)
+    score = out[0]["longclip_score"]
+    assert 0 <= score <= 1
+    assert out == [{**row, "longclip_score": score, "longclip_score_error": ""} for row in rows]
+
+
+@pytest.mark.parametrize("dst", [".csv", ".parquet"])
+def test_a_wide_table_output_of_sparse_keys_is_refused_up_front(tmp_path, model, monkeypatch, dst):
+    from longclip.runtime.outputs import writers
+
+    monkeypatch.setattr(writers, "MAX_SPARSE_COLUMNS", 12)
+    _sparse(tmp_path / "at.jsonl", 10)  # 12 keys: image_path, text, k0..k9
+    run_file(model, tmp_path / "at.jsonl", tmp_path / f"at{dst}", RunOptions(image_root=str(IMG)), progress=False)
+    assert len(read_table(tmp_path / f"at{dst}").columns) == 14
+    _sparse(tmp_path / "over.jsonl", 11)
+    message = (r"'.*over.jsonl' has 13 distinct keys, and a \%s output would give each of its 11 rows a cell for "
+               r"every one \(more than 12 keys\): write .jsonl or .json instead" % dst)
+    with pytest.raises(InputError, match=message):
+        run_file(model, tmp_path / "over.jsonl", tmp_path / f"over{dst}", RunOptions(image_root=str(IMG)),
+                 progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["at.jsonl", f"at{dst}", "over.jsonl"])
+
+
+def test_the_default_width_limit_refuses_20000_sparse_keys_for_csv_and_parquet(tmp_path):
+    from longclip.runtime.engines.local import plan_file
+
+    _sparse(tmp_path / "in.jsonl", 20_000)
+    for dst in (".csv", ".parquet"):
+        with pytest.raises(InputError, match=r"has 20002 distinct keys.*more than 4096 keys\): write .jsonl"):
+            plan_file(tmp_path / "in.jsonl", tmp_path / f"out{dst}")
+    with plan_file(tmp_path / "in.jsonl", tmp_path / "out.jsonl") as plan:  # jsonl: any count
+        assert len(plan.reader.columns) == 20_002
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import GOLDENS
@@ -17,6 +18,7 @@ from longclip.runtime.engines import pipeline as pipeline_module
 from longclip.runtime.engines.pipeline import Pipeline, Work
 
 IMG = GOLDENS / "images"
+DISTINCT = ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")  # three images of different bytes
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,61 @@ def test_what_a_ray_worker_remembers_recording_stays_bounded_and_keeps_keys_met_
     assert new_hot == 1 and max(sizes) <= 200
     assert recent.add((0).to_bytes(4, "big"))  # forgotten: recorded again (a duplicate record; the newest wins)
     assert not recent.add((9_999).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize(("tower", "scale"), [("vision", 1e30), ("text", 1e30), ("vision", 3e37), ("text", 1e-30)])
+def test_an_embedding_of_huge_or_tiny_finite_values_scores_as_its_direction(tmp_path, model, monkeypatch, tower,
+                                                                            scale):
+    """Squares past float32's range (1e30**2) or below it (1e-30**2) made the norm inf or 0: the row came back NaN
+    with an empty reason, and an embeddings folder refused the vector. Scaled first, the row scores as the same
+    vector of ordinary size does, and is kept."""
+    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
+
+    paths = [str(IMG / name) for name in DISTINCT]
+    texts = ["a cat", "a dog", "a bird"]
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool:
+        plain = next(Pipeline(model, pool, batch_size=8).run([Work(paths, texts)]))
+    name = "run_vision" if tower == "vision" else "run_text"
+    real = getattr(model, name)
+
+    def scaled(batch, stop=None):
+        out = real(batch, stop)
+        out[1] = out[1] * np.float32(scale) / np.abs(out[1]).max()  # largest value exactly `scale`
+        return out
+
+    monkeypatch.setattr(model, name, scaled)
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool, \
+            EmbeddingStore(tmp_path / "emb", StoreIdentity.of(model.manifest)) as store:
+        result = next(Pipeline(model, pool, batch_size=8, store=store).run([Work(paths, texts)]))
+    assert result.errors == ["", "", ""]
+    assert len(pd.read_parquet(tmp_path / "emb" / ("images" if tower == "vision" else "texts"))) == 3
+    np.testing.assert_allclose(result.scores, plain.scores, rtol=1e-5)
+    np.testing.assert_array_equal(result.scores[[0, 2]], plain.scores[[0, 2]])  # other rows: bit for bit
+
+
+@pytest.mark.parametrize(("tower", "poison", "gave"), [
+    ("vision", 0.0, "a vector of zeros (no direction)"), ("text", 0.0, "a vector of zeros (no direction)"),
+    ("vision", -np.inf, "NaN or inf"), ("text", np.inf, "NaN or inf")])
+def test_an_embedding_with_no_direction_costs_its_row_and_is_not_kept(tmp_path, model, monkeypatch, tower, poison,
+                                                                     gave):
+    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
+
+    paths = [str(IMG / name) for name in DISTINCT]
+    name = "run_vision" if tower == "vision" else "run_text"
+    real = getattr(model, name)
+
+    def poisoned(batch, stop=None):
+        out = real(batch, stop)
+        out[1] = 0.0
+        out[1, 0] = poison  # zeros, or one infinity among zeros
+        return out
+
+    monkeypatch.setattr(model, name, poisoned)
+    with ThreadPool(ImageSpec.of(model.manifest, 10**8), 8, 1) as pool, \
+            EmbeddingStore(tmp_path / "emb", StoreIdentity.of(model.manifest)) as store:
+        result = next(Pipeline(model, pool, batch_size=8, store=store).run([Work(paths, ["a cat", "a dog", "a bird"])]))
+    what = "image" if tower == "vision" else "text"
+    assert result.errors == ["", f"{errors.NON_FINITE}: the model gave {gave} for this {what}", ""]
+    assert np.isnan(result.scores[1]) and np.isfinite(result.scores[[0, 2]]).all()
+    kept = pd.read_parquet(tmp_path / "emb" / ("images" if tower == "vision" else "texts"))
+    assert len(kept) == 2  # the row's image (or text) has no record; the others have theirs

@@ -388,3 +388,21 @@ def test_a_ray_run_that_scores_nothing_exits_3_with_its_output(tmp_path, ray_clu
     assert "pass --image-root FOLDER" in proc.stderr
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert [r.split(":")[0] for r in out["longclip_score_error"]] == ["missing_file", "missing_file"]
+
+
+@needs_ray
+def test_a_pandas_index_saved_in_a_parquet_input_comes_back_as_the_local_engine_gives_it(tmp_path, ray_cluster, model,
+                                                                                        tiny_model_dir):
+    """A named index and a MultiIndex level without a name (``__index_level_1__``): Ray kept them; the local engine
+    now keeps them too, and both give the same file."""
+    frame = pd.DataFrame({"image_path": [NAMES[i % 3] for i in range(6)], "text": [f"caption {i}" for i in range(6)]})
+    frame.set_axis(pd.MultiIndex.from_arrays([[5, 3, 9, 9, 1, 0], list("xyxyxy")], names=["row_id", None])) \
+        .to_parquet(tmp_path / "in.parquet")
+    opts = RunOptions(image_root=str(IMG), chunk_rows=4)
+    run_file(model, tmp_path / "in.parquet", tmp_path / "local.jsonl", opts, progress=False)
+    _run_ray(tiny_model_dir, str(tmp_path / "in.parquet"), str(tmp_path / "ray.jsonl"), opts, "cpu")
+    local, ray = read_table(tmp_path / "local.jsonl"), read_table(tmp_path / "ray.jsonl")
+    _assert_same(ray, local)
+    assert list(ray.columns) == ["image_path", "text", "row_id", "__index_level_1__", "longclip_score",
+                                 "longclip_score_error"]
+    assert ray["row_id"].tolist() == [5, 3, 9, 9, 1, 0]
