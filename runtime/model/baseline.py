@@ -120,9 +120,10 @@ def _differ(a: int, b: int, image_embeds: np.ndarray, text_embeds: np.ndarray, i
 
 
 def _join(parts: list[Fragment]) -> Fragment:
-    order = np.argsort(np.concatenate([f.rows for f in parts]), kind="stable")
+    having = [f for f in parts if len(f.rows)] or parts[:1]  # a fragment without scored rows has no width
+    order = np.argsort(np.concatenate([f.rows for f in having]), kind="stable")
     return Fragment(parts[0].block, sum(f.covered for f in parts),
-                    *(np.concatenate([getattr(f, name) for f in parts])[order]
+                    *(np.concatenate([getattr(f, name) for f in having])[order]
                       for name in ("rows", "image_embeds", "text_embeds", "image_keys", "text_keys")))
 
 
