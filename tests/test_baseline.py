@@ -151,3 +151,12 @@ def test_thresholds():
     assert "rough: fewer than 1,000 pairs" in describe(scores[:999])
     assert describe(scores) == ("baseline: 1,000 mismatched pairs; 1% pass score >= 0.4951 (cos -0.0098), "
                                 "0.1% pass >= 0.4996 (cos -0.0008)")
+
+
+def test_a_report_sample_is_bounded_spread_and_the_same_every_time():
+    from longclip.runtime.engines.sample import sample_rows
+
+    rows = sample_rows(3_000_000, 4096)
+    assert len(rows) == 4096 and rows.tolist() == sample_rows(3_000_000, 4096).tolist()
+    assert (np.diff(rows) > 0).all() and rows[0] < 5000 and rows[-1] > 2_995_000  # in file order, all over it
+    assert sample_rows(10, 4096).tolist() == list(range(10))

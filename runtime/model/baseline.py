@@ -37,6 +37,9 @@ ROUGH = 1_000
 """Fewer mismatched pairs than this: the thresholds read off them are rough."""
 RATES = (0.01, 0.001)
 """Shares of mismatched pairs passing at which thresholds are suggested: 1 % and 0.1 %."""
+SAMPLE_ROWS = 4096
+"""Rows of a file scored earlier embedded again for its report's baseline (``longclip-report -m``): up to as many
+pairs, well above the ~1,000 below which a baseline is rough."""
 GRID = 10_000
 """Thresholds are multiples of ``1 / GRID`` (the report's slider step)."""
 
@@ -96,27 +99,23 @@ def pair_block(rows: np.ndarray, image_embeds: np.ndarray, text_embeds: np.ndarr
     [0.5, 0.5, 0.5]
     """
     m = len(rows)
-    mine, theirs = [], []
-    for a in range(m):
-        for shift in range(1, min(TRIES, m - 1) + 1):
-            b = (a + shift) % m
-            if _differ(a, b, image_embeds, text_embeds, image_keys, text_keys):
-                mine.append(a)
-                theirs.append(b)
-                break
-    if not mine:
+    partner = np.full(m, -1)
+    todo = np.arange(m)
+    for shift in range(1, min(TRIES, m - 1) + 1):  # all rows at once, shift by shift: the loop is over TRIES
+        b = (todo + shift) % m
+        # neither the same image nor the same caption: by key, or by identical embedding (the same bytes, two names)
+        ok = ((image_keys[todo] != image_keys[b]) & (text_keys[todo] != text_keys[b])
+              & ~(image_embeds[todo] == image_embeds[b]).all(axis=1)
+              & ~(text_embeds[todo] == text_embeds[b]).all(axis=1))
+        partner[todo[ok]] = b[ok]
+        todo = todo[~ok]
+        if not len(todo):
+            break
+    i = np.flatnonzero(partner >= 0)
+    if not len(i):
         return np.zeros(0, np.uint64), np.zeros(0, np.float32)
-    i, p = np.array(mine), np.array(theirs)
+    p = partner[i]
     return pair_hash(rows[i], rows[p]), score_rows(image_embeds[i], text_embeds[p])
-
-
-def _differ(a: int, b: int, image_embeds: np.ndarray, text_embeds: np.ndarray, image_keys: np.ndarray,
-            text_keys: np.ndarray) -> bool:
-    """Rows ``a`` and ``b`` share neither their image nor their text (by key, or by identical embedding: the same
-    bytes under two names)."""
-    return bool(image_keys[a] != image_keys[b] and text_keys[a] != text_keys[b]
-                and not np.array_equal(image_embeds[a], image_embeds[b])
-                and not np.array_equal(text_embeds[a], text_embeds[b]))
 
 
 def _join(parts: list[Fragment]) -> Fragment:

@@ -5,6 +5,7 @@ through a resume; ``longclip-run --baseline`` prints them."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -110,3 +111,21 @@ def test_baseline_is_refused_where_it_is_not_drawn(colours, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--baseline is drawn by the local engine" in done.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_longclip_report_draws_a_baseline_on_a_sample_with_m(colours, tmp_path):
+    """A file scored earlier, no run at hand: -m embeds a sample of its rows again and pairs them."""
+    _, model_dir, _, images = colours
+    run(colours, tmp_path / "out.parquet")
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.report", str(tmp_path / "out.parquet"), "-o",
+           str(tmp_path / "r.html"), "--image-root", str(images), "-m", str(model_dir), "--device", "cpu",
+           "--baseline-rows", "200"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text()
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S)[1])
+    assert 'id="baseline-note">Baseline: 200 mismatched pairs' in page  # each sampled row found a partner
+    assert sum(data["base"]) == 200
+    assert 0.25 < min(data["suggested"].values()) and max(data["suggested"].values()) < 0.3  # mismatched ~0.2
+    matched_lowest = data["k0"] + next(i for i, n in enumerate(data["counts"]) if n)
+    assert matched_lowest / 10_000 > 0.8  # every matched row passes either suggested threshold
