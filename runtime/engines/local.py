@@ -120,7 +120,8 @@ class RunSummary:
     def baseline_line(self) -> str:
         """The mismatched-pair baseline's size and its 1 % / 0.1 % thresholds (``--baseline``)."""
         if self.baseline is None:
-            return "baseline: not drawn (the local engine draws it; see longclip-report -m)"
+            return ("baseline: none (the local engine draws it while scoring; chunks kept by an older version for "
+                    "--resume have no pairs: longclip-report -m MODEL draws one on a sample)")
         return describe(self.baseline)
 
 

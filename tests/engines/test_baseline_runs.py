@@ -129,3 +129,28 @@ def test_longclip_report_draws_a_baseline_on_a_sample_with_m(colours, tmp_path):
     assert 0.25 < min(data["suggested"].values()) and max(data["suggested"].values()) < 0.3  # mismatched ~0.2
     matched_lowest = data["k0"] + next(i for i, n in enumerate(data["counts"]) if n)
     assert matched_lowest / 10_000 > 0.8  # every matched row passes either suggested threshold
+
+
+def test_a_chunk_kept_without_pairs_leaves_the_run_without_a_baseline(colours, tmp_path, monkeypatch):
+    """A chunk kept for --resume by a version that drew no baseline: no partial baseline passes for a whole one."""
+    from longclip.runtime.engines import local
+
+    real, saved = local._save_part, []
+
+    def stop_after_one(*args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "_save_part", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(colours, tmp_path / "out.jsonl", chunk_rows=100)
+    monkeypatch.setattr(local, "_save_part", real)
+    (part,) = work_dir_for(tmp_path / "out.jsonl").glob("chunk-*.npz")
+    with np.load(part) as data:
+        old = {k: data[k] for k in ("scores", "errors", "truncated")}
+    np.savez(part, **old)
+    summary = run(colours, tmp_path / "out.jsonl", chunk_rows=100, resume=True)
+    assert summary.resumed_rows == 100 and summary.baseline is None
+    assert summary.baseline_line().startswith("baseline: none (")
