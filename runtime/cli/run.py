@@ -89,6 +89,10 @@ if TYPE_CHECKING:
                    "need them).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write an HTML report of OUTPUT (histogram, threshold slider, pairs); see longclip-report.")
+@click.option("--baseline", "show_baseline", is_flag=True,
+              help="Print the scores that 1 % and 0.1 % of mismatched pairs (images with other rows' captions, "
+                   "drawn while scoring at no model cost) reach: thresholds with a known false-positive rate "
+                   "(local engine).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, restart: bool,
@@ -96,7 +100,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
          max_pixels: int, decode_workers: int | None, decode_timeout: float, wds_image_ext: str, wds_text: str,
          wds_keep: str, embeddings_dir: str | None, embeddings_dtype: str, embed_only: bool, engine: str,
          ray_address: str | None,
-         workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
+         workers: int | None, cpus_per_worker: int, report_path: str | None, show_baseline: bool,
+         quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise).
 
@@ -118,6 +123,9 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                                "--engine ray (the folder keeps what a stopped run embedded: run it again)")
     if resume and restart:
         raise click.UsageError("--resume continues an interrupted run and --restart discards it: pass one")
+    if show_baseline and (embed_only or engine == "ray"):
+        raise click.UsageError("--baseline is drawn by the local engine while it scores: not with --embed-only or "
+                               "--engine ray (run longclip-report on the output with -m MODEL instead)")
     if not embed_only and output_path is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
     try:
@@ -138,14 +146,17 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
             click.echo(summary.report(), err=True)
             written = f"embeddings: {embeddings_dir}" if embed_only else f"output: {output_path}"
             click.echo(f"{written} ({run_seconds():.1f} s in all, start-up included)", err=True)
+        if show_baseline:  # asked for: printed even with -q
+            click.echo(summary.baseline_line(), err=True)
         hint = missing_hint(summary, image_root)
         if hint:
             click.echo(f"longclip-run: {hint}", err=True)
-        if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
+        if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would, and the baseline
             from ..report import ReportOptions, write_report
 
             write_report(output_path, report_path, ReportOptions(image_key=image_key, text_key=text_key,
-                                                                 output_key=output_key, image_root=image_root))
+                                                                 output_key=output_key, image_root=image_root),
+                         baseline=summary.baseline)
             if not quiet:
                 click.echo(f"report: {report_path}", err=True)
         if summary.nothing_done:

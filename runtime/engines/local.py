@@ -41,6 +41,7 @@ from ..decode.pool import DecodePool, ThreadPool
 from ..embeddings.store import EmbeddingStore
 from ..inputs.tables import Chunk, TableReader, same_file
 from ..inputs.webdataset import WdsOptions, WdsReader, is_webdataset
+from ..model.baseline import Baseline, Fragment, describe
 from ..model.longclip import LongCLIP
 from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter, check_sparse_width
@@ -79,6 +80,7 @@ class RunSummary:
     cached: dict[str, int] = field(default_factory=dict)  # images / texts read from an embeddings folder
     scoring: bool = True  # False: --embed-only
     missing_example: str = ""  # the first missing_file reason: the path a relative image path was looked for at
+    baseline: np.ndarray | None = None  # (P,) float32: mismatched pairs' scores (model.baseline); None: not drawn
 
     def add(self, result: ChunkResult) -> None:
         self.add_codes(Counter(error_code(e) for e in result.errors))
@@ -124,6 +126,13 @@ class RunSummary:
         if self.resumed_rows:
             lines.append(f"resumed: {self.resumed_rows} rows were already scored")
         return "\n".join(lines)
+
+    def baseline_line(self) -> str:
+        """The mismatched-pair baseline's size and its 1 % / 0.1 % thresholds (``--baseline``)."""
+        if self.baseline is None:
+            return ("baseline: none (the local engine draws it while scoring; chunks kept by an older version for "
+                    "--resume have no pairs: longclip-report -m MODEL draws one on a sample)")
+        return describe(self.baseline)
 
 
 def work_dir_for(output: Path) -> Path:
@@ -232,6 +241,9 @@ def _fingerprint(reader: TableReader | WdsReader, model: LongCLIP, opts: RunOpti
     }
 
 
+_FRAGMENT_ARRAYS = ("rows", "image_embeds", "text_embeds", "image_keys", "text_keys")
+
+
 def _save_part(path: Path, result: ChunkResult) -> None:
     import io
 
@@ -239,13 +251,34 @@ def _save_part(path: Path, result: ChunkResult) -> None:
     # reasons are stored as UTF-8 bytes with escapes, so a reason quoting a lone surrogate still saves
     reasons = np.array([e.encode("utf-8", "backslashreplace") for e in result.errors], dtype=object)
     np.savez(buffer, scores=result.scores, errors=reasons.astype(bytes) if len(reasons) else np.array([], bytes),
-             truncated=result.truncated)
+             truncated=result.truncated, **_baseline_arrays(result))
     write_bytes(path, buffer.getvalue())
 
 
-def _load_part(path: Path) -> ChunkResult:
+def _baseline_arrays(result: ChunkResult) -> dict[str, np.ndarray]:
+    """A chunk's mismatched pairs and the rows of the blocks it cuts, kept with it: a resumed chunk gives them."""
+    if result.baseline is None:
+        return {}
+    (hashes, scores), fragments = result.baseline
+    arrays = {"b_hashes": hashes, "b_scores": scores,
+              "f_head": np.array([(f.block, f.covered, len(f.rows)) for f in fragments], np.int64).reshape(-1, 3)}
+    for name in _FRAGMENT_ARRAYS:
+        having = [getattr(f, name) for f in fragments if len(f.rows)]
+        arrays[f"f_{name}"] = np.concatenate(having) if having else np.zeros(0)
+    return arrays
+
+
+def _load_part(path: Path, baseline: bool = False) -> ChunkResult:
     with np.load(path, allow_pickle=False) as data:
-        return ChunkResult(data["scores"], [e.decode("utf-8") for e in data["errors"].tolist()], data["truncated"])
+        result = ChunkResult(data["scores"], [e.decode("utf-8") for e in data["errors"].tolist()], data["truncated"])
+        if baseline and "b_hashes" in data:
+            fragments, at = [], 0
+            for block, covered, n in data["f_head"].tolist():
+                fragments.append(Fragment(block, covered, *(data[f"f_{name}"][at : at + n]
+                                                            for name in _FRAGMENT_ARRAYS)))
+                at += n
+            result.baseline = ((data["b_hashes"], data["b_scores"]), fragments)
+    return result
 
 
 def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> None:
@@ -290,17 +323,22 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
     parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
 
+    baseline = Baseline(reader.n_rows)
+
     def works() -> Iterator[Work]:
         for part, chunk in zip(parts, _read_chunks(reader, opts)):
             if part.is_file():
-                done = _load_part(part)
+                done = _load_part(part, baseline=True)
                 summary.resumed_rows += len(done.errors)
                 yield Work([], [], done)
             else:
                 yield Work.of(chunk.frame, chunk.images, chunk.reasons, opts.image_key, opts.text_key)
 
     with _pipeline(model, pool, root, opts, store, summary, reader.n_rows, progress) as pipeline:
-        for part, result in zip(parts, pipeline.run(works())):
+        pipeline.keep_embeds = True  # for the baseline: the embeddings are in memory, at no model cost
+        drawn = True
+        for index, (part, result) in enumerate(zip(parts, pipeline.run(works()))):
+            drawn &= _draw_baseline(baseline, index * opts.chunk_rows, result)
             if not part.is_file():
                 if store is not None:
                     store.flush()
@@ -326,6 +364,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
         writer.abort()
         raise WriteError(f"{exc}{kept}") from None
     shutil.rmtree(work)
+    summary.baseline = baseline.scores if drawn else None
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -341,6 +380,21 @@ def _read_chunks(reader: TableReader | WdsReader, opts: RunOptions) -> Iterator[
         keys = [key for key in (opts.image_key, opts.text_key) if key in reader.columns]  # --embed-only: one may lack
         return reader.read_chunks(opts.chunk_rows, columns=keys)  # type: ignore[call-arg]
     return reader.read_chunks(opts.chunk_rows)
+
+
+def _draw_baseline(baseline: Baseline, start: int, result: ChunkResult) -> bool:
+    """Fold a chunk into the baseline: a scored one by its embeddings (what it gave is kept with it), a resumed
+    one by what it kept. False for a resumed chunk kept without them (by an older version): no baseline then."""
+    if result.embeds is not None:
+        e = result.embeds
+        result.baseline = baseline.add_chunk(start, e.valid, e.image_embeds, e.text_embeds, e.image_keys,
+                                             e.text_keys)
+        result.embeds = None
+        return True
+    if result.baseline is not None:
+        baseline.add(*result.baseline)
+        return True
+    return False
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from ..contract.rows import ItemScores, cell_key, check_text, resolve_image_path
 from ..decode.pool import DecodePool, ThreadPool
 from ..embeddings.store import EmbeddingStore, text_sha256
 from ..inputs.tarshards import SHARD_COLUMN
+from ..model.baseline import Fragment, content_hash
 from ..model.longclip import LongCLIP
 from ..model.scoring import l2_normalize, score_rows
 
@@ -54,8 +55,25 @@ TEXTS_PER_JOB = 128  # texts tokenized per worker job
 _TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
 
 
-ChunkResult = ItemScores
-"""Per-row outcome of a chunk: the row contract's :class:`..rows.ItemScores`."""
+@dataclass
+class RowEmbeds:
+    """The embeddings of a chunk's scored rows, for the mismatched-pair baseline (:mod:`..model.baseline`)."""
+
+    valid: np.ndarray  # (N,) bool: the row was scored
+    image_embeds: np.ndarray  # (M, D) float32, M = valid.sum(), in row order
+    text_embeds: np.ndarray  # (M, D) float32
+    image_keys: np.ndarray  # (M,) uint64: content_hash of the image cell
+    text_keys: np.ndarray  # (M,) uint64: content_hash of the text
+
+
+@dataclass
+class ChunkResult(ItemScores):
+    """Per-row outcome of a chunk: the row contract's :class:`..rows.ItemScores`, plus ``embeds`` when the
+    pipeline keeps them and ``baseline`` (the chunk's mismatched pairs and block fragments, as
+    :func:`..model.baseline.split_chunk` gives them) once an engine drew them."""
+
+    embeds: RowEmbeds | None = None
+    baseline: tuple[tuple[np.ndarray, np.ndarray], list[Fragment]] | None = None
 
 
 @dataclass
@@ -166,8 +184,10 @@ class Pipeline:
 
     def __init__(self, model: LongCLIP, pool: DecodePool | ThreadPool, image_root: Path | None = None,
                  batch_size: int = 32, max_chunks: int = MAX_CHUNKS, store: EmbeddingStore | None = None,
-                 cache: bool = True, progress: Callable[[int], object] | None = None):
+                 cache: bool = True, progress: Callable[[int], object] | None = None,
+                 keep_embeds: bool = False):
         self.model, self.pool, self.root = model, pool, image_root
+        self.keep_embeds = keep_embeds  # each result carries its scored rows' embeddings (RowEmbeds)
         # progress(rows): called as each image batch comes back, with the rows it stands for (a chunk's rows in
         # proportion to its distinct images); the calls of a chunk add up to its rows by the time it is yielded
         self.progress = progress
@@ -467,7 +487,29 @@ class Pipeline:
                           chunk.text_embeds, chunk.text_failed, cut)
         if chunk.work.reasons is not None:
             result.errors[:] = [read or error for read, error in zip(chunk.work.reasons, result.errors)]
+        if self.keep_embeds:
+            result.embeds = row_embeds(chunk.work.images, chunk.work.texts, result.errors, chunk.image_embeds,
+                                       chunk.text_embeds)
         return result
+
+
+def row_embeds(images: list[object], texts: list[object], errors: list[str],
+               image_embeds: dict[Hashable, np.ndarray], text_embeds: dict[str, np.ndarray]) -> RowEmbeds:
+    """The scored rows' embeddings and content hashes (each distinct cell hashed once)."""
+    valid = np.array([not e for e in errors], dtype=bool)
+    rows = np.flatnonzero(valid)
+    image_keys, text_keys = [cell_key(images[r]) for r in rows], [cell_key(texts[r]) for r in rows]
+    hashes: dict[Hashable, int] = {}
+    for key in (*image_keys, *text_keys):
+        if key not in hashes:
+            hashes[key] = content_hash(key)
+    return RowEmbeds(valid, _stack(image_embeds, image_keys), _stack(text_embeds, text_keys),
+                     np.array([hashes[k] for k in image_keys], dtype=np.uint64),
+                     np.array([hashes[k] for k in text_keys], dtype=np.uint64))
+
+
+def _stack(found: dict[Any, np.ndarray], keys: list[Any]) -> np.ndarray:
+    return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
 
 def image_source(value: object, root: Path | None) -> str | bytes:

@@ -55,6 +55,19 @@ class Pair:
     error: str = ""
 
 
+def grid_bins(scores: np.ndarray) -> np.ndarray:
+    """Each score's bin on the grid: ``k`` with ``k/BINS <= s < (k+1)/BINS``, clipped to ``0..BINS``."""
+    edges = np.arange(BINS + 1) / BINS
+    return np.clip(np.searchsorted(edges, np.asarray(scores, dtype=np.float64), side="right") - 1, 0, BINS)
+
+
+def grid_counts(scores: np.ndarray | None) -> np.ndarray:
+    """``(BINS + 1,) int64``: how many of ``scores`` (finite) fall in each grid bin."""
+    if scores is None:
+        return np.zeros(BINS + 1, dtype=np.int64)
+    return np.bincount(grid_bins(scores), minlength=BINS + 1).astype(np.int64)
+
+
 @dataclass
 class ScoreStats:
     """Streaming statistics of finite scores."""
@@ -67,13 +80,12 @@ class ScoreStats:
     min: float = math.inf
     max: float = -math.inf
     _all: list[np.ndarray] | None = field(default_factory=list, repr=False)
-    _edges: np.ndarray = field(default_factory=lambda: np.arange(BINS + 1) / BINS, repr=False)
 
     def add(self, scores: np.ndarray) -> None:
         """Fold in a ``(N,) float64`` array of finite scores (Chan et al.'s parallel mean/M2 update)."""
         if not len(scores):
             return
-        bins = np.clip(np.searchsorted(self._edges, scores, side="right") - 1, 0, BINS)
+        bins = grid_bins(scores)
         self.counts += np.bincount(bins, minlength=BINS + 1)
         n_b, mean_b = len(scores), float(scores.mean())
         m2_b = float(((scores - mean_b) ** 2).sum())
@@ -154,6 +166,7 @@ class ReportData:
     pool: list[Pair] = field(default_factory=list)  # by score
     failures: Counter[str] = field(default_factory=Counter)
     failure_examples: dict[str, list[Pair]] = field(default_factory=dict)
+    baseline: np.ndarray | None = None  # (P,) float32: mismatched pairs' scores (model.baseline); None: absent
 
     @property
     def failed(self) -> int:

@@ -37,7 +37,8 @@ from ..contract.rows import cell_key, check_image_root, is_null, resolve_image_p
 from ..decode.preprocess import load_image
 from ..inputs.tables import TableReader, same_file
 from ..inputs.tarshards import MemberReader, ShardMember
-from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect
+from ..model.baseline import BLOCK, CAP, RATES, ROUGH, TRIES, suggest_threshold
+from .data import BINS, QUANTILES, Pair, ReportData, ReportOptions, collect, grid_counts
 from .svg import histogram_svg
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def _text(value: object) -> str:
 def _card(pair: Pair, thumbs: Thumbnails) -> str:
     css, hover = thumbs(pair.image)
     return (f'<figure class="card"><div class="th {css}" title="{escape_html(hover)}"></div><figcaption>'
-            f'<div class="meta"><b>{pair.score:.4f}</b><span>row {pair.row}</span></div>'
+            f'<div class="meta"><b>{pair.score:.4f}</b><span>row {pair.row}</span>'
+            f'<i class="cos">cos {2 * pair.score - 1:.4f}</i></div>'
             f'<p class="cap" title="click to expand">{escape_html(_text(pair.text))}</p></figcaption></figure>')
 
 
@@ -315,13 +317,23 @@ def _threshold(data: ReportData, sample: list[Pair], svg: str) -> str:
     lo, hi = _grid_range(data)
     key = escape_html(data.options.output_key)
     return f"""<section id="choose"><h2>Choose a threshold</h2>
-<div class="controls"><label for="threshold">Keep rows with <code>{key}</code> ≥</label>
+<div class="controls" role="radiogroup" aria-label="how to cut"><label><input type="radio" name="mode" id="mode-score"
+value="score" checked> a score threshold</label><label><input type="radio" name="mode" id="mode-top" value="top">
+keep the top X % (DataComp style)</label></div>
+<div class="controls" id="score-controls"><label for="threshold">Keep rows with <code>{key}</code> ≥</label>
 <input type="range" id="threshold" min="{lo / BINS}" max="{hi / BINS}" step="{1 / BINS}">
 <input type="number" id="threshold-num" min="{lo / BINS}" max="{hi / BINS}" step="{1 / BINS}" aria-label="threshold">
-<span class="kept">kept <b id="kept-count"></b> of {data.stats.n:,} scored (<b id="kept-pct"></b>),
-dropped <span id="dropped-count"></span></span></div>
-<p class="note">Counts are exact at every step of {1 / BINS:g}. Failed rows ({data.failed:,}) have no score and
-are dropped by any threshold. pandas: <code id="filter-code"></code></p>
+<span class="cosine">cos ≥ <b id="threshold-cos"></b></span></div>
+<div class="controls" id="top-controls" hidden><label for="top">Keep the top</label>
+<input type="range" id="top" min="0.1" max="100" step="0.1" value="30">
+<input type="number" id="top-num" min="0.1" max="100" step="0.1" value="30" aria-label="percent kept"> % of scored
+rows</div>
+<div class="controls"><span class="kept">kept <b id="kept-count"></b> of {data.stats.n:,} scored (<b id="kept-pct"></b>),
+dropped <span id="dropped-count"></span></span>{_false_keep(data)}</div>
+<p class="note">Counts are exact at every step of {1 / BINS:g}; cos = 2 · score − 1 (raw CLIP thresholds are
+cosines, typically 0.25–0.3). Failed rows ({data.failed:,}) have no score and are dropped by any threshold.
+pandas: <code id="filter-code"></code></p>
+{_baseline_note(data)}
 {svg}
 <div class="boundary"><div><h3>Just below — dropped</h3><div class="cards" id="below"></div></div>
 <div><h3>Just above — kept</h3><div class="cards" id="above"></div></div></div>
@@ -329,8 +341,49 @@ are dropped by any threshold. pandas: <code id="filter-code"></code></p>
 lowest and highest included); their scores show how close to the threshold they sit.</p></section>"""
 
 
+def suggested(data: ReportData) -> dict[str, float]:
+    """The thresholds at which 1 % and 0.1 % of the baseline's mismatched pairs pass (``{"1": t, "0.1": t}``);
+    empty without a baseline, and a rate no grid threshold reaches is left out."""
+    if data.baseline is None or not len(data.baseline):
+        return {}
+    cuts = {f"{100 * r:g}": suggest_threshold(data.baseline, r, BINS) for r in RATES}
+    return {name: t for name, t in cuts.items() if not math.isnan(t)}
+
+
+def _false_keep(data: ReportData) -> str:
+    if data.baseline is None or not len(data.baseline):
+        return ""
+    buttons = "".join(f'<button type="button" class="suggest" data-t="{t:.4f}" id="suggest-{name.replace(".", "_")}">'
+                      f"{name} % pass: ≥ {t:.4f} (cos {2 * t - 1:.4f})</button>"
+                      for name, t in suggested(data).items())
+    return (f'<span class="falsekeep">mismatched pairs passing: <b id="false-keep"></b> '
+            f'(<span id="false-keep-count"></span> of {len(data.baseline):,})</span>'
+            f'<span class="suggestions">suggested: {buttons or "none (too few pairs)"}</span>')
+
+
+def _baseline_note(data: ReportData) -> str:
+    """What the baseline is, how it was drawn and how far to trust it; or that it is absent and how to get it."""
+    if data.baseline is None:
+        return ('<p class="note baseline" id="baseline-note">No baseline of mismatched pairs: this report was made '
+                "from a scored file alone, so it cannot say how often an unrelated pair would pass a threshold. "
+                "Get one with <code>longclip-run INPUT -m MODEL -o OUTPUT --report report.html</code> (the local "
+                "engine draws it while scoring, at no model cost).</p>")
+    n = len(data.baseline)
+    rough = (f' <b class="rough">Rough: fewer than {ROUGH:,} mismatched pairs; the rates below 1 % rest on a handful '
+             "of pairs.</b>" if n < ROUGH else "")
+    return (f'<p class="note baseline" id="baseline-note">Baseline: {n:,} mismatched pairs (outlined in the '
+            f"histogram, scaled to the number of scored rows). Drawn while scoring: rows cut into blocks of {BLOCK} "
+            f"by row number, each row's image scored against the caption of the next row of its block (up to "
+            f"{TRIES} tried) that shares neither its image nor its caption; at most {CAP:,} pairs kept, chosen by a "
+            "hash of their row numbers. The share passing is the threshold's false-positive rate on unrelated pairs, "
+            "not the share of kept rows that are wrong: that needs how many of your rows are unrelated, which no "
+            f"one knows.{rough}</p>")
+
+
 def _grid_range(data: ReportData) -> tuple[int, int]:
-    nonzero = np.flatnonzero(data.stats.counts)
+    """The bins the histogram spans: the scores' and the baseline's, on one axis."""
+    counts = data.stats.counts + (grid_counts(data.baseline) if data.baseline is not None else 0)
+    nonzero = np.flatnonzero(counts)
     return int(nonzero[0]), int(nonzero[-1])
 
 
@@ -345,9 +398,11 @@ def render(data: ReportData) -> str:
     thumbs.prefetch(p.image for p in [*sample, *data.lowest, *data.highest, *sum(around.values(), []), *examples])
     thumbs.close()  # every thumbnail is made: the shards a WebDataset report read from are closed
     k0, k1 = _grid_range(data) if stats.n else (0, 0)
-    svg, geometry = histogram_svg(stats.counts[k0 : k1 + 1], k0, BINS) if stats.n else ("", {})
+    base = grid_counts(data.baseline)[k0 : k1 + 1] if data.baseline is not None and stats.n else None
+    svg, geometry = histogram_svg(stats.counts[k0 : k1 + 1], k0, BINS, base) if stats.n else ("", {})
     payload = {"bins": BINS, "k0": k0, "k1": k1, "counts": stats.counts[k0 : k1 + 1].tolist(), "scored": stats.n,
                "rows": data.rows, "key": opts.output_key, "boundary": BOUNDARY,
+               "base": None if base is None else base.tolist(), "suggested": suggested(data),
                "start": quantiles[10] if stats.n else 0, **geometry,
                "sample": [{"s": p.score, "r": p.row, "t": _text(p.text), "c": thumbs(p.image)[0],
                            "p": thumbs(p.image)[1]} for p in sample]}
@@ -436,12 +491,14 @@ def _report_name(out: Path) -> Path:
 
 
 def write_report(scored: str | os.PathLike[str] | TableReader, html_path: str | os.PathLike[str],
-                 opts: ReportOptions = ReportOptions()) -> ReportData:
-    """Read a scored file (``.jsonl/.json/.csv/.parquet``) once and write the report to ``html_path`` atomically."""
+                 opts: ReportOptions = ReportOptions(), baseline: np.ndarray | None = None) -> ReportData:
+    """Read a scored file (``.jsonl/.json/.csv/.parquet``) once and write the report to ``html_path`` atomically.
+    ``baseline``: the run's mismatched pairs' scores (``RunSummary.baseline``), drawn over the histogram."""
     out = check_report_path(html_path, scored.path if isinstance(scored, TableReader) else scored)
     check_image_root(opts.image_root)
     reader = scored if isinstance(scored, TableReader) else TableReader(scored)
     data = collect(reader, opts)
+    data.baseline = None if baseline is None else np.asarray(baseline, dtype=np.float32)
     page = render(data)
     try:
         with replacing(out, suffix=PARTIAL) as f:

@@ -27,16 +27,21 @@ def nice_ticks(lo: float, hi: float, target: int = 8) -> list[float]:
     return ticks
 
 
-def histogram_svg(counts: np.ndarray, k0: int, bins: int) -> tuple[str, dict[str, float]]:
-    """``counts[i]`` scores lie in grid bin ``k0 + i`` (width ``1/bins``). Returns the SVG and the geometry the
-    page's script needs to place the threshold line: ``x0`` and ``width`` of the plot, in SVG units."""
+def histogram_svg(counts: np.ndarray, k0: int, bins: int,
+                  baseline: np.ndarray | None = None) -> tuple[str, dict[str, float]]:
+    """``counts[i]`` scores lie in grid bin ``k0 + i`` (width ``1/bins``); ``baseline``: the mismatched pairs'
+    counts on the same bins, drawn as an outline scaled to as many pairs as there are scores. Returns the SVG and
+    the geometry the page's script needs to place the threshold line: ``x0`` and ``width`` of the plot."""
     span = len(counts)
     per_bar = math.ceil(span / min(MAX_BARS, span))
     n_bars = math.ceil(span / per_bar)
     merged = np.add.reduceat(counts, np.arange(0, span, per_bar))
+    scaled = None
+    if baseline is not None and baseline.sum():
+        scaled = np.add.reduceat(baseline, np.arange(0, span, per_bar)) * (counts.sum() / baseline.sum())
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     base = TOP + plot_h
-    top = int(merged.max()) or 1
+    top = max(int(merged.max()), math.ceil(scaled.max()) if scaled is not None else 0) or 1
     bar_w = plot_w / n_bars
     parts = [f'<svg class="hist" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="score histogram">']
     for i, n in enumerate(merged):
@@ -46,6 +51,15 @@ def histogram_svg(counts: np.ndarray, k0: int, bins: int) -> tuple[str, dict[str
                      f'x="{LEFT + i * bar_w:.2f}" y="{base - h:.2f}" width="{max(bar_w - 1, 0.6):.2f}" '
                      f'height="{h:.2f}"><title>{start / bins:.4f}–{(start + per_bar) / bins:.4f}: {int(n):,}'
                      "</title></rect>")
+    if scaled is not None:
+        bar_w = plot_w / n_bars
+        steps = [f"M{LEFT:.2f},{base:.2f}"]
+        for i, n in enumerate(scaled):
+            y = base - plot_h * float(n) / top
+            steps.append(f"L{LEFT + i * bar_w:.2f},{y:.2f}L{LEFT + (i + 1) * bar_w:.2f},{y:.2f}")
+        steps.append(f"L{LEFT + plot_w:.2f},{base:.2f}")
+        parts.append(f'<path class="base" id="baseline-outline" d="{"".join(steps)}"><title>mismatched pairs '
+                     "(baseline), scaled to the number of scored rows</title></path>")
     lo, hi = k0 / bins, (k0 + span) / bins
     parts.append(f'<line class="axis" x1="{LEFT}" y1="{base}" x2="{LEFT + plot_w}" y2="{base}"/>')
     for tick in nice_ticks(lo, hi):

@@ -86,7 +86,7 @@ def hostile_report(tmp_path) -> tuple:
 # Every tag the report may hold; a caption that became markup would add others (img, iframe, a, textarea, ...).
 TAGS = {"html", "head", "meta", "title", "style", "script", "body", "header", "h1", "h2", "h3", "p", "code", "main",
         "section", "div", "label", "input", "span", "b", "svg", "rect", "line", "text", "table", "tr", "th", "td",
-        "figure", "figcaption"}
+        "figure", "figcaption", "i", "button", "path"}
 VOID = {"meta", "input", "br", "img", "link", "hr", "wbr", "source", "embed"}
 
 

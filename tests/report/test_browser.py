@@ -198,3 +198,69 @@ def test_the_content_security_policy_is_enforced(tmp_path, browser):
     assert state["extra"] == "undefined" and state["colour"] != "rgb(255, 0, 0)"
     assert sorted(v.split()[0] for v in state["violations"]) == ["script-src-elem", "style-src-attr"], state
     assert state["kept"]  # the page's own script ran
+
+
+def shown_cut(browser: Browser) -> dict:
+    return browser.evaluate("""(() => {
+        const text = (id) => document.getElementById(id).textContent;
+        return {t: document.getElementById("threshold-num").value, cos: text("threshold-cos"), kept: text("kept-count"),
+                false_keep: text("false-keep"), passing: text("false-keep-count"), code: text("filter-code"),
+                top_shown: !document.getElementById("top-controls").hidden,
+                score_shown: !document.getElementById("score-controls").hidden};
+    })()""")
+
+
+def test_the_baseline_in_a_real_browser(tmp_path, browser):
+    """Both modes driven as a person would: the share of mismatched pairs passing at each cut is the exact share of
+    the baseline at or above it; a suggested threshold lets 1 % pass; the section with its outline paints."""
+    frame = scored_frame(2000, seed=5)
+    frame.to_parquet(tmp_path / "scored.parquet", index=False)
+    baseline = np.random.default_rng(1).normal(0.45, 0.04, 4000).astype(np.float32)
+    write_report(tmp_path / "scored.parquet", tmp_path / "report.html", ReportOptions(image_root=str(IMG)),
+                 baseline=baseline)
+    good = frame["longclip_score"].dropna().to_numpy()
+    browser.open((tmp_path / "report.html").as_uri())
+
+    def passing(t: float) -> int:
+        return int((baseline.astype(np.float64) >= t).sum())
+
+    for t in (0.45, 0.5):
+        kept_text(browser, f"{t:.4f}")
+        shown = shown_cut(browser)
+        assert shown["passing"] == f"{passing(t):,}" and shown["false_keep"] == f"{100 * passing(t) / 4000:.2f}%"
+        assert shown["cos"] == f"{2 * t - 1:.4f}" and shown["score_shown"] and not shown["top_shown"]
+
+    browser.evaluate('document.getElementById("suggest-1").click()')
+    shown = shown_cut(browser)
+    assert 0 < passing(float(shown["t"])) <= 40 < passing(float(shown["t"]) - 1 / BINS)  # 1 % of 4,000
+    assert shown["false_keep"] == f"{100 * passing(float(shown['t'])) / 4000:.2f}%"
+
+    browser.evaluate("""(() => {
+        const m = document.getElementById("mode-top");
+        m.click();
+        const s = document.getElementById("top");
+        s.value = "10";
+        s.dispatchEvent(new Event("input", {bubbles: true}));
+    })()""")
+    shown = shown_cut(browser)
+    t = float(shown["t"])
+    kept = int((good >= t).sum())
+    assert shown["top_shown"] and not shown["score_shown"]
+    assert shown["kept"] == f"{kept:,}" and kept >= 0.1 * len(good) > int((good >= t + 1 / BINS).sum())
+    assert shown["code"] == f'df[df["longclip_score"] >= {t:.4f}]  # the top 10 %: {kept:,} rows'
+    assert shown["passing"] == f"{passing(t):,}"
+
+    def section() -> np.ndarray:
+        box = browser.evaluate("""(() => { const r = document.getElementById("choose").getBoundingClientRect();
+            return {x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height}; })()""")
+        png = browser.page("Page.captureScreenshot", format="png", clip={**box, "scale": 1},
+                           captureBeyondViewport=True)["data"]
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB"))
+
+    with_outline = section()
+    assert (with_outline.min(axis=2) < 235).mean() > 0.05  # text, bars and controls painted
+    browser.evaluate('document.getElementById("baseline-outline").remove()')
+    without = section()
+    assert with_outline.shape == without.shape
+    assert (np.abs(with_outline.astype(int) - without).sum(axis=2) > 60).sum() > 300  # the outline itself painted
+    assert browser.evaluate("window.__violations") == [] and browser.errors() == []
