@@ -111,14 +111,14 @@ def in_process(model_name: str, pairs: list[tuple[bytes, str]], requests: int) -
     return summary(latencies, time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", "--model", required=True)
     parser.add_argument("--requests", type=int, default=96, help="timed requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pairs = make_pairs(args.requests)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; model {args.model}; "
           f"--batch-size {args.batch_size} --batch-wait-ms {args.batch_wait_ms}; {args.requests} timed requests "

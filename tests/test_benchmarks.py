@@ -45,7 +45,7 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 def test_every_script_has_a_smoke_test():
     """A new benchmark gets its smoke test here too."""
     tested = {"speed", "gpu", "gpu_device", "torch_reference", "run_scaling", "ray_engine", "load_time", "pipeline",
-              "embeddings"}
+              "embeddings", "serve"}
     assert {p.stem for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh")} == tested
 
 
@@ -215,3 +215,15 @@ def test_ray_engine(tiny_model_dir, capsys):
     assert [line.split(":")[0] for line in lines] == [
         "local engine", "ray engine (run_ray, shards out), 1 worker(s)", "pipeline, decode in 1 actor(s)",
         "pipeline, decode stage + 1 embedding actor(s)", "Ray per batch"]
+
+
+def test_serve(tiny_model_dir, capsys):
+    """In-process one pair a call, then a live server at two concurrencies: a table row each, and its batches."""
+    for module in ("httpx", "starlette", "uvicorn", "prometheus_client"):
+        pytest.importorskip(module, reason="benchmarks/serve.py needs the serve extra")
+    load("serve").main(["-m", str(tiny_model_dir), "--requests", "4", "--concurrency", "1,2", "--batch-wait-ms", "1"])
+    out = capsys.readouterr().out
+    rows = table_rows(out, "in-process") + table_rows(out, "longclip-serve")
+    assert [r[1] for r in rows] == ["1", "1", "2"], out
+    assert all(float(r[2]) > 0 for r in rows)
+    assert re.search(r"The server ran \d+ batches of [\d.]+ items on average", out)
