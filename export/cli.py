@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from longclip.runtime.console import configure_logging
+from longclip.runtime.console import configure_logging, tolerate_broken_stderr
 from longclip.runtime.constants import OPSET
 from longclip.runtime.errors import LongCLIPError, ParityError
 
@@ -25,6 +25,7 @@ def main(checkpoint: str, out_dir: str, opset: int, precision: str, attention: s
          quiet: bool) -> None:
     """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, or a folder holding one) to two ONNX
     graphs and a manifest, and prove them against the PyTorch reference before saying done."""
+    tolerate_broken_stderr()
     configure_logging(quiet)
     try:
         from .build import export_model

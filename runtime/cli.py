@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .console import column_options, configure_logging
+from .console import column_options, configure_logging, tolerate_broken_stderr
 from .constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
 from .errors import EngineError, InputError, LongCLIPError
 from .preprocess import MAX_PIXELS
@@ -85,6 +85,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
          workers: int | None, cpus_per_worker: int, report_path: str | None, quiet: bool) -> None:
     """Score every INPUT row with LongCLIP: OUTPUT gets every input row and column, in order, plus OUTPUT_KEY in
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
+    tolerate_broken_stderr()
     configure_logging(quiet)
     from .engines.local import RunOptions, work_dir_for
 

@@ -6,6 +6,9 @@
 | 11. a limit met half-way, past the estimate (8 workers under 24): one line from the pool | 1 |
 | 11. the way out: the same limits with --decode-workers 0 complete | 1 |
 | 11. a worker that cannot exec (EACCES, ENOENT), one that exits before it is ready | 3 |
+| 10. stderr closed, a pipe whose reader exited, /dev/full: output and report written, exit 0 | 3 |
+| 10. the same with log lines to say (a leftover work folder), and a refused run: exit 1, nothing written | 2 |
+| 10. longclip-report with a closed or broken stderr | 2 |
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from test_hostile_rows import OK_JPG, cli, read_jsonl, succeeded, write_jsonl
+from test_hostile_rows import OK_JPG, SCRIPT, cli, read_jsonl, succeeded, write_jsonl
 
 
 @pytest.fixture()
@@ -118,3 +122,62 @@ def test_a_worker_that_cannot_start_is_one_line(run_dir, tiny_model_dir, how, ne
                   env={"PYTHONPATH": path, "LONGCLIP_TEST_WORKER": how})
     _one_line(run, "the decode workers failed: ", *needles)
     assert not (run_dir / "out.jsonl").exists()
+
+
+# --- 10. a stderr that cannot be written ----------------------------------------------------------------------------
+
+def _closed() -> None:
+    os.close(2)
+
+
+def _broken_pipe() -> None:
+    read, write = os.pipe()
+    os.close(read)  # its reader exited: every write is EPIPE
+    os.dup2(write, 2)
+    os.close(write)
+
+
+def _full() -> None:
+    full = os.open("/dev/full", os.O_WRONLY)  # every write is ENOSPC
+    os.dup2(full, 2)
+    os.close(full)
+
+
+STDERR = {"closed": _closed, "a broken pipe": _broken_pipe, "/dev/full": _full}
+
+
+@pytest.fixture(scope="module")
+def clean_output(tmp_path_factory, tiny_model_dir) -> bytes:
+    folder = tmp_path_factory.mktemp("clean")
+    shutil.copy(OK_JPG, folder / "ok.jpg")
+    write_jsonl(folder / "in.jsonl", [{"image_path": "ok.jpg", "text": t} for t in ("a cat", "a dog")])
+    succeeded(cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", cwd=folder))
+    return (folder / "out.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("stderr", STDERR.values(), ids=STDERR.keys())
+def test_a_run_completes_whatever_its_stderr(run_dir, tiny_model_dir, clean_output, stderr):
+    run = cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--report", "r.html", cwd=run_dir,
+              preexec_fn=stderr)
+    assert run.returncode == 0
+    assert (run_dir / "out.jsonl").read_bytes() == clean_output
+    assert (run_dir / "r.html").read_text().count("a cat") >= 1
+    assert sorted(p.name for p in run_dir.iterdir()) == ["in.jsonl", "ok.jpg", "out.jsonl", "r.html"]
+
+
+def test_log_lines_and_refusals_with_a_broken_stderr(run_dir, tiny_model_dir, clean_output):
+    (run_dir / ".out.jsonl.longclip-run").mkdir()  # left by another run: "starting over: removing ..." is logged
+    (run_dir / ".out.jsonl.longclip-run" / "chunk-0000000.npz").write_bytes(b"garbage")
+    run = cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", cwd=run_dir, preexec_fn=_broken_pipe)
+    assert run.returncode == 0 and (run_dir / "out.jsonl").read_bytes() == clean_output
+    run = cli("missing.jsonl", "-m", tiny_model_dir, "-o", "other.jsonl", cwd=run_dir, preexec_fn=_broken_pipe)
+    assert run.returncode == 1 and not (run_dir / "other.jsonl").exists()  # refused: its one line is lost
+
+
+@pytest.mark.parametrize("stderr", [_closed, _broken_pipe], ids=["closed", "a broken pipe"])
+def test_longclip_report_completes_whatever_its_stderr(run_dir, clean_output, stderr):
+    (run_dir / "out.jsonl").write_bytes(clean_output)
+    report = SCRIPT.with_name("longclip-report")
+    done = subprocess.run([str(report), "out.jsonl", "-o", "r.html"], cwd=run_dir, preexec_fn=stderr, timeout=300,
+                          stdout=subprocess.DEVNULL)
+    assert done.returncode == 0 and "a dog" in (run_dir / "r.html").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..console import column_options, configure_logging
+from ..console import column_options, configure_logging, tolerate_broken_stderr
 from ..errors import LongCLIPError
 
 
@@ -19,6 +19,7 @@ def main(scored_path: str, html_path: str, image_key: str, text_key: str, output
          title: str | None, quiet: bool) -> None:
     """Write a report of SCORED_FILE (.jsonl, .json, .csv, .parquet, as longclip-run writes them): score
     histogram with a threshold slider, statistics, lowest/highest pairs, pairs around quantiles, failed rows."""
+    tolerate_broken_stderr()
     configure_logging(quiet)
     from .data import ReportOptions
     from .page import write_report
