@@ -17,9 +17,9 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
-from longclip.runtime.embeddings import EmbeddingStore, text_sha256
 from test_embeddings import MODEL, add, keys, parts, unit
+
+from longclip.runtime.embeddings.store import EmbeddingStore, text_sha256
 
 
 def _cut_half(data: bytes) -> bytes:

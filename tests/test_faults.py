@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from test_hostile_rows import OK_JPG, SCRIPT, cli, read_jsonl, succeeded, write_jsonl
 
 
@@ -66,7 +65,7 @@ def test_a_file_limit_met_half_way_is_one_line(run_dir, tiny_model_dir, monkeypa
 
 
 LOW_ESTIMATE = """
-from longclip.runtime import decode_pool
+from longclip.runtime.decode import pool as decode_pool
 decode_pool._FILES_BASE = decode_pool._FILES_PER_WORKER = 0
 """
 

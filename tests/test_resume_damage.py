@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_fail_clean import interrupted
 from test_hostile_rows import cli, refused, snapshot, succeeded
 

@@ -18,7 +18,6 @@ import io
 import tarfile
 
 import pytest
-
 from test_hostile_rows import cli, read_jsonl, succeeded
 from test_webdataset import rows, samples, tar_bytes, write_tar
 

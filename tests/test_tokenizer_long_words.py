@@ -15,11 +15,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
-from longclip.runtime import tokenizer
-from longclip.runtime.constants import CONTEXT_LENGTH
-from longclip.runtime.tokenizer import Tokenizer
 from test_tokenizer import NEEDS_REFERENCE, REFERENCE, _longclip, _random_word
+
+from longclip.runtime.contract.constants import CONTEXT_LENGTH
+from longclip.runtime.decode import tokenizer
+from longclip.runtime.decode.tokenizer import Tokenizer
 
 N = 100_000
 WORDS = {

@@ -29,18 +29,26 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_bytes
-from ..constants import BATCH_SIZE
-from ..decode_pool import DecodePool, ThreadPool
-from ..embeddings import EmbeddingStore
-from ..errors import InputError, WriteError, error_code, write_error
-from ..lock import OutputLock
-from ..model import LongCLIP
-from ..preprocess import MAX_PIXELS
-from ..rows import Columns, check_columns, check_image_root, check_output_columns, no_rows, output_schema, with_scores
-from ..tables import TableReader, same_file
-from ..webdataset import WdsOptions, WdsReader, is_webdataset
-from ..writers import TableWriter
+from ..contract.atomic import write_bytes
+from ..contract.constants import BATCH_SIZE
+from ..contract.errors import InputError, WriteError, error_code, write_error
+from ..contract.rows import (
+    Columns,
+    check_columns,
+    check_image_root,
+    check_output_columns,
+    no_rows,
+    output_schema,
+    with_scores,
+)
+from ..decode.pool import DecodePool, ThreadPool
+from ..decode.preprocess import MAX_PIXELS
+from ..embeddings.store import EmbeddingStore
+from ..inputs.tables import TableReader, same_file
+from ..inputs.webdataset import WdsOptions, WdsReader, is_webdataset
+from ..model.longclip import LongCLIP
+from ..outputs.lock import OutputLock
+from ..outputs.writers import TableWriter
 from .chunk import CHUNK_ROWS, default_pool
 from .pipeline import ChunkResult, Pipeline, Work
 

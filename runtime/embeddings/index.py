@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, WriteError
+from ..contract.errors import InputError, WriteError
 
 log = logging.getLogger(__name__)
 

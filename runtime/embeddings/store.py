@@ -57,16 +57,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import write_bytes
-from .embedding_index import KINDS, PartIndex
-from .embedding_parts import (COLUMNS, DAMAGED, PartNamer, arrow_errors, part_damage, part_identity, part_names,
-                              part_records, part_table, write_part)
-from .errors import InputError, WriteError, write_error
-from .lock import OutputLock
-from .manifest import sha256_file
+from ..contract.atomic import write_bytes
+from ..contract.errors import InputError, WriteError, write_error
+from ..contract.manifest import sha256_file
+from ..outputs.lock import OutputLock
+from .index import KINDS, PartIndex
+from .parts import (
+    COLUMNS,
+    DAMAGED,
+    PartNamer,
+    arrow_errors,
+    part_damage,
+    part_identity,
+    part_names,
+    part_records,
+    part_table,
+    write_part,
+)
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ..contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import errors
-from .constants import DECODE_TIMEOUT
-from .errors import EngineError, ImageError
+from ..contract import errors
+from ..contract.constants import DECODE_TIMEOUT
+from ..contract.errors import EngineError, ImageError
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ..contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class DecodePool:
                 str(spec.max_pixels), ",".join(map(repr, spec.mean)), ",".join(map(repr, spec.std))]
         # -c with this process's sys.path: the worker imports longclip however this process found it
         code = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-                "from longclip.runtime.decode_worker import main; main(sys.argv[2:])")
+                "from longclip.runtime.decode.worker import main; main(sys.argv[2:])")
         process = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps(sys.path), *args], pass_fds=(job_r, result_w, self._shm_fd),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -358,8 +358,8 @@ class ThreadPool:
         self._executor.submit(self._run, job)
 
     def _run(self, job: tuple[Any, ...]) -> None:
-        from .decode_worker import image_job
         from .tokenizer import default_tokenizer
+        from .worker import image_job
 
         try:
             if job[0] == "image":

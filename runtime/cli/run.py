@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..contract.constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
+from ..contract.errors import EngineError, InputError, LongCLIPError
+from ..decode.preprocess import MAX_PIXELS
+from ..inputs.tables import FORMATS, same_file
 from .console import column_options, configure_logging, tolerate_broken_stderr
-from .constants import BATCH_SIZE, CHUNK_ROWS, DECODE_TIMEOUT, DEVICES
-from .errors import EngineError, InputError, LongCLIPError
-from .preprocess import MAX_PIXELS
-from .tables import FORMATS, same_file
 
 if TYPE_CHECKING:
-    from .decode_pool import DecodePool, ThreadPool
-    from .embeddings import EmbeddingStore
-    from .engines.local import RunOptions, RunSummary
-    from .engines.ray import RayOptions
-    from .model import LongCLIP
+    from ..decode.pool import DecodePool, ThreadPool
+    from ..embeddings.store import EmbeddingStore
+    from ..engines.local import RunOptions, RunSummary
+    from ..engines.ray import RayOptions
+    from ..model.longclip import LongCLIP
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +87,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     [0, 1] and OUTPUT_KEY_error (empty when scored; NaN/null score and a reason otherwise)."""
     tolerate_broken_stderr()
     configure_logging(quiet)
-    from .engines.local import RunOptions, work_dir_for
+    from ..engines.local import RunOptions, work_dir_for
 
     opts = RunOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
                       batch_size=batch_size, chunk_rows=chunk_rows, max_pixels=max_pixels,
@@ -106,7 +106,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
             summary = _embed_only(input_path, model_name, opts, device, decode_workers, decode_timeout,
                                   embeddings_dir, embeddings_dtype, quiet)  # type: ignore[arg-type]
         elif engine == "ray":
-            from .engines.ray import RayOptions
+            from ..engines.ray import RayOptions
 
             ray_opts = RayOptions(ray_address, workers, cpus_per_worker, embeddings_dir, embeddings_dtype,
                                   decode_timeout, log_level=logging.ERROR if quiet else logging.WARNING)
@@ -117,7 +117,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
-            from .report import ReportOptions, write_report
+            from ..report import ReportOptions, write_report
 
             write_report(output_path, report_path, ReportOptions(image_key=image_key, text_key=text_key,
                                                                  output_key=output_key, image_root=image_root))
@@ -146,7 +146,7 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
         raise EngineError("--resume is for the local engine: a Ray run that stops leaves no partial output; run it "
                           "again, or use --engine local for a resumable run")
     if report_path is not None:
-        from .report import check_report_path
+        from ..report import check_report_path
 
         for other, what in ((input_path, "INPUT"), (output_path, "OUTPUT")):
             if same_file(report_path, other):
@@ -160,7 +160,7 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
 def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str, resume: bool,
                decode_workers: int | None, decode_timeout: float, embeddings_dir: str | None, embeddings_dtype: str,
                quiet: bool) -> RunSummary:
-    from .engines.local import execute, plan_file
+    from ..engines.local import execute, plan_file
 
     with plan_file(input_path, output_path, opts, resume) as plan, contextlib.ExitStack() as stack:
         model, pool, store = _load(stack, model_name, plan.opts, device, decode_workers, decode_timeout,
@@ -170,7 +170,7 @@ def _run_local(input_path: str, output_path: str, model_name: str, opts: RunOpti
 
 def _embed_only(input_path: str, model_name: str, opts: RunOptions, device: str, decode_workers: int | None,
                 decode_timeout: float, embeddings_dir: str, embeddings_dtype: str, quiet: bool) -> RunSummary:
-    from .engines.local import embed_file, open_input
+    from ..engines.local import embed_file, open_input
 
     reader = open_input(input_path, opts)  # the input checked before the model loads
     with contextlib.ExitStack() as stack:
@@ -185,18 +185,18 @@ def _load(stack: contextlib.ExitStack, model_name: str, opts: RunOptions, device
           ) -> tuple[LongCLIP, DecodePool | ThreadPool, EmbeddingStore | None]:
     """The model, its decode pool and the embeddings folder (entered on ``stack``): the folder first (another
     model's is refused before the model loads), and the workers start (a fresh interpreter each) while it loads."""
-    from .cpus import plan_cpus
-    from .decode_pool import ImageSpec, make_pool
-    from .manifest import read_manifest
-    from .model import TRT_MAX_BATCH, LongCLIP
-    from .resolve import resolve_model_dir
-    from .session import wants_gpu
+    from ..contract.manifest import read_manifest
+    from ..decode.cpus import plan_cpus
+    from ..decode.pool import ImageSpec, make_pool
+    from ..model.longclip import TRT_MAX_BATCH, LongCLIP
+    from ..model.resolve import resolve_model_dir
+    from ..model.session import wants_gpu
 
     model_dir = resolve_model_dir(model_name)
     manifest = read_manifest(model_dir)
     store = None
     if embeddings_dir is not None:
-        from .embeddings import EmbeddingStore, StoreIdentity
+        from ..embeddings.store import EmbeddingStore, StoreIdentity
 
         store = stack.enter_context(EmbeddingStore(embeddings_dir, StoreIdentity.of(manifest, embeddings_dtype)))
     split = plan_cpus(wants_gpu(device), decode_workers)
@@ -209,8 +209,8 @@ def _load(stack: contextlib.ExitStack, model_name: str, opts: RunOptions, device
 
 def _run_ray(input_path: str, output_path: str, model_name: str, opts: RunOptions, device: str,
              ray_opts: RayOptions, quiet: bool) -> RunSummary:
-    from .engines.ray import execute_ray, plan_ray
-    from .resolve import resolve_model_dir
+    from ..engines.ray import execute_ray, plan_ray
+    from ..model.resolve import resolve_model_dir
 
     with plan_ray(input_path, output_path, opts, device, local_ray=ray_opts.address is None) as plan:
         return execute_ray(plan, resolve_model_dir(model_name), ray_opts, progress=False if quiet else None)

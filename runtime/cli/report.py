@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..console import column_options, configure_logging, tolerate_broken_stderr
-from ..errors import LongCLIPError
+from ..contract.errors import LongCLIPError
+from .console import column_options, configure_logging, tolerate_broken_stderr
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,8 +21,8 @@ def main(scored_path: str, html_path: str, image_key: str, text_key: str, output
     histogram with a threshold slider, statistics, lowest/highest pairs, pairs around quantiles, failed rows."""
     tolerate_broken_stderr()
     configure_logging(quiet)
-    from .data import ReportOptions
-    from .page import write_report
+    from ..report.data import ReportOptions
+    from ..report.page import write_report
 
     opts = ReportOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
                          title=title)

@@ -25,9 +25,9 @@ import ftfy
 import numpy as np
 import regex
 
-from . import errors
-from .constants import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
-from .errors import TextError
+from ..contract import errors
+from ..contract.constants import CONTEXT_LENGTH, EOT_TOKEN, SOT_TOKEN
+from ..contract.errors import TextError
 
 _PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",

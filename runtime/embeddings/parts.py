@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import replacing
-from .errors import write_error
-from .writers import utf8_safe
+from ..contract.atomic import replacing
+from ..contract.errors import write_error
+from ..outputs.writers import utf8_safe
 
 if TYPE_CHECKING:
     import pyarrow as pa

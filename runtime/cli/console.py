@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
+from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 
 F = TypeVar("F", bound=Callable[..., Any])
 
