@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from longclip.runtime.cli.console import configure_logging, version_option
+from longclip.runtime.cli.console import configure_logging, tolerate_broken_stderr, version_option
 from longclip.runtime.contract.constants import OPSET
 from longclip.runtime.contract.errors import LongCLIPError, ParityError
 
@@ -27,6 +27,7 @@ def main(checkpoint: str, out_dir: str, opset: int, precision: str, attention: s
     """Export a LongCLIP CHECKPOINT (.pt/.bin/.ckpt/.safetensors file, a transformers CLIP folder with
     config.json, or a folder holding a checkpoint) to two ONNX graphs and a manifest, and prove them against the
     PyTorch reference before saying done."""
+    tolerate_broken_stderr()
     configure_logging(quiet)
     try:
         from .build import export_model

@@ -1,7 +1,9 @@
-"""Logging for the command-line tools: messages on stderr, quiet when asked."""
+"""Logging for the command-line tools: messages on stderr, quiet when asked; a stderr that cannot take them
+(closed, a pipe whose reader exited, a full device) costs the messages, never the run."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -14,6 +16,47 @@ import click
 from ..contract.rows import IMAGE_KEY, OUTPUT_KEY, TEXT_KEY
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _DroppingStderr(io.RawIOBase):
+    """File descriptor 2 as a raw stream whose writes never fail: what it cannot take is dropped. Under every
+    layer that writes to stderr (logging, tqdm, ``click.echo``, Python's own), so none of them can end a run."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            return os.write(2, data)
+        except OSError:  # EPIPE (its reader exited), EBADF, ENOSPC (/dev/full), EAGAIN (a full non-blocking pipe)
+            return len(data)
+
+    def fileno(self) -> int:
+        return 2
+
+    def isatty(self) -> bool:
+        try:
+            return os.isatty(2)
+        except OSError:
+            return False
+
+
+def tolerate_broken_stderr() -> None:
+    """Make messages on stderr best-effort for a command-line tool: a closed descriptor 0, 1 or 2 is opened on
+    ``/dev/null`` (else the next file opened would take its number, and the messages would go into it), and
+    ``sys.stderr`` drops what its descriptor refuses. Call first in a CLI's ``main``, before logging is set up."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free number: fd itself, unless a lower one was closed too (opened first)
+                os.dup2(null, fd)
+                os.close(null)
+    old = sys.stderr
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(_DroppingStderr()), encoding=encoding, errors="backslashreplace",
+                                  line_buffering=True, write_through=True)
 
 
 def configure_logging(quiet: bool) -> None:

@@ -8,7 +8,7 @@ import click
 
 from ..contract.errors import LongCLIPError
 from ..model.baseline import SAMPLE_ROWS
-from .console import column_options, configure_logging, version_option
+from .console import column_options, configure_logging, tolerate_broken_stderr, version_option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +37,7 @@ def main(scored_path: str, html_path: str, image_key: str, text_key: str, output
     """Write a report of SCORED_FILE (.jsonl, .json, .csv, .parquet, as longclip-run writes them): score
     histogram with a threshold slider, statistics, lowest/highest pairs, pairs around quantiles, failed rows; with
     -m, how often mismatched pairs pass each threshold."""
+    tolerate_broken_stderr()
     configure_logging(quiet)
     from ..report.data import ReportOptions
     from ..report.page import write_report

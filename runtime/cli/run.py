@@ -23,7 +23,7 @@ from ..contract.constants import (
 )
 from ..contract.errors import MISSING_FILE, EngineError, InputError, LongCLIPError
 from ..inputs.tables import FORMATS, same_file
-from .console import column_options, configure_logging, run_seconds, version_option
+from .console import column_options, configure_logging, run_seconds, tolerate_broken_stderr, version_option
 
 if TYPE_CHECKING:
     from ..decode.pool import DecodePool, ThreadPool
@@ -107,6 +107,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
 
     Exit status: 0 done; 1 refused or failed (one line, nothing written); 2 usage; 3 done, but not one row could be
     scored (OUTPUT is written: see its reasons); 130 interrupted."""
+    tolerate_broken_stderr()
     run_seconds()  # where /proc cannot say when the process started, the clock starts here
     configure_logging(quiet)
     from ..engines.local import RunOptions, work_dir_for

@@ -15,7 +15,7 @@ from ..contract.constants import BATCH_SIZE, DECODE_TIMEOUT, DEVICES, MAX_PIXELS
 from ..contract.errors import LongCLIPError
 from ..contract.rows import check_image_root
 from ..serve.limits import MAX_BODY_MB, MAX_ITEMS, Limits
-from .console import configure_logging
+from .console import configure_logging, tolerate_broken_stderr
 
 log = logging.getLogger("longclip.serve")
 
@@ -58,6 +58,7 @@ def main(model_name: str, host: str, port: int, device: str, batch_size: int, ba
          decode_timeout: float, decode_workers: int | None, drain_seconds: float, api_key: str | None,
          served_name: str | None) -> None:
     """Serve MODEL over HTTP: OpenAI-compatible /v1/embeddings, /v1/score, /health, /ready, /metrics."""
+    tolerate_broken_stderr()
     configure_logging(quiet=False)
     try:
         import uvicorn  # noqa: F401

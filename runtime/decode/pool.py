@@ -20,6 +20,7 @@ process, lasts as long as the pool), sends jobs, reads results and stderr, and e
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
 import logging
@@ -27,6 +28,7 @@ import mmap
 import os
 import pickle
 import queue
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ import numpy as np
 
 from ..contract import errors
 from ..contract.constants import DECODE_TIMEOUT
-from ..contract.errors import ImageError
+from ..contract.errors import EngineError, ImageError
 from .worker import ImageSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,11 @@ _AHEAD_BYTES = 16384
 _START_TIMEOUT = 60.0  # seconds a new worker may take to say it is ready
 _STILLBORN = 3  # workers in a row that die or hang before they are ready: the pool has failed
 _STDERR_LINES = 20  # last lines of each worker's stderr kept for its crash report
+# Open files a run with worker processes needs, about: each worker keeps three pipes and its start opens a few more
+# for a moment; the rest (the graphs, the input, the output and its lock, Python's own) fit in the base. Measured:
+# the tiny model with 2 workers needs 25 to 28; a limit below the estimate is refused before anything starts.
+_FILES_BASE = 32
+_FILES_PER_WORKER = 8
 
 
 def shared_buffer(nbytes: int) -> tuple[int, mmap.mmap]:
@@ -123,7 +130,7 @@ class DecodePool:
         """Queue ``("image", job_id, source, slot, name, cache)`` or ``("text", job_id, texts, context_length)``
         (``decode_worker`` says what they answer)."""
         if self._failure is not None:
-            raise RuntimeError(f"the decode workers failed: {self._failure}") from self._failure
+            raise EngineError(f"the decode workers failed: {_why(self._failure)}") from None
         self._inbox.put((job, pickle.dumps(job, pickle.HIGHEST_PROTOCOL)))
         os.write(self._wake_w, b"j")
 
@@ -158,8 +165,8 @@ class DecodePool:
                 self._step(workers)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller, never silently lost
             self._failure = exc
-            log.error("decode workers failed: %s", exc)
-            self.events.put(("pool_failed", str(exc) or repr(exc)))
+            log.debug("decode workers failed", exc_info=True)  # the caller says it, in one line
+            self.events.put(("pool_failed", _why(exc)))
         finally:
             for worker in workers:
                 _stop(worker)
@@ -282,6 +289,22 @@ class DecodePool:
         return _Worker(process, Connection(job_w, readable=False), Connection(result_r, writable=False))
 
 
+def _why(exc: BaseException) -> str:
+    """Why the workers failed, in one line with the way out: a limit reached (open files, processes, memory) names
+    the limit; a worker that cannot be started names the interpreter."""
+    if not isinstance(exc, OSError):
+        return str(exc) or repr(exc)
+    out = "or run with --decode-workers 0 to decode in this process"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # resource imported up front: an import opens files
+        return (f"[Errno {exc.errno}] {exc.strerror} while starting a worker (this process may have {soft} open files: "
+                f"ulimit -n): raise the limit (ulimit -n 4096), {out}")
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return (f"[Errno {exc.errno}] {exc.strerror} while starting a worker (the limit on processes, ulimit -u, or "
+                f"memory): free some, {out}")
+    return f"cannot start a decode worker ({sys.executable}): {exc}; check that it runs, {out}"
+
+
 def _stop(worker: _Worker, kill: bool = False) -> None:
     for conn in (worker.jobs, worker.results):
         try:
@@ -352,11 +375,26 @@ def slots_for(batch_size: int, workers: int) -> int:
     return 2 * batch_size + _DEPTH * max(1, workers)
 
 
+def check_files_limit(workers: int) -> None:
+    """:class:`EngineError` in one line when this process may not open the files ``workers`` decode processes
+    need (``ulimit -n``): refused before any starts, rather than failing half-way with a worker's pipe or a graph.
+
+    >>> check_files_limit(2)  # a usual limit (1,024 or more) passes
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    need = _FILES_BASE + _FILES_PER_WORKER * workers
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise EngineError(f"this process may have {soft} open files (ulimit -n) and {workers} decode worker "
+                          f"processes need about {need}: raise the limit (ulimit -n 4096), or run with "
+                          "--decode-workers 0 to decode in this process")
+
+
 def make_pool(spec: ImageSpec, batch_size: int, workers: int, timeout: float = DECODE_TIMEOUT
               ) -> DecodePool | ThreadPool:
     """Worker processes, or threads when ``workers`` is 0 (two of them, so decoding overlaps inference) or when no
     shared memory can be had (said in a warning)."""
     if workers > 0:
+        check_files_limit(workers)
         try:
             return DecodePool(spec, slots_for(batch_size, workers), workers, timeout)
         except OSError as exc:

@@ -6,8 +6,10 @@ is too long is cut to 248 tokens and its last token forced to EOT.
 
 Its cost grows about linearly with the text, so a hostile row (a megabyte of one word, or of many) cannot stall a
 crawl: each pre-token is BPE'd by :func:`bpe` in about ``O(n log n)`` rather than the official ``O(n^2)``;
-:meth:`Tokenizer.batch` stops at the first word boundary once the cut is certain; the word cache is bounded.
-Only ftfy still reads the whole text, exactly as the official does.
+:meth:`Tokenizer.batch` stops at the first word boundary once the cut is certain, and inside a word whose ids reach
+the cut BPEs only prefixes long enough to make its first ids certain (a 30 MB word of zero-width spaces: 160 MiB,
+not 5 GB); the word cache is bounded. Only ftfy, unescaping, lowercasing and the regex still read the whole text,
+linearly, exactly as the official does.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ CACHE_SIZE = 65_536
 words, 26 MB of :data:`MAX_CACHED_WORD`-letter ones."""
 MAX_CACHED_WORD = 64
 """Longer pre-tokens (in characters) are never cached: they rarely repeat and would pin memory."""
+_LONG_WORD = 1024
+"""A pre-token longer than this (in characters) whose ids would reach the cut gives only the ids before the cut
+(:meth:`Tokenizer._first_ids`): a 30 MB word costs what its first few hundred tokens cost."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,8 +83,10 @@ def clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
-def bpe(word: str, ranks: Mapping[tuple[str, str], int], merges: Sequence[tuple[str, str]]) -> list[str]:
-    """The parts of one byte-encoded pre-token, exactly as the official ``SimpleTokenizer.bpe``.
+def bpe(word: str, ranks: Mapping[tuple[str, str], int], merges: Sequence[tuple[str, str]], *,
+        whole: bool = True) -> list[str]:
+    """The parts of one byte-encoded pre-token, exactly as the official ``SimpleTokenizer.bpe``; ``whole=False``:
+    of a prefix of one (its last character without the word's end, ``</w>``).
 
     The official loop takes the lowest-ranked adjacent pair, merges all its occurrences in one left-to-right scan
     (skipping one whose first part the previous merge took), and only then looks at the pairs this made: a rescan
@@ -98,7 +105,8 @@ def bpe(word: str, ranks: Mapping[tuple[str, str], int], merges: Sequence[tuple[
     ['aa', 'a', 'a</w>']
     """
     parts = list(word)
-    parts[-1] += "</w>"
+    if whole:
+        parts[-1] += "</w>"
     end = len(parts)
     get = ranks.get
     buckets: dict[int, list[int]] = {}
@@ -176,6 +184,8 @@ class Tokenizer:
         # merges[r] is the pair of rank r: with a repeated pair the dict keeps its last rank, still merges[rank].
         self._merges: list[tuple[str, str]] = merges  # type: ignore[assignment]
         self._special = {s: [self.encoder[s]] for s in _SPECIAL}  # the official cache's two fixed entries
+        # No BPE part is longer than the longest token (32 characters: eight byte-encoded emoji).
+        self._longest = max(len(token.removesuffix("</w>")) for token in self.encoder)
         self._cache: dict[str, list[int]] = {}
         self._cache_size = cache_size
         assert self.encoder["<|startoftext|>"] == SOT_TOKEN and self.encoder["<|endoftext|>"] == EOT_TOKEN
@@ -208,10 +218,41 @@ class Tokenizer:
             raise TextError(errors.NOT_TEXT, f"text must be a str, got {type(text).__name__} ({text!r:.60})")
         ids: list[int] = []
         for match in _PATTERN.finditer(clean(text)):
-            ids += self._word_ids(match[0])
+            word = match[0]
+            if limit is not None and len(word) > _LONG_WORD and word not in self._special:
+                first = self._first_ids(word, limit - len(ids))
+                if first is not None:
+                    return ids + first
+            ids += self._word_ids(word)
             if limit is not None and len(ids) >= limit:
                 break
         return ids
+
+    def _first_ids(self, word: str, n: int) -> list[int] | None:
+        """The first ``n`` ids of pre-token ``word``, BPE'ing only a prefix of it; None when no prefix shorter than
+        the word makes them certain (then the whole word is BPE'd, as ever).
+
+        Why a prefix can tell: where the whole word's parts have a boundary at byte-character ``b``, its parts
+        before ``b`` are exactly the parts of ``word[:b]`` alone, BPE'd without the word's end (no merge crosses
+        ``b``, so each of the official loop's sweeps merges the same pairs left of ``b``, in the same order). The
+        whole word's parts are at most :attr:`_longest` characters long, so some boundary lies among any that
+        many consecutive positions below its length: when the prefixes ending at each of ``P - longest + 1 ..
+        P`` all give ``n`` or more parts and agree on the first ``n``, those are the word's, whatever follows.
+        Each try BPEs ``longest`` prefixes of ``P`` characters; ``P`` doubles until they agree.
+        """
+        size = 4 * n + self._longest
+        while size < len(word):
+            encoded = byte_encode(word[:size])[:size]  # a character is one byte or more: a prefix of the encoding
+            first: list[str] | None = None
+            for end in range(size, max(size - self._longest, 0), -1):
+                parts = bpe(encoded[:end], self.bpe_ranks, self._merges, whole=False)[:n]
+                if len(parts) < n or (first is not None and parts != first):
+                    break
+                first = parts
+            else:
+                return [self.encoder[part] for part in first or ()]
+            size *= 2
+        return None
 
     def batch(
         self, texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH, truncate: bool = True

@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS texts (id INTEGER PRIMARY KEY, sha256 BLOB NOT NULL U
 ReadPart = Callable[[str, str], "tuple[list[bytes], np.ndarray] | None"]
 """``read_part(kind, name)``: a part's rows' sha256 (32 bytes each) and ``(N, D)`` embeddings (the stored dtype),
 in row order; None when the part cannot be used (it logs why)."""
+SetAside = Callable[[str, str], bool]
+"""``set_aside(kind, name)``: whether an indexed part was found damaged (cheaply: its size and footer), in which
+case it has been moved out of the folder's parts (it logs that)."""
 
 
 class PartIndex:
@@ -59,9 +62,11 @@ class PartIndex:
         self.conn, self.path = conn, path
 
     @classmethod
-    def writer(cls, root: Path, parts: dict[str, list[str]], read_part: ReadPart) -> PartIndex:
+    def writer(cls, root: Path, parts: dict[str, list[str]], read_part: ReadPart,
+               set_aside: SetAside | None = None) -> PartIndex:
         """The index of ``root``, created, checked (an unreadable one is rebuilt, with a warning) and brought up to
-        date with ``parts`` (each kind's part names, sorted: the order they were written)."""
+        date with ``parts`` (each kind's part names, sorted: the order they were written); ``set_aside``: checks
+        each indexed part, and moves a damaged one out (its kind is then indexed again without it)."""
         path = root / INDEX
         existed = path.exists()
         if not existed and any(parts.values()):
@@ -75,7 +80,7 @@ class PartIndex:
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
             existed = False
             index = cls._open_writer(path)
-        index.sync(parts, read_part, quiet=not existed)
+        index.sync(parts, read_part, quiet=not existed, set_aside=set_aside)
         return index
 
     @classmethod
@@ -129,22 +134,31 @@ class PartIndex:
         for table in ("parts", *KINDS):
             self.conn.execute(f"SELECT max(id) FROM {table}").fetchall()
 
-    def sync(self, parts: dict[str, list[str]], read_part: ReadPart, quiet: bool = False) -> None:
-        """Index every part of ``parts`` not indexed yet. If one indexed is gone, or one not indexed sorts before
-        the newest indexed, the kind is rebuilt from all its parts (records would otherwise win out of order)."""
+    def sync(self, parts: dict[str, list[str]], read_part: ReadPart, quiet: bool = False,
+             set_aside: SetAside | None = None) -> None:
+        """Index every part of ``parts`` not indexed yet. If one indexed is gone (``set_aside`` moved it), or one
+        not indexed sorts before the newest indexed, the kind is rebuilt from all its parts (records would
+        otherwise win out of order, and an older record of a key in a damaged part must win again)."""
         for kind in KINDS:
             on_disk = parts.get(kind, [])
             present = set(on_disk)
             self._forget(kind, set(self.unreadable_parts(kind)) - present)  # removed, as the warning asked
             indexed = [n for n, in self.conn.execute("SELECT name FROM parts WHERE kind = ? ORDER BY id", (kind,))]
+            moved = set()
+            if set_aside is not None:
+                readable = set(indexed) - set(self.unreadable_parts(kind))
+                moved = {name for name in on_disk if name in readable and set_aside(kind, name)}
+                on_disk = [name for name in on_disk if name not in moved]
+                present -= moved
             known = set(indexed)
             new = [name for name in on_disk if name not in known]
             gone = sorted(known - present)
             if gone or (new and indexed and new[0] < max(indexed)):
                 why = (f"{len(gone)} indexed part(s) are gone ({gone[0]}, ...)" if gone
                        else f"part {new[0]} is older than the newest indexed")
-                log.warning("embeddings index %r: %s; rebuilding its %s from %d parts", str(self.path), why, kind,
-                            len(on_disk))
+                if not set(gone) <= moved or not gone:  # set_aside's line already said what happens
+                        log.warning("embeddings index %r: %s; rebuilding its %s from %d parts", str(self.path), why,
+                                kind, len(on_disk))
                 self._clear(kind)
                 new = on_disk
             elif new and not quiet:

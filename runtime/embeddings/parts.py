@@ -31,6 +31,10 @@ METADATA = b"longclip.embeddings"
 _NAME = re.compile(r"part-(\d{8}T\d{12})Z-\d+-\d+\.parquet")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _INTEGERS = {"size", "mtime_ns"}
+_MAGIC = b"PAR1"  # a parquet file's first and last four bytes; the four before the last: its footer's length
+DAMAGED = ".damaged"
+"""A damaged part is renamed ``.<name>.damaged``: a leading dot and no ``.parquet``, as a temporary file, so no
+reader's glob sees it."""
 
 
 def part_names(folder: Path) -> list[str]:
@@ -99,6 +103,31 @@ def write_part(path: Path, table: pa.Table) -> None:
                            write_statistics=False)
     except OSError as exc:
         raise write_error(path, exc, ": the records stay pending; free space and flush() again") from None
+
+
+def part_damage(path: Path) -> str | None:
+    """Why the part at ``path`` is not a whole parquet file, from its size and its two ends alone (a file cut
+    short, or overwritten at its end, fails here), or None: it looks whole, or cannot be opened to tell.
+
+    >>> part_damage(Path("/dev/null"))
+    '0 bytes: too short for a parquet file'
+    """
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(4)
+            file.seek(max(size - 8, 0))
+            tail = file.read(8)
+    except OSError:
+        return None
+    if size < 12:
+        return f"{size} bytes: too short for a parquet file"
+    if head != _MAGIC or tail[4:] != _MAGIC:
+        return f"it does not start and end with {_MAGIC!r} ({size} bytes: cut short?)"
+    footer = int.from_bytes(tail[:4], "little")
+    if footer > size - 12:
+        return f"its footer claims {footer} bytes, more than its {size} bytes hold"
+    return None
 
 
 def part_identity(path: Path) -> dict[str, Any]:

@@ -17,6 +17,9 @@ Layout of ``DIR`` (a contract: other tools read it):
 ``DIR/index.sqlite`` (+ ``-wal``, ``-shm``)
     sha256 -> (part, row, embedding) of each key's newest record (:mod:`.embedding_index`): lookups read only
     this. Derived from the parts: rebuilt from them when lost or damaged.
+``DIR/<kind>/.part-*.parquet.damaged``
+    An indexed part a writer's open found damaged (its size and footer checked: cut short since), moved out of the
+    parts with one line; its kind is indexed again without it, so an older record of its keys wins again.
 
 A part holds the records added since the previous part: ``part_rows`` of them (4096 by default), or fewer at
 :meth:`EmbeddingStore.flush` / close. Its name ``part-<UTC YYYYmmddTHHMMSSffffff>Z-<pid>-<n>.parquet`` sorts in
@@ -60,7 +63,18 @@ from ..contract.errors import InputError, WriteError, write_error
 from ..contract.manifest import sha256_file
 from ..outputs.lock import OutputLock
 from .index import KINDS, PartIndex
-from .parts import COLUMNS, PartNamer, arrow_errors, part_identity, part_names, part_records, part_table, write_part
+from .parts import (
+    COLUMNS,
+    DAMAGED,
+    PartNamer,
+    arrow_errors,
+    part_damage,
+    part_identity,
+    part_names,
+    part_records,
+    part_table,
+    write_part,
+)
 
 if TYPE_CHECKING:
     from ..contract.manifest import Manifest
@@ -197,7 +211,8 @@ class EmbeddingStore:
             parts = self._parts()
             self._namer = PartNamer([name for names in parts.values() for name in names])
             own_index = write and not shared
-            self._index = PartIndex.writer(self.root, parts, self._read_part) if own_index else PartIndex.reader(self.root)
+            self._index = (PartIndex.writer(self.root, parts, self._read_part, self._set_aside) if own_index
+                           else PartIndex.reader(self.root))
             self._warn_unreadable()
         except BaseException:
             self._release()
@@ -297,6 +312,22 @@ class EmbeddingStore:
                         "reading the folder fail on a corrupt part)", str(path), _clip(str(exc), 200),
                         str(path.parent))
             return None
+
+    def _set_aside(self, kind: str, name: str) -> bool:
+        """Whether indexed part ``name`` is damaged (cut short since it was indexed): then it is moved out of the
+        folder's parts (``.<name>.damaged`` beside them), so that pandas and DuckDB read the folder again."""
+        path = self.root / kind / name
+        why = part_damage(path)
+        if why is None:
+            return False
+        aside = path.with_name(f".{name}{DAMAGED}")
+        try:
+            os.replace(path, aside)
+        except OSError as exc:
+            raise write_error(path, exc, ": it is damaged; move it out of the folder") from None
+        log.warning("embeddings part %r is damaged (%s): moved to %r, out of the folder's parts; its %s are indexed "
+                    "again without it", str(path), why, aside.name, kind)
+        return True
 
     def _warn_unreadable(self) -> None:
         """Parts found unusable by an earlier open, still there: said again on each open."""
@@ -456,7 +487,7 @@ class EmbeddingStore:
         assert self._index is not None and not self.shared
         self.flush()
         self._index.close()
-        self._index = PartIndex.writer(self.root, self._parts(), self._read_part)
+        self._index = PartIndex.writer(self.root, self._parts(), self._read_part, self._set_aside)
 
     def close(self) -> None:
         """Write what is pending, close the index, release the folder's lock; a second call does nothing."""

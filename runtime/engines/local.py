@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
+import stat
 import sys
 import time
 from collections import Counter
@@ -139,6 +141,50 @@ def work_dir_for(output: Path) -> Path:
     return run_sibling(output)
 
 
+def check_work_dir(work: Path) -> None:
+    """Refuse a work folder path that holds something other than a folder: a file, or a symbolic link (never
+    followed, wherever it points; removing or resuming through it would act on another folder)."""
+    try:
+        mode = os.lstat(work).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise write_error(work, exc) from None
+    if stat.S_ISDIR(mode):
+        return
+    what = "a symbolic link (never followed)" if stat.S_ISLNK(mode) else "not a folder"
+    raise InputError(f"work folder {str(work)!r} of this output is {what}: remove it (rm {shlex.quote(str(work))}) "
+                     "and run again (its finished chunks, if any, are lost)")
+
+
+def _finished_part(path: Path, rows: int, baseline: bool = False) -> ChunkResult | None:
+    """The kept result of a finished chunk of ``rows`` rows (with its mismatched pairs when ``baseline``), or None
+    when there is none to trust: what is at ``path`` is removed (a symbolic link is never followed) and its rows
+    are scored again, said in one line."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        try:
+            result = _load_part(path, baseline)
+            if not (len(result.scores) == len(result.errors) == len(result.truncated) == rows
+                    and result.scores.dtype == np.float32 and result.truncated.dtype == bool):
+                raise ValueError(f"it holds {len(result.scores)} rows, not {rows}, or other types")
+            return result
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, it does not verify
+            why = f"{type(exc).__name__}: {exc}"
+    else:
+        why = "a symbolic link" if stat.S_ISLNK(mode) else "not a file"
+    log.warning("chunk %r of the interrupted run does not verify (%.200s): scoring its %d rows again", str(path), why,
+                rows)
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return None
+
+
 @dataclass
 class LocalPlan:
     """A checked run: the input scanned, columns and output checked, the output locked and its writer open.
@@ -183,6 +229,7 @@ def plan_file(input_path: str | os.PathLike[str], output_path: str | os.PathLike
     TableWriter.check(output)
     if _is_json(reader):
         check_sparse_width(len(reader.columns), reader.n_rows, str(reader.path), output)
+    check_work_dir(work_dir_for(output))
     lock = OutputLock(output)
     lock.acquire()
     try:
@@ -283,12 +330,10 @@ def _load_part(path: Path, baseline: bool = False) -> ChunkResult:
 
 def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> None:
     state = json.loads(json.dumps(state))  # as it reads back (tuples are lists in JSON)
+    check_work_dir(work)
     state_file = work / "state.json"
-    if resume and state_file.is_file():
-        try:
-            previous = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            previous = {}
+    if resume and os.path.lexists(state_file):
+        previous = _read_state(state_file)
         changed = [k for k in state if previous.get(k) != state[k]]
         if changed:
             what = {"input": f"input {state['input']!r}", "input_sha256": f"input {state['input']!r}"}
@@ -307,6 +352,23 @@ def _prepare_work_dir(work: Path, state: dict[str, object], resume: bool) -> Non
         raise write_error(work, exc) from None
 
 
+def _read_state(state_file: Path) -> dict[str, object]:
+    """A work folder's ``state.json``; one that is not a regular file (a link is not followed, a FIFO not waited
+    on) or not a JSON object is an :class:`InputError`: what the chunks were made from is unknown."""
+    try:
+        fd = os.open(state_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ValueError("not a regular file")
+            previous = json.loads(file.read(1 << 20))
+        if not isinstance(previous, dict):
+            raise ValueError("not a JSON object")
+        return previous
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot resume: {str(state_file)!r} is damaged ({exc}): run again without --resume to "
+                         "start over") from None
+
+
 def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
             pool: DecodePool | ThreadPool | None = None, store: EmbeddingStore | None = None) -> RunSummary:
     """Score the planned run with ``model`` (see the module doc); the plan's checks are not repeated. Decodes on
@@ -322,13 +384,15 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
     root = Path(opts.image_root) if opts.image_root is not None else None
     summary = RunSummary(provider=model.provider, context_length=model.manifest.context_length)
     parts = [work / f"chunk-{index:07d}.npz" for index in range(-(-reader.n_rows // opts.chunk_rows))]
+    finished: set[Path] = set()
 
     baseline = Baseline(reader.n_rows)
 
     def works() -> Iterator[Work]:
         for part, chunk in zip(parts, _read_chunks(reader, opts)):
-            if part.is_file():
-                done = _load_part(part, baseline=True)
+            done = _finished_part(part, len(chunk.frame), baseline=True)
+            if done is not None:
+                finished.add(part)
                 summary.resumed_rows += len(done.errors)
                 yield Work([], [], done)
             else:
@@ -339,7 +403,7 @@ def execute(plan: LocalPlan, model: LongCLIP, progress: bool | None = None,
         drawn = True
         for index, (part, result) in enumerate(zip(parts, pipeline.run(works()))):
             drawn &= _draw_baseline(baseline, index * opts.chunk_rows, result)
-            if not part.is_file():
+            if part not in finished:
                 if store is not None:
                     store.flush()
                 try:

@@ -5,7 +5,10 @@ the first bad header after byte 0, so a shard corrupt half-way looks complete; i
 end-of-archive marker (a second tar concatenated to the first); and its errors carry no byte offset. This reader
 walks the headers itself, with ``tarfile``'s rules for what a header means (ustar and GNU names, GNU long names
 ``L``/``K``, PAX ``x`` records for ``path`` and ``size``, base-256 sizes, the signed or unsigned checksum), and
-ends with a :class:`Stop` that names the byte where the archive stopped being valid and why.
+ends with a :class:`Stop` that names the byte where the archive stopped being valid and why. Numbers are stricter
+than ``tarfile``'s: every ustar number field is ASCII octal (or base-256), and a PAX number (``size``, ``mtime``...)
+or record length ASCII decimal of at most 20 digits; ``tarfile`` takes Unicode digits, and raises (or reads 0) on
+thousands of digits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ _ZERO = bytes(BLOCK)
 _META_LIMIT = 1 << 20  # a PAX or GNU long-name header larger than this is garbage that passed a checksum
 _SKIP_PIECE = 1 << 20
 _OCTAL = re.compile(rb"[0-7]*")
+# A PAX number is ASCII decimal, bounded: 20 digits hold any 64-bit value, and more would cost ``int()`` quadratic
+# time (Python refuses past 4,300 digits with a ValueError); str.isdigit() would take Arabic-Indic or superscript
+# digits, which are not tar numbers.
+_PAX_INTEGER = re.compile(r"[0-9]{1,20}", re.ASCII)
+_PAX_TIME = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?", re.ASCII)  # mtime and friends: seconds, a fraction
+_PAX_NUMBERS = {"size": _PAX_INTEGER, "uid": _PAX_INTEGER, "gid": _PAX_INTEGER, "mtime": _PAX_TIME,
+                "atime": _PAX_TIME, "ctime": _PAX_TIME}
+_RECORD_LENGTH = re.compile(rb"[0-9]{1,20}")
+# the ustar number fields tarfile reads from every header (its nti() refuses a bad one): (start, end, name)
+_FIELDS = ((100, 108, "mode"), (108, 116, "uid"), (116, 124, "gid"), (136, 148, "mtime"), (329, 337, "devmajor"),
+           (337, 345, "devminor"))
 
 # typeflag -> kind; tarfile treats these as carrying no data whatever their size field says
 _NO_DATA = {b"1": "hard link", b"2": "symlink", b"3": "character device", b"4": "block device", b"5": "directory",
@@ -143,7 +157,7 @@ class TarStream:
                         first = offset if first is None else first
                     continue
                 if "size" in pax:
-                    size = _pax_size(pax["size"])
+                    size = int(pax["size"])  # checked ASCII digits, bounded, when its record was read
             except _Corrupt as exc:
                 self.stop = Stop(offset, f"{exc}{_compressed(block) if offset == 0 else ''}")
                 return
@@ -201,6 +215,8 @@ def _header(block: bytes) -> tuple[bytes, str, int, str, bool]:
     size = _number(block[124:136], "size")
     if size < 0:
         raise _Corrupt(f"its size field is negative ({size})")
+    for start, end, what in _FIELDS:
+        _number(block[start:end], what)
     flag = block[156:157]
     name = _decode(block[:100].split(b"\0", 1)[0])
     prefix = block[345:500].split(b"\0", 1)[0]
@@ -250,23 +266,24 @@ def _pax_records(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     pos = 0
     while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.find(b" ", pos)
+        space = data.find(b" ", pos, pos + 21)
         length = data[pos:space]
-        if space < 0 or not length.isdigit() or int(length) <= space - pos:
+        if space < 0 or not _RECORD_LENGTH.fullmatch(length) or not space - pos < int(length) <= len(data) - pos:
             raise _Corrupt(f"its PAX header has a malformed record at byte {pos}")
         record = data[space + 1 : pos + int(length)]
         if not record.endswith(b"\n") or b"=" not in record:
             raise _Corrupt(f"its PAX header has a malformed record at byte {pos}")
-        key, value = record[:-1].split(b"=", 1)
-        records[_decode(key)] = _decode(value)
+        key, value = (_decode(part) for part in record[:-1].split(b"=", 1))
+        if key in _PAX_NUMBERS and not _PAX_NUMBERS[key].fullmatch(value):
+            raise _Corrupt(f"its PAX header's {key} {_clip(value)} is not a decimal number of at most 20 digits")
+        records[key] = value
         pos += int(length)
     return records
 
 
-def _pax_size(value: str) -> int:
-    if not value.isdigit():
-        raise _Corrupt(f"its PAX header's size {value!r} is not a number")
-    return int(value)
+def _clip(value: str) -> str:
+    """``repr(value)``, its middle cut when long: a message names a hostile value without carrying all of it."""
+    return repr(value) if len(value) <= 40 else f"{value[:20]!r}...({len(value)} characters)"
 
 
 def _decode(raw: bytes) -> str:
