@@ -42,7 +42,8 @@ from longclip.runtime.contract.errors import RowError  # noqa: E402
 from longclip.runtime.contract.rows import (  # noqa: E402
     cell_key, check_text, resolve_image_path, row_reason, with_scores)
 from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
-from longclip.runtime.engines.local import RunOptions, run_file  # noqa: E402
+from longclip.runtime.engines.local import run_file  # noqa: E402
+from longclip.runtime.engines.options import RunOptions  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
 from longclip.runtime.model.scoring import l2_normalize, score_rows  # noqa: E402
 

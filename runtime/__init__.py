@@ -26,8 +26,8 @@ _EXPORTS = {
     "preprocess_images": ".decode.preprocess",
     "tokenize": ".decode.tokenizer",
     "EmbeddingStore": ".embeddings.store",
-    "RunOptions": ".engines.local",
-    "RunSummary": ".engines.local",
+    "RunOptions": ".engines.options",
+    "RunSummary": ".engines.options",
     "run_file": ".engines.local",
 }
 

@@ -153,7 +153,8 @@ def test_progress_advances_per_batch_not_per_chunk(tmp_path, tiny_model_dir, mon
     import tqdm
 
     from longclip.runtime import LongCLIP
-    from longclip.runtime.engines.local import RunOptions, run_file
+    from longclip.runtime.engines.local import run_file
+    from longclip.runtime.engines.options import RunOptions
 
     rng = __import__("numpy").random.default_rng(0)
     for i in range(2000):

@@ -8,7 +8,8 @@ import pandas as pd
 
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
-from longclip.runtime.engines.local import RunOptions, run_file
+from longclip.runtime.engines.local import run_file
+from longclip.runtime.engines.options import RunOptions
 from longclip.runtime.inputs.tables import read_table
 
 IMAGES = ["rgb_333x517.png", "small_41x97.jpg", "animated_50x70.gif", "cmyk_80x60.jpg"]

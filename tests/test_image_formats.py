@@ -93,7 +93,8 @@ HARNESS = textwrap.dedent('''
 
     from longclip.runtime import LongCLIP
     from longclip.runtime.engines.chunk import score_frame
-    from longclip.runtime.engines.local import RunOptions, run_file
+    from longclip.runtime.engines.local import run_file
+    from longclip.runtime.engines.options import RunOptions
     from longclip.runtime.contract.errors import RowError
     from longclip.runtime.cli.operator import ImageLongCLIPEvaluator
     from longclip.runtime.report.page import thumbnail_uri

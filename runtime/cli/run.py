@@ -28,7 +28,7 @@ from .console import column_options, configure_logging, run_seconds, tolerate_br
 if TYPE_CHECKING:
     from ..decode.pool import DecodePool, ThreadPool
     from ..embeddings.store import EmbeddingStore
-    from ..engines.local import RunOptions, RunSummary
+    from ..engines.options import RunOptions, RunSummary
     from ..engines.ray import RayOptions
     from ..model.longclip import LongCLIP
 
@@ -110,7 +110,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
     tolerate_broken_stderr()
     run_seconds()  # where /proc cannot say when the process started, the clock starts here
     configure_logging(quiet)
-    from ..engines.local import RunOptions, work_dir_for
+    from ..engines.local import work_dir_for
+    from ..engines.options import RunOptions
 
     opts = RunOptions(image_key=image_key, text_key=text_key, output_key=output_key, image_root=image_root,
                       batch_size=batch_size, chunk_rows=chunk_rows, max_pixels=max_pixels,

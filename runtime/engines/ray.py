@@ -49,7 +49,7 @@ from ..model.device import parse_device, wants_gpu
 from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
 from .assemble import load_model, open_store, split_cpus, start_pool
-from .local import RunOptions, RunSummary
+from .options import RunOptions, RunSummary
 from .pipeline import Pipeline, Work
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
 

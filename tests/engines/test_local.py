@@ -15,7 +15,8 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.contract.errors import InputError
-from longclip.runtime.engines.local import RunOptions, run_file, work_dir_for
+from longclip.runtime.engines.local import run_file, work_dir_for
+from longclip.runtime.engines.options import RunOptions
 from longclip.runtime.inputs.tables import TableReader, read_table
 
 IMG = GOLDENS / "images"

@@ -17,7 +17,8 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.decode.pool import ImageSpec, make_pool
-from longclip.runtime.engines.local import RunOptions, run_file
+from longclip.runtime.engines.local import run_file
+from longclip.runtime.engines.options import RunOptions
 
 JPG = (GOLDENS / "images" / "small_41x97.jpg").read_bytes()
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")

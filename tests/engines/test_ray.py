@@ -19,7 +19,8 @@ import pytest
 from conftest import GOLDENS
 from longclip.runtime import LongCLIP
 from longclip.runtime.contract.errors import EngineError, InputError, ModelDirError
-from longclip.runtime.engines.local import RunOptions, run_file
+from longclip.runtime.engines.local import run_file
+from longclip.runtime.engines.options import RunOptions
 from longclip.runtime.engines.shards import find_shards, output_target
 from longclip.runtime.inputs.tables import read_table
 
