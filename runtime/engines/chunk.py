@@ -19,7 +19,8 @@ from ..decode.pool import DecodePool, ImageSpec, ThreadPool, make_pool
 from ..embeddings.store import EmbeddingStore
 from ..model.device import on_gpu
 from ..model.longclip import LongCLIP
-from .pipeline import ChunkResult, Pipeline, Work
+from .pipeline import Pipeline
+from .work import ChunkResult, Work
 
 __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_pool"]
 

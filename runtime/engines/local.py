@@ -47,7 +47,8 @@ from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter, check_sparse_width
 from .chunk import default_pool
 from .options import RunOptions, RunSummary
-from .pipeline import ChunkResult, Pipeline, Work
+from .pipeline import Pipeline
+from .work import ChunkResult, Work
 
 log = logging.getLogger(__name__)
 

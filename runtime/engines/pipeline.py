@@ -25,23 +25,21 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..contract import errors
 from ..contract.errors import EngineError, RowError
-from ..contract.rows import ItemScores, cell_key, check_text, resolve_image_path, row_reason
+from ..contract.rows import cell_key, check_text
 from ..decode.pool import DecodePool, ThreadPool
 from ..embeddings.store import EmbeddingStore, text_sha256
-from ..inputs.tarshards import SHARD_COLUMN
-from ..model.baseline import Fragment, content_hash
+from ..model.baseline import content_hash
 from ..model.longclip import LongCLIP
-from ..model.scoring import l2_normalize, score_rows
-
-if TYPE_CHECKING:
-    import pandas as pd
+from ..model.scoring import l2_normalize
+from .recording import Recorder
+from .work import ChunkResult, RowEmbeds, Work, assemble, image_source
 
 log = logging.getLogger(__name__)
 
@@ -50,65 +48,12 @@ MAX_CHUNKS = 3
 MAX_VISION_QUEUED = 2
 """Batches of pixels (copied out of the slots) at the model: one running, one ready after it."""
 
-RECENT_KEYS = 1 << 19  # keys per generation of what a Ray worker's pipeline recorded: see RecentKeys
 TEXTS_PER_JOB = 128  # texts tokenized per worker job
 _TEXT_CHARS_PER_JOB = 1 << 18  # ... or fewer, when they are long
 
 
 @dataclass
-class RowEmbeds:
-    """The embeddings of a chunk's scored rows, for the mismatched-pair baseline (:mod:`..model.baseline`)."""
-
-    valid: np.ndarray  # (N,) bool: the row was scored
-    image_embeds: np.ndarray  # (M, D) float32, M = valid.sum(), in row order
-    text_embeds: np.ndarray  # (M, D) float32
-    image_keys: np.ndarray  # (M,) uint64: content_hash of the image cell
-    text_keys: np.ndarray  # (M,) uint64: content_hash of the text
-
-
-@dataclass
-class ChunkResult(ItemScores):
-    """Per-row outcome of a chunk: the row contract's :class:`..rows.ItemScores`, plus ``embeds`` when the
-    pipeline keeps them and ``baseline`` (the chunk's mismatched pairs and block fragments, as
-    :func:`..model.baseline.split_chunk` gives them) once an engine drew them."""
-
-    embeds: RowEmbeds | None = None
-    baseline: tuple[tuple[np.ndarray, np.ndarray], list[Fragment]] | None = None
-
-
-@dataclass
-class Work:
-    """One chunk to score: parallel lists of image cells (paths, or an image's bytes) and texts; ``names``: what
-    reasons call each image (default: its path, or ``<bytes>``); ``done`` passes a finished (resumed) chunk
-    through in order without scoring it."""
-
-    images: list[object]
-    texts: list[object]
-    done: ChunkResult | None = None
-    names: list[str] | None = None
-    reasons: list[str] | None = None  # why each row could not be read ("": it could); such a row keeps its reason
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame, images: list[object] | None, reasons: list[str], image_key: str,
-           text_key: str) -> Work:
-        """A chunk of rows as work: the image column's cells, or ``images`` (a shard's member bytes, which reasons
-        name ``shard:member``), and the text column's (a column the frame lacks: nulls); a row with a read reason
-        is neither decoded nor encoded and keeps that reason."""
-        n, names = len(frame), None
-        if images is not None:
-            names = [f"{s}:{m}" for s, m in zip(frame[SHARD_COLUMN], frame[image_key])]
-            images = list(images)
-        else:
-            images = frame[image_key].tolist() if image_key in frame.columns else [None] * n
-        texts = frame[text_key].tolist() if text_key in frame.columns else [None] * n
-        for i, reason in enumerate(reasons):
-            if reason:
-                images[i] = texts[i] = None
-        return cls(images, texts, names=names, reasons=list(reasons) if any(reasons) else None)
-
-
-@dataclass
-class _Chunk:
+class ChunkState:
     work: Work
     # images: distinct keys in order of first appearance; "seq" is a key's place in that order
     keys: list[Hashable] = field(default_factory=list)
@@ -145,36 +90,6 @@ class _Chunk:
         return self.work.done is not None or (self.images_done and self.texts_sent and self.model_jobs == 0)
 
 
-class RecentKeys:
-    """The keys recorded lately, in at most ``2 * generation`` entries of 17 bytes (at most 86 MB at the
-    default, measured): when the current generation fills it becomes the previous one, and the one before is
-    forgotten; a key met again is kept in the current one. ``add`` says whether a key is new; one forgotten and met
-    again is new once more (a second record of the same vector: readers take the newest), so memory no longer grows
-    with a run's distinct images and texts.
-
-    >>> recent = RecentKeys(generation=2)
-    >>> [recent.add(k) for k in (b"a", b"b", b"a", b"c", b"d", b"e", b"a")]
-    [True, True, False, True, True, True, True]
-    """
-
-    def __init__(self, generation: int = RECENT_KEYS):
-        self.generation = generation
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
-
-    def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
-
-    def add(self, key: bytes) -> bool:
-        if key in self._current:
-            return False
-        seen = key in self._previous
-        if len(self._current) >= self.generation:
-            self._previous, self._current = self._current, set()
-        self._current.add(key)
-        return not seen
-
-
 class Pipeline:
     """``run(works)`` scores each :class:`Work` with ``model``, decoding on ``pool``; results come in order.
 
@@ -194,12 +109,12 @@ class Pipeline:
         # an embeddings folder: every embedding computed goes there; with ``cache``, what it has is not computed
         self.store = store
         self._cache = None if store is None else (str(store.root) if cache else "")
-        self.counts = {"images cached": 0, "texts cached": 0, "images added": 0, "texts added": 0}
-        self._recorded = RecentKeys()  # what this pipeline added to a shared store lately: see _unrecorded
+        self.recorder = Recorder(store)  # what goes into the folder, and what was found there
+        self.counts = self.recorder.counts
         self.batch_size, self.max_chunks = batch_size, max_chunks
         self.context_length = model.manifest.context_length
         self._free = list(range(pool.n_slots))[::-1]
-        self._jobs: dict[int, tuple[_Chunk, int, int]] = {}  # pool job -> (chunk, seq or token part, slot or -1)
+        self._jobs: dict[int, tuple[ChunkState, int, int]] = {}  # pool job -> (chunk, seq or token part, slot or -1)
         self._vision_queued = 0
         self.busy = {"image": 0.0, "text": 0.0}  # seconds each tower spent running
 
@@ -208,7 +123,7 @@ class Pipeline:
         if self.pool.broken:  # its workers may still write into slots this run would hand out
             raise EngineError(f"this decode pool cannot be used again: {self.pool.broken}; make a new one")
         source = iter(works)
-        active: collections.deque[_Chunk] = collections.deque()
+        active: collections.deque[ChunkState] = collections.deque()
         model_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = ort.RunOptions()
         model_thread = threading.Thread(target=self._model_loop, args=(model_queue, stop), daemon=True,
@@ -247,8 +162,8 @@ class Pipeline:
                 continue
 
     # -- admitting a chunk ------------------------------------------------------------------------------------
-    def _admit(self, work: Work, model_queue: queue.SimpleQueue[Any]) -> _Chunk:
-        chunk = _Chunk(work)
+    def _admit(self, work: Work, model_queue: queue.SimpleQueue[Any]) -> ChunkState:
+        chunk = ChunkState(work)
         if work.done is not None:
             return chunk
         seen: set[Hashable] = set()
@@ -293,7 +208,7 @@ class Pipeline:
             self._send_texts(chunk, model_queue)
         return chunk
 
-    def _dispatch(self, active: Iterable[_Chunk]) -> None:
+    def _dispatch(self, active: Iterable[ChunkState]) -> None:
         """Send images to decode, in global order (a chunk's before the next one's), while slots are free."""
         if self._vision_queued >= MAX_VISION_QUEUED:  # the model is behind: pixels would pile up in its queue
             return
@@ -361,7 +276,7 @@ class Pipeline:
         elif kind == "pool_failed":
             raise EngineError(f"the decode workers failed: {event[1]}")
 
-    def _show(self, chunk: _Chunk, finished: bool = False) -> None:
+    def _show(self, chunk: ChunkState, finished: bool = False) -> None:
         """Advance the progress callback to this chunk's share of rows done: all of them once ``finished``, else
         its rows times the fraction of its distinct images back (never all before the texts are done too)."""
         if self.progress is None:
@@ -375,7 +290,7 @@ class Pipeline:
             self.progress(target - chunk.rows_shown)
             chunk.rows_shown = target
 
-    def _batch_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+    def _batch_images(self, chunk: ChunkState, model_queue: queue.SimpleQueue[Any]) -> None:
         """Batches in seq order: the decoded images from ``next_seq`` on, as far as every one has come back."""
         while chunk.next_seq in chunk.decoded:
             slot = chunk.decoded.pop(chunk.next_seq)
@@ -387,7 +302,7 @@ class Pipeline:
         if chunk.next_seq == len(chunk.keys) and chunk.batch:
             self._send_images(chunk, model_queue)
 
-    def _send_images(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+    def _send_images(self, chunk: ChunkState, model_queue: queue.SimpleQueue[Any]) -> None:
         keys, slots = zip(*chunk.batch)
         pixels = np.take(self.pool.slots, list(slots), axis=0)  # a copy: the slots are free again at once
         self._free.extend(slots)
@@ -396,7 +311,7 @@ class Pipeline:
         self._vision_queued += 1
         model_queue.put(("vision", chunk, list(keys), pixels))
 
-    def _send_texts(self, chunk: _Chunk, model_queue: queue.SimpleQueue[Any]) -> None:
+    def _send_texts(self, chunk: ChunkState, model_queue: queue.SimpleQueue[Any]) -> None:
         chunk.texts_sent = True
         if not chunk.texts:
             chunk.lengths = np.zeros(0, dtype=np.int64)
@@ -429,59 +344,12 @@ class Pipeline:
             self.busy["image" if kind == "vision" else "text"] += time.perf_counter() - start
             self.pool.events.put((kind, chunk, keys, embeds, zeros))
 
-    def _keep(self, chunk: _Chunk) -> None:
-        """Read the chunk's cached image embeddings; add the ones it computed to the embeddings folder (an image
-        whose row failed for its text included)."""
-        store = self.store
-        assert store is not None
-        found = store.get_images([chunk.meta[key][0] for key in chunk.cached])
-        for key in chunk.cached:
-            chunk.image_embeds[key] = found[chunk.meta[key][0]]
-        cached = set(chunk.cached)
-        computed = [key for key in chunk.keys if key in chunk.image_embeds and key not in cached and key in chunk.meta]
-        new, fresh = self._unrecorded("i", [chunk.meta[key][0] for key in computed]), []
-        for key in computed:
-            if chunk.meta[key][0] in new:
-                new.discard(chunk.meta[key][0])  # the same bytes under two paths: recorded once
-                fresh.append(key)
-        if fresh:
-            names = chunk.work.names
-            paths = [_record_path(chunk.work.images[chunk.first_row[k]], chunk.sources[k],
-                                  names[chunk.first_row[k]] if names else None) for k in fresh]
-            store.add_images([p for p, _ in paths], [r for _, r in paths], [chunk.meta[k][1] for k in fresh],
-                             [chunk.meta[k][2] for k in fresh], [chunk.meta[k][0] for k in fresh],
-                             np.stack([chunk.image_embeds[k] for k in fresh]))
-        computed_texts = [t for t in chunk.texts if t in chunk.text_embeds and t not in chunk.cached_texts]
-        new_texts = self._unrecorded("t", [chunk.text_shas[t] for t in computed_texts])
-        texts = [t for t in computed_texts if chunk.text_shas[t] in new_texts]
-        if texts:
-            store.add_texts(texts, [chunk.text_shas[t] for t in texts],
-                            np.stack([chunk.text_embeds[t] for t in texts]))
-        self.counts["images cached"] += len(chunk.cached)
-        self.counts["texts cached"] += len(chunk.cached_texts)
-        self.counts["images added"] += len(fresh)
-        self.counts["texts added"] += len(texts)
-
-    def _unrecorded(self, kind: str, shas: list[str]) -> set[str]:
-        """Which of ``shas`` (``kind``: ``"i"`` images, ``"t"`` texts) the store has no record of yet. A
-        local store is asked (its pending records and index: nothing kept in memory grows with the run). A Ray
-        worker's store does not see its own parts until the driver indexes them: what this pipeline recorded lately
-        is remembered instead (:class:`RecentKeys`, bounded). An image met again before its record reached the
-        decode workers' lookups is encoded again, and recorded again only if over half a million other keys came
-        between."""
-        store = self.store
-        assert store is not None
-        if not store.shared:
-            known = store.has_images(shas) if kind == "i" else store.has_texts(shas)
-            return set(shas) - known
-        return {sha for sha in shas if self._recorded.add(kind.encode() + bytes.fromhex(sha[:32]))}
-
     # -- a finished chunk -------------------------------------------------------------------------------------
-    def _result(self, chunk: _Chunk) -> ChunkResult:
+    def _result(self, chunk: ChunkState) -> ChunkResult:
         if chunk.work.done is not None:
             return chunk.work.done
         if self.store is not None:
-            self._keep(chunk)
+            self.recorder.keep(chunk)
         cut = {t for t, n in zip(chunk.texts, chunk.lengths) if n > self.context_length}
         result = assemble(chunk.work.images, chunk.work.texts, chunk.image_embeds, chunk.image_failed,
                           chunk.text_embeds, chunk.text_failed, cut)
@@ -512,22 +380,6 @@ def _stack(found: dict[Any, np.ndarray], keys: list[Any]) -> np.ndarray:
     return np.stack([found[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
 
-def image_source(value: object, root: Path | None) -> str | bytes:
-    """What a decode worker reads for an image cell: the bytes themselves (an image column of bytes), or the path
-    it names; :class:`ImageError` for a cell that is neither."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    return str(resolve_image_path(value, root))
-
-
-def _record_path(value: object, source: str | bytes, name: str | None) -> tuple[str | None, str | None]:
-    """``(image_path, resolved_path)`` of an image's record: the cell as given and the file it named; for bytes,
-    the name its reasons use (``shard:member``) and no file."""
-    if isinstance(source, bytes):
-        return name, None
-    return (str(value) if not isinstance(value, str) else value), source
-
-
 def _text_jobs(texts: list[str]) -> list[tuple[int, int]]:
     """``(start, stop)`` of each tokenize job: up to ``TEXTS_PER_JOB`` texts, fewer when they are long."""
     jobs, start, chars = [], 0, 0
@@ -539,18 +391,3 @@ def _text_jobs(texts: list[str]) -> list[tuple[int, int]]:
     if start < len(texts):
         jobs.append((start, len(texts)))
     return jobs
-
-
-def assemble(images: list[object], texts: list[object], image_embeds: dict[Hashable, np.ndarray],
-             image_failed: dict[Hashable, str], text_embeds: dict[str, np.ndarray], text_failed: dict[Hashable, str],
-             cut: set[str]) -> ChunkResult:
-    """Each row's score and reason from its image's and its text's outcome (the image's reason first)."""
-    image_keys, text_keys = [cell_key(v) for v in images], [cell_key(v) for v in texts]
-    errors = [row_reason(image_failed.get(i, ""), text_failed.get(t, "")) for i, t in zip(image_keys, text_keys)]
-    good = [n for n, reason in enumerate(errors) if not reason]
-    scores = np.full(len(images), np.nan, dtype=np.float32)
-    if good:
-        scores[good] = score_rows(np.stack([image_embeds[image_keys[n]] for n in good]),
-                                  np.stack([text_embeds[text_keys[n]] for n in good]))
-    truncated = np.array([k in cut for k in text_keys], dtype=bool)
-    return ChunkResult(scores, errors, truncated)

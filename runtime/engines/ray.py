@@ -50,8 +50,9 @@ from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
 from .assemble import load_model, open_store, split_cpus, start_pool
 from .options import RunOptions, RunSummary
-from .pipeline import Pipeline, Work
+from .pipeline import Pipeline
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
+from .work import Work
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from ..inputs.tables import TableReader
 from ..inputs.tarshards import SHARD_COLUMN
 from ..model.baseline import SAMPLE_ROWS, Baseline, pair_hash
 from ..model.longclip import LongCLIP
-from .pipeline import Pipeline, Work
+from .pipeline import Pipeline
+from .work import Work
 
 _SPAN = 1 << 20  # row numbers hashed at a time
 

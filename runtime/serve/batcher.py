@@ -25,7 +25,8 @@ import numpy as np
 from ..contract.errors import EngineError
 from ..contract.rows import ItemScores
 from ..decode.pool import DecodePool, ThreadPool
-from ..engines.pipeline import Pipeline, Work
+from ..engines.pipeline import Pipeline
+from ..engines.work import Work
 from ..model.longclip import LongCLIP
 from ..model.scoring import l2_normalize
 from .limits import RequestError

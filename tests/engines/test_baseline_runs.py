@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from longclip.runtime.engines.local import run_file, work_dir_for
-
 from longclip.runtime.engines.options import RunOptions
 from longclip.runtime.model.baseline import suggest_threshold
 from longclip.runtime.model.longclip import LongCLIP

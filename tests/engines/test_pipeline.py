@@ -15,7 +15,9 @@ from longclip.runtime.contract import errors
 from longclip.runtime.contract.errors import EngineError
 from longclip.runtime.decode.pool import ImageSpec, ThreadPool, make_pool
 from longclip.runtime.engines import pipeline as pipeline_module
-from longclip.runtime.engines.pipeline import Pipeline, Work
+from longclip.runtime.engines.pipeline import Pipeline
+from longclip.runtime.engines.recording import RecentKeys
+from longclip.runtime.engines.work import Work
 
 IMG = GOLDENS / "images"
 DISTINCT = ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")  # three images of different bytes
@@ -115,7 +117,7 @@ def test_what_a_ray_worker_remembers_recording_stays_bounded_and_keeps_keys_met_
     """A Ray worker's pipeline cannot ask its store what it recorded (the driver indexes the parts), so it
     remembers: a plain set grew ~130 bytes per distinct image and text for the whole run. Now two generations: a
     key met every 50 keys is new once in 10,000; one met once is forgotten after at most 2 generations."""
-    recent = pipeline_module.RecentKeys(generation=100)
+    recent = RecentKeys(generation=100)
     new_hot, sizes = 0, []
     for i in range(10_000):
         new_hot += recent.add(b"hot") if i % 50 == 0 else 0
