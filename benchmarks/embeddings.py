@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity, bytes_sha256
 from longclip.runtime.decode.preprocess import decode_image
+from longclip.runtime.embeddings.identity import StoreIdentity
+from longclip.runtime.embeddings.keys import bytes_sha256
+from longclip.runtime.embeddings.store import EmbeddingStore
 from longclip.runtime.model.scoring import l2_normalize
 
 

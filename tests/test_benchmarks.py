@@ -18,6 +18,7 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+
 from conftest import needs_torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

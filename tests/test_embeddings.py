@@ -23,7 +23,9 @@ import pytest
 from longclip.runtime.contract.errors import InputError, WriteError
 from longclip.runtime.embeddings import index as embedding_index
 from longclip.runtime.embeddings import parts as embedding_parts
-from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity, bytes_sha256, file_sha256, text_sha256
+from longclip.runtime.embeddings.identity import StoreIdentity
+from longclip.runtime.embeddings.keys import bytes_sha256, file_sha256, text_sha256
+from longclip.runtime.embeddings.store import EmbeddingStore
 from longclip.runtime.model.scoring import l2_normalize
 
 DIM = 8
@@ -275,7 +277,8 @@ KILLED = """
 import os, sys
 import numpy as np
 from longclip.runtime.embeddings import index as embedding_index
-from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
+from longclip.runtime.embeddings.identity import StoreIdentity
+from longclip.runtime.embeddings.store import EmbeddingStore
 
 root, *hashes = sys.argv[1:]
 vectors = np.load(root + ".npy")

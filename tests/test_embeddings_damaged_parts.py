@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from test_embeddings import MODEL, add, keys, parts, unit
 
-from longclip.runtime.embeddings.store import EmbeddingStore, text_sha256
+from longclip.runtime.embeddings.keys import text_sha256
+from longclip.runtime.embeddings.store import EmbeddingStore
 
 
 def _cut_half(data: bytes) -> bytes:

@@ -76,7 +76,7 @@ def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
     """An image's bytes and ``(sha256, size, mtime_ns)``; a path is opened as ``decode_image`` opens it."""
     from ..contract.constants import MAX_MEMBER_BYTES
     from ..contract.errors import TOO_MANY_PIXELS, ImageError
-    from ..embeddings.store import bytes_sha256
+    from ..embeddings.keys import bytes_sha256
     from .preprocess import open_image_file, os_error_reason
 
     if isinstance(source, (bytes, bytearray, memoryview)):

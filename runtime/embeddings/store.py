@@ -44,25 +44,22 @@ One writer at a time (the folder's lock, :mod:`.lock`, for the store's life); an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..contract.atomic import write_bytes
-from ..contract.constants import EMBEDDING_DTYPES
 from ..contract.errors import InputError, WriteError, write_error
-from ..contract.manifest import sha256_file
 from ..outputs.lock import OutputLock
+from .identity import MODEL_JSON, StoreIdentity, clip, read_identity
 from .index import KINDS, PartIndex
+from .keys import keys_of, sha256_key
 from .parts import (
     COLUMNS,
     DAMAGED,
@@ -76,105 +73,10 @@ from .parts import (
     write_part,
 )
 
-if TYPE_CHECKING:
-    from ..contract.manifest import Manifest
-
 log = logging.getLogger(__name__)
 
-FORMAT = "longclip-embeddings"
-SCHEMA_VERSION = 1
-MODEL_JSON = "model.json"
-DTYPES = EMBEDDING_DTYPES
 PART_ROWS = 4096
 NORM_TOLERANCE = 1e-5
-
-_HEX = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The key of an image file: the hex sha256 of its bytes (about 30 µs for a 50 KB JPEG, under 1% of decoding
-    and resizing it).
-
-    >>> file_sha256(os.devnull)
-    'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
-    """
-    return sha256_file(path)
-
-
-def bytes_sha256(data: bytes) -> str:
-    """The key of an image that comes as bytes (a WebDataset member): the hex sha256 of the bytes.
-
-    >>> bytes_sha256(b"")[:16]
-    'e3b0c44298fc1c14'
-    """
-    return hashlib.sha256(data).hexdigest()
-
-
-def text_sha256(text: str) -> str:
-    """The key of a text: the hex sha256 of its UTF-8 bytes; ``ValueError`` for text UTF-8 cannot hold.
-
-    >>> text_sha256("a cat")[:16]
-    '51e4674156077982'
-    """
-    try:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text {_clip(text)!r} holds {exc.object[exc.start]!r}, which UTF-8 cannot hold: it has no "
-                         "sha256 (a run reports such a row as bad_text)") from None
-
-
-@dataclass(frozen=True)
-class StoreIdentity:
-    """What the embeddings of a folder depend on: the graphs (by sha256), their precision, the embedding size, and
-    the dtype they are stored in. ``variant`` is informational (it follows from the graphs)."""
-
-    vision_sha256: str
-    text_sha256: str
-    variant: str
-    precision: str
-    embed_dim: int
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"embeddings dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if isinstance(self.embed_dim, bool) or not isinstance(self.embed_dim, int) or self.embed_dim < 1:
-            raise ValueError(f"embed_dim {self.embed_dim!r} is not an integer >= 1")
-
-    @classmethod
-    def of(cls, manifest: Manifest, dtype: str = "float32") -> StoreIdentity:
-        """The identity of embeddings made by the model of ``manifest``, stored as ``dtype``."""
-        return cls(manifest.vision_sha256, manifest.text_sha256, manifest.variant, manifest.precision,
-                   manifest.embed_dim, dtype)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> StoreIdentity:
-        """``ValueError`` naming the first field that is missing or wrong."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT!r} object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {data.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")
-        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
-        for name, value in fields.items():
-            if not isinstance(value, int if name == "embed_dim" else str):
-                raise ValueError(f"{name} is {value!r}")
-        return cls(**fields)
-
-    def differences(self, stored: StoreIdentity) -> list[str]:
-        """What differs from ``stored`` (variant aside), one phrase each.
-
-        >>> a = StoreIdentity("a" * 64, "b" * 64, "ViT-B/16", "fp32", 512)
-        >>> a.differences(StoreIdentity("a" * 64, "b" * 64, "ViT-B/16", "fp16", 512, "float16"))
-        ['precision fp32 (the folder: fp16)', 'dtype float32 (the folder: float16)']
-        """
-        names = {"vision_sha256": "vision graph sha256", "text_sha256": "text graph sha256"}
-        return [f"{names.get(name, name)} {_short(getattr(self, name))} (the folder: {_short(getattr(stored, name))})"
-                for name in ("vision_sha256", "text_sha256", "precision", "embed_dim", "dtype")
-                if getattr(self, name) != getattr(stored, name)]
-
 
 class EmbeddingStore:
     """The embeddings folder ``root`` (layout: this module's docstring), for one writer (``write=True``, the
@@ -182,7 +84,7 @@ class EmbeddingStore:
     for reading (``write=False``: no lock; ``identity`` may be left out to take the folder's).
 
     >>> with EmbeddingStore("embeddings", StoreIdentity.of(model.manifest)) as store:   # doctest: +SKIP
-    ...     cached = store.get_images([file_sha256(p) for p in paths])
+    ...     cached = store.get_images([filesha256_key(p) for p in paths])
     ...     store.add_images(paths, resolved, sizes, mtimes, keys, embeddings)        # (N, D), L2-normalized
     """
 
@@ -253,7 +155,7 @@ class EmbeddingStore:
         """The folder's identity, checked against ``wanted``; a writer writes ``model.json`` when it is missing or
         unreadable and the parts agree with ``wanted`` (they repeat it)."""
         path = self.root / MODEL_JSON
-        stored, problem = _read_identity(path)
+        stored, problem = read_identity(path)
         if stored is None:
             stored = self._identity_of_parts()
             problem = problem or ("missing" if stored else "")
@@ -309,7 +211,7 @@ class EmbeddingStore:
         except arrow_errors() as exc:
             self._skipped.add(path)
             log.warning("embeddings part %r cannot be used (%s): skipped; move it out of %r (DuckDB and pandas "
-                        "reading the folder fail on a corrupt part)", str(path), _clip(str(exc), 200),
+                        "reading the folder fail on a corrupt part)", str(path), clip(str(exc), 200),
                         str(path.parent))
             return None
 
@@ -354,7 +256,7 @@ class EmbeddingStore:
                 "resolved_path": [None if v is None else _string(v, "resolved_path") for v in resolved_paths],
                 "size": [_integer(v, "size") for v in sizes],
                 "mtime_ns": [None if v is None else _integer(v, "mtime_ns") for v in mtime_ns],
-                "sha256": [_sha256(v) for v in sha256s]}
+                "sha256": [sha256_key(v) for v in sha256s]}
         self._add("images", rows, embeddings)
 
     def add_text(self, text: str, sha256: str, embedding: np.ndarray) -> None:
@@ -363,7 +265,7 @@ class EmbeddingStore:
 
     def add_texts(self, texts: Sequence[str], sha256s: Sequence[str], embeddings: np.ndarray) -> None:
         """Add N texts' records; as :meth:`add_images`."""
-        self._add("texts", {"text": [_string(v, "text") for v in texts], "sha256": [_sha256(v) for v in sha256s]},
+        self._add("texts", {"text": [_string(v, "text") for v in texts], "sha256": [sha256_key(v) for v in sha256s]},
                   embeddings)
 
     def _add(self, kind: str, rows: dict[str, list[Any]], embeddings: np.ndarray) -> None:
@@ -450,14 +352,14 @@ class EmbeddingStore:
         return self._has("texts", sha256s)
 
     def _has(self, kind: str, sha256s: Iterable[str]) -> set[str]:
-        keys, index = _keys(sha256s), self._open_index()
+        keys, index = keys_of(sha256s), self._open_index()
         pending = self._pending[kind]
         hit = {key for key in keys if key in pending.where}
         hit |= index.known(kind, [key for key in keys if key not in hit])
         return {given for key in hit for given in keys[key]}
 
     def _get(self, kind: str, sha256s: Iterable[str]) -> dict[str, np.ndarray]:
-        keys, index = _keys(sha256s), self._open_index()
+        keys, index = keys_of(sha256s), self._open_index()
         pending = self._pending[kind]
         found = {key: pending.get(key).astype(np.float32) for key in keys if key in pending.where}
         size = self.identity.embed_dim * self._dtype.itemsize
@@ -545,51 +447,13 @@ class _Pending:
         return self.blocks[block][row]
 
 
-def _read_identity(path: Path) -> tuple[StoreIdentity | None, str]:
-    """``(identity, "")``, ``(None, "")`` when there is no file, or ``(None, what is wrong)``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, ""
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"unreadable ({getattr(exc, 'strerror', None) or exc})"
-    try:
-        return StoreIdentity.from_json(json.loads(text)), ""
-    except (ValueError, RecursionError) as exc:
-        return None, f"not valid ({_clip(str(exc), 120)})"
-
-
-def _keys(sha256s: Iterable[str]) -> dict[bytes, list[str]]:
-    """The 32-byte key of each sha256 given, with the spellings it was given in."""
-    keys: dict[bytes, list[str]] = {}
-    for given in sha256s:
-        keys.setdefault(bytes.fromhex(_sha256(given)), []).append(given)
-    return keys
-
-
-def _sha256(value: object) -> str:
-    if not isinstance(value, str) or not _HEX.fullmatch(value):
-        raise ValueError(f"sha256 {_clip(repr(value))} is not 64 hex digits: pass file_sha256(path), "
-                         "bytes_sha256(data) or text_sha256(text)")
-    return value.lower()
-
-
 def _string(value: object, name: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} {_clip(repr(value))} is not a string")
+        raise ValueError(f"{name} {clip(repr(value))} is not a string")
     return value
 
 
 def _integer(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not -(2**63) <= value < 2**63:
-        raise ValueError(f"{name} {_clip(repr(value))} is not an integer that int64 holds")
+        raise ValueError(f"{name} {clip(repr(value))} is not an integer that int64 holds")
     return int(value)
-
-
-def _short(value: object) -> str:
-    text = str(value)
-    return f"{text[:12]}..." if len(text) > 16 else text
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."

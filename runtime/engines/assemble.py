@@ -50,6 +50,7 @@ def open_store(root: str | os.PathLike[str], manifest: Manifest, dtype: str = EM
                shared: bool = False) -> EmbeddingStore:
     """The embeddings folder ``root`` for ``manifest``'s model (another model's folder is refused); ``shared``: a
     Ray worker's, which writes parts of its own while the driver holds the lock."""
-    from ..embeddings.store import EmbeddingStore, StoreIdentity
+    from ..embeddings.identity import StoreIdentity
+    from ..embeddings.store import EmbeddingStore
 
     return EmbeddingStore(root, StoreIdentity.of(manifest, dtype), shared=shared)

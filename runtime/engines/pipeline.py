@@ -34,7 +34,8 @@ from ..contract import errors
 from ..contract.errors import EngineError, RowError
 from ..contract.rows import cell_key, check_text
 from ..decode.pool import DecodePool, ThreadPool
-from ..embeddings.store import EmbeddingStore, text_sha256
+from ..embeddings.keys import text_sha256
+from ..embeddings.store import EmbeddingStore
 from ..model.baseline import content_hash
 from ..model.longclip import LongCLIP
 from ..model.scoring import l2_normalize

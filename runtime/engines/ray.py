@@ -357,10 +357,7 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     with contextlib.ExitStack() as stack:
         store = None
         if ray_opts.embeddings_dir is not None:  # the lock and the index stay here; the actors write parts
-            from ..embeddings.store import EmbeddingStore, StoreIdentity
-
-            store = stack.enter_context(EmbeddingStore(ray_opts.embeddings_dir,
-                                                       StoreIdentity.of(manifest, ray_opts.embeddings_dtype)))
+            store = stack.enter_context(open_store(ray_opts.embeddings_dir, manifest, ray_opts.embeddings_dtype))
         embeddings = (os.path.abspath(ray_opts.embeddings_dir), ray_opts.embeddings_dtype) if store else None
         summary = _execute(ray, plan, model_dir, ray_opts, progress, embeddings)
         if store is not None:

@@ -134,7 +134,8 @@ def test_an_embedding_of_huge_or_tiny_finite_values_scores_as_its_direction(tmp_
     """Squares past float32's range (1e30**2) or below it (1e-30**2) made the norm inf or 0: the row came back NaN
     with an empty reason, and an embeddings folder refused the vector. Scaled first, the row scores as the same
     vector of ordinary size does, and is kept."""
-    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
+    from longclip.runtime.embeddings.identity import StoreIdentity
+    from longclip.runtime.embeddings.store import EmbeddingStore
 
     paths = [str(IMG / name) for name in DISTINCT]
     texts = ["a cat", "a dog", "a bird"]
@@ -163,7 +164,8 @@ def test_an_embedding_of_huge_or_tiny_finite_values_scores_as_its_direction(tmp_
     ("vision", -np.inf, "NaN or inf"), ("text", np.inf, "NaN or inf")])
 def test_an_embedding_with_no_direction_costs_its_row_and_is_not_kept(tmp_path, model, monkeypatch, tower, poison,
                                                                      gave):
-    from longclip.runtime.embeddings.store import EmbeddingStore, StoreIdentity
+    from longclip.runtime.embeddings.identity import StoreIdentity
+    from longclip.runtime.embeddings.store import EmbeddingStore
 
     paths = [str(IMG / name) for name in DISTINCT]
     name = "run_vision" if tower == "vision" else "run_text"
