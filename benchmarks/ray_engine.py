@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run_scaling import make_inputs  # noqa: E402
 
 from longclip.runtime import LongCLIP  # noqa: E402
+from longclip.runtime.contract.constants import MAX_PIXELS  # noqa: E402
 from longclip.runtime.contract.errors import RowError  # noqa: E402
-from longclip.runtime.contract.rows import (  # noqa: E402
-    cell_key, check_text, resolve_image_path, row_reason, with_scores)
-from longclip.runtime.decode.preprocess import MAX_PIXELS, center_crop, load_image, resize, to_normalized_array  # noqa: E402
+from longclip.runtime.contract.rows import cell_key, check_text, resolve_image_path, row_reason, with_scores  # noqa: E402
+from longclip.runtime.decode.images import load_image  # noqa: E402
+from longclip.runtime.decode.transforms import center_crop, resize, to_normalized_array  # noqa: E402
 from longclip.runtime.engines.local import run_file  # noqa: E402
 from longclip.runtime.engines.options import RunOptions  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402

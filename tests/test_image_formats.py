@@ -22,7 +22,8 @@ from PIL import Image
 from longclip.runtime.contract import errors
 from longclip.runtime.contract.constants import ALLOWED_IMAGE_FORMATS
 from longclip.runtime.contract.errors import ImageError
-from longclip.runtime.decode.preprocess import allowed_formats, decode_image
+from longclip.runtime.decode.images import allowed_formats
+from longclip.runtime.decode.preprocess import decode_image
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nshowpage\n%%EOF\n"
 """A minimal EPS that Pillow opens (8x8) and, on load, renders by running ``gs``."""

@@ -15,15 +15,9 @@ from conftest import GOLDENS
 from longclip.runtime.contract import errors
 from longclip.runtime.contract.constants import MAX_PIXELS
 from longclip.runtime.contract.errors import ImageError
-from longclip.runtime.decode.preprocess import (
-    center_crop,
-    check_pixels,
-    decode_image,
-    load_image,
-    preprocess_image,
-    preprocess_images,
-    resized_size,
-)
+from longclip.runtime.decode.images import check_pixels, load_image
+from longclip.runtime.decode.preprocess import decode_image, preprocess_image, preprocess_images
+from longclip.runtime.decode.transforms import center_crop, resized_size
 
 PIXELS = np.load(GOLDENS / "pixels.npz")
 

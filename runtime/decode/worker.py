@@ -77,7 +77,7 @@ def _read(source: str | bytes) -> tuple[bytes, tuple[str, int, int | None]]:
     from ..contract.constants import MAX_MEMBER_BYTES
     from ..contract.errors import TOO_MANY_PIXELS, ImageError
     from ..embeddings.keys import bytes_sha256
-    from .preprocess import open_image_file, os_error_reason
+    from .images import open_image_file, os_error_reason
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, mtime = bytes(source), None

@@ -34,7 +34,7 @@ import numpy as np
 from ..contract.atomic import PARTIAL, replacing
 from ..contract.errors import MISSING_FILE, InputError, RowError, write_error
 from ..contract.rows import cell_key, check_image_root, is_null, resolve_image_path
-from ..decode.preprocess import load_image
+from ..decode.images import load_image
 from ..inputs.tables import TableReader, same_file
 from ..inputs.tarshards import MemberReader, ShardMember
 from ..model.baseline import BLOCK, CAP, RATES, ROUGH, TRIES, suggest_threshold
