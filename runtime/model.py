@@ -56,6 +56,16 @@ def length_batches(lengths: np.ndarray, batch_size: int, tokens_per_row: int = 0
     return groups
 
 
+def bucket_length(length: int) -> int:
+    """The length a text of ``length`` tokens (EOT included) runs at: its bucket's upper bound, whatever else is in
+    its batch (a text's bits never depend on its neighbours).
+
+    >>> bucket_length(5), bucket_length(16), bucket_length(17), bucket_length(248)
+    (8, 16, 24, 248)
+    """
+    return LENGTH_BUCKETS[int(np.searchsorted(LENGTH_BUCKETS, length))]
+
+
 TRT_MAX_BATCH = 64
 """TensorRT builds its engines for batches up to this, or up to the batch size asked for when that is larger."""
 
@@ -169,16 +179,18 @@ class LongCLIP:
         return run_one(self.vision, VISION_INPUT, np.ascontiguousarray(pixels, dtype=np.float32), run_options)
 
     def text_batches(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its own
-        longest length (with a causal mask and EOT pooling, tokens after EOT cannot change the embedding, so this
-        is exact and short texts stay cheap even beside long ones); int8 batches of short texts hold up to
-        ``batch_size * TOKENS_PER_ROW`` tokens."""
+        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its
+        bucket's upper bound (:func:`bucket_length`). With a causal mask and EOT pooling the tokens after EOT cannot
+        change the embedding in exact arithmetic, but a text run at exactly its own length takes other float paths
+        than a padded one (fp32 moved rows by up to 6e-8): a length fixed by the row's own bucket, never by its
+        batch's longest text, keeps every row's bits independent of its neighbours. int8 batches of short texts
+        hold up to ``batch_size * TOKENS_PER_ROW`` tokens."""
         eot = eot_positions(ids)
         cap = self._batch_cap()
         per_row = TOKENS_PER_ROW if self.manifest.precision == "int8" else 0
         out = []
         for rows in length_batches(eot + 1, min(batch_size, cap or batch_size), per_row, cap):
-            length = int(eot[rows].max()) + 1
+            length = min(bucket_length(int(eot[rows[0]]) + 1), ids.shape[1])
             out.append((rows, np.ascontiguousarray(ids[rows, :length], dtype=np.int64)))
         return out
 
