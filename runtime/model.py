@@ -93,6 +93,20 @@ def declared_io(m: Manifest) -> dict[str, tuple[TensorSpec, TensorSpec]]:
             "text": (TensorSpec(TEXT_INPUT, "int64", ("N", "L")), TensorSpec(TEXT_OUTPUT, "float32", ("N", d)))}
 
 
+_WARNED_NOT_INVARIANT: set[Path] = set()
+
+
+def _warn_not_row_invariant(root: Path) -> None:
+    """Once per folder and process: an int8 folder exported before per-row activation scales."""
+    key = root.resolve()
+    if key in _WARNED_NOT_INVARIANT:
+        return
+    _WARNED_NOT_INVARIANT.add(key)
+    log.warning("%s is an int8 export with per-batch activation scales: a row's score moves slightly with what "
+                "shares its batch (no row_invariant in its manifest); re-export it with this version's "
+                "`longclip-export --precision int8` for scores that depend on the row alone", root)
+
+
 def _one_name(model_name: str | os.PathLike[str] | None, model_dir: str | os.PathLike[str] | None
               ) -> str | os.PathLike[str]:
     """``model_name``, or its older keyword ``model_dir``: exactly one of them."""
@@ -144,6 +158,8 @@ class LongCLIP:
             for check in checks:
                 check.result()
             self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
+        if not m.row_invariant:
+            _warn_not_row_invariant(m.root)
         io = declared_io(m)
         check_io(self.vision, m.vision_graph, *io["vision"])
         check_io(self.text, m.text_graph, *io["text"])
