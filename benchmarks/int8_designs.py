@@ -9,7 +9,9 @@ fp32, which each int8 design quantizes here:
 - ``dynamic``: ONNX Runtime's ``quantize_dynamic`` (``QAttention``, ``DynamicQuantizeLinear``: per-tensor
   activation scales computed per call; the int8 export before issue 25);
 - ``row-wise, MatMulIntegerToFloat``: per-row activation scales, the fused contrib GEMM (the export's default);
-- ``row-wise, standard ops``: per-row activation scales, ``MatMulInteger`` -> ``Cast`` -> ``Mul`` (plain ONNX).
+- ``row-wise, standard ops``: per-row activation scales, ``MatMulInteger`` -> ``Cast`` -> ``Mul`` (plain ONNX);
+- ``row-wise, MatMulIntegerToFloat, QKV int8``: the attention's QKV projection row-wise int8 too, its core a fp32
+  ``MultiHeadAttention``.
 
 Invariance: each row's image and text embedding alone vs in batches of 32 (``LongCLIP.encode_*``), counted in rows
 whose bits move. Drift: max |Δscore| from the fp32 run's scores, same rows.
@@ -30,7 +32,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import ROOT, machine, make_rows, prepend_section, timed  # noqa: E402
 
-DESIGNS = ("dynamic", "row-wise, MatMulIntegerToFloat", "row-wise, standard ops")
+DESIGNS = ("dynamic", "row-wise, MatMulIntegerToFloat", "row-wise, standard ops",
+           "row-wise, MatMulIntegerToFloat, QKV int8")
 
 
 def quantize(design: str, src: Path, dst: Path) -> None:
@@ -42,7 +45,7 @@ def quantize(design: str, src: Path, dst: Path) -> None:
     else:
         from longclip.export.quantize import quantize_rowwise
 
-        quantize_rowwise(src, dst, "fused" if "MatMulIntegerToFloat" in design else "standard")
+        quantize_rowwise(src, dst, "fused" if "MatMulIntegerToFloat" in design else "standard", qkv="QKV" in design)
 
 
 def int8_folder(design: str, fused: Path, out: Path) -> Path:
@@ -95,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     folders = {"fp32": args.fp32}
     for design in DESIGNS:
-        slug = design.split(",")[-1].strip().replace(" ", "-").lower()
+        slug = design.split(",", 1)[-1].strip().replace(", ", "-").replace(" ", "-").lower()
         folders[f"int8 {design}"] = int8_folder(design, args.fused, args.work / f"int8-{slug}")
     rows = make_rows(args.work / f"data-{args.rows}-1", args.rows)
     run = [sys.executable, "-m", "longclip.runtime.cli", str(rows), "--device", "cpu", "-q"]

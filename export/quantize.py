@@ -48,8 +48,8 @@ def _gemm_ok(node: onnx.NodeProto) -> bool:
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto, kind: str):
-        self.model, self.kind = model, kind
+    def __init__(self, model: onnx.ModelProto, kind: str, qkv: bool):
+        self.model, self.kind, self.qkv = model, kind, qkv
         self.inits = {i.name: i for i in model.graph.initializer}
         self.new_inits: list[onnx.TensorProto] = []
         self.count = 0
@@ -72,6 +72,29 @@ class _Rewriter:
             return None
         trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
         return _weight(init, trans_b)
+
+    def attention_weight(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+        """The quantized QKV weight of an ``Attention`` node that :meth:`split_attention` can take apart."""
+        attrs = {a.name for a in node.attribute}
+        if (node.op_type != "Attention" or not self.qkv or len(node.input) != 3 or node.input[1] not in self.inits
+                or not attrs <= {"num_heads", "unidirectional"}):
+            return None
+        init = self.inits[node.input[1]]
+        return _weight(init, False) if len(init.dims) == 2 and init.data_type == TensorProto.FLOAT else None
+
+    def split_attention(self, node: onnx.NodeProto, wq: np.ndarray, w_scale: np.ndarray) -> list[onnx.NodeProto]:
+        """``Attention(x, W, b)`` -> row-wise int8 ``x @ W`` -> ``MultiHeadAttention(q, k, v, b)``, its core fp32."""
+        n = f"rowwise{self.count}"
+        qkv = helper.make_node("MatMul", [node.input[0], node.input[1]], [f"{n}.qkv"])
+        width = wq.shape[1] // 3
+        split = self.const(f"{n}.split", np.array([width] * 3, dtype=np.int64))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return [
+            *self.replace(qkv, wq, w_scale),
+            helper.make_node("Split", [f"{n}.qkv", split], [f"{n}.q", f"{n}.k", f"{n}.v"], axis=-1),
+            helper.make_node("MultiHeadAttention", [f"{n}.q", f"{n}.k", f"{n}.v", node.input[2]], [node.output[0]],
+                             domain="com.microsoft", **attrs),
+        ]
 
     def replace(self, node: onnx.NodeProto, wq: np.ndarray, w_scale: np.ndarray) -> list[onnx.NodeProto]:
         n = f"rowwise{self.count}"
@@ -108,25 +131,29 @@ class _Rewriter:
         nodes: list[onnx.NodeProto] = []
         replaced: set[str] = set()
         for node in graph.node:
-            weight = self.weight_of(node)
-            if weight is None:
+            if (attention := self.attention_weight(node)) is not None:
+                replaced.add(node.input[1])
+                nodes.extend(self.split_attention(node, *attention))
+            elif (weight := self.weight_of(node)) is not None:
+                replaced.add(node.input[1])
+                nodes.extend(self.replace(node, *weight))
+            else:
                 nodes.append(node)
-                continue
-            replaced.add(node.input[1])
-            nodes.extend(self.replace(node, *weight))
         still_used = {name for node in nodes for name in node.input}
         kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
         del graph.node[:]
         graph.node.extend(nodes)
         del graph.initializer[:]
         graph.initializer.extend([*kept, *self.new_inits])
-        if self.kind == "fused" and not any(o.domain == "com.microsoft" for o in self.model.opset_import):
+        if not any(o.domain == "com.microsoft" for o in self.model.opset_import):
             self.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         return self.count
 
 
-def quantize_rowwise(src: Path, dst: Path, kind: str = "fused") -> int:
+def quantize_rowwise(src: Path, dst: Path, kind: str = "fused", qkv: bool = False) -> int:
     """Write ``src``'s graph to ``dst`` with every weight GEMM quantized per row; returns how many were.
+    ``qkv``: each fused ``Attention``'s QKV projection too (split off into a row-wise GEMM before a fp32
+    ``MultiHeadAttention``).
 
     >>> quantize_rowwise(Path("text.onnx"), Path("text.int8.onnx"))    # doctest: +SKIP
     13
@@ -134,6 +161,6 @@ def quantize_rowwise(src: Path, dst: Path, kind: str = "fused") -> int:
     if kind not in ROWWISE_KINDS:
         raise ValueError(f"row-wise int8 kind {kind!r}: use one of {', '.join(ROWWISE_KINDS)}")
     model = onnx.load(str(src))
-    count = _Rewriter(model, kind).run()
+    count = _Rewriter(model, kind, qkv).run()
     onnx.save(model, str(dst))
     return count
