@@ -23,9 +23,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ROWWISE_KINDS = ("fused", "standard")
+ROWWISE_KINDS = ("fused", "fused-u8", "standard")
 """``fused``: ``MatMulIntegerToFloat`` (contrib op, scales applied in the GEMM's output pass); ``standard``:
-``MatMulInteger`` -> ``Cast`` -> ``Mul`` -> ``Mul``, plain ONNX."""
+``MatMulInteger`` -> ``Cast`` -> ``Mul`` -> ``Mul``, plain ONNX; ``fused-u8``: ``MatMulIntegerToFloat`` on the same values
+shifted to uint8 with a (scalar) zero point of 128, for ONNX Runtime's u8 x s8 kernels."""
 
 ACTIVATION_SCALES = "per-row"
 """What ``manifest.json`` records as ``activation_scales`` for these graphs."""
@@ -56,6 +57,8 @@ class _Rewriter:
         self.const("rowwise.axes", np.array([-1], dtype=np.int64))
         self.const("rowwise.tiny", np.array(_TINY, dtype=np.float32))
         self.const("rowwise.qmax", np.array(127, dtype=np.float32))
+        self.const("rowwise.shift", np.array(128, dtype=np.float32))
+        self.const("rowwise.zp", np.array(128, dtype=np.uint8))
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.new_inits.append(numpy_helper.from_array(value, name))
@@ -115,6 +118,11 @@ class _Rewriter:
         if self.kind == "fused":
             nodes.append(helper.make_node("MatMulIntegerToFloat", [f"{n}.xq", wq_name, f"{n}.scale", ws_name],
                                           [out], domain="com.microsoft"))
+        elif self.kind == "fused-u8":  # the same int8 values shifted by 128: MLAS's u8 x s8 kernel, zero point 128
+            nodes[-1] = helper.make_node("Add", [f"{n}.xr", "rowwise.shift"], [f"{n}.xu"])
+            nodes += [helper.make_node("Cast", [f"{n}.xu"], [f"{n}.xq"], to=TensorProto.UINT8),
+                      helper.make_node("MatMulIntegerToFloat", [f"{n}.xq", wq_name, f"{n}.scale", ws_name,
+                                                                "rowwise.zp"], [out], domain="com.microsoft")]
         else:
             nodes += [
                 helper.make_node("MatMulInteger", [f"{n}.xq", wq_name], [f"{n}.acc"]),
