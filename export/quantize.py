@@ -9,7 +9,8 @@ result is a function of that row alone, whatever batch, padding or neighbours it
     xq    = Cast<int8>(Round(x / scale))                          # (..., K) in [-127, 127]
     y     = MatMulIntegerToFloat(xq, wq, scale, w_scale) [+ bias] # or MatMulInteger -> Cast -> Mul -> Mul
 
-Weights are int8 per output channel (symmetric). Attention (ONNX Runtime's fused ``Attention``, its QKV
+Weights are int8 per output channel (symmetric; 7-bit with uint8 activations, see :func:`_weight`). The export
+uses ``fused-u8``. Attention (ONNX Runtime's fused ``Attention``, its QKV
 projection included) stays fp32. ``MatMulIntegerToFloat`` documents a scalar ``a_scale``; it is given a ``(..., 1)``
 one here, which its CPU kernel broadcasts row by row: ``tests/export/test_quantize.py`` pins that against the
 unfused standard-op form.
@@ -34,12 +35,14 @@ ACTIVATION_SCALES = "per-row"
 _TINY = np.float32(1e-12)  # an all-zero row quantizes to zeros instead of dividing by zero
 
 
-def _weight(init: onnx.TensorProto, trans_b: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, N)`` float weight -> ``(K, N) int8`` and its ``(N,) float32`` per-column scale (symmetric)."""
+def _weight(init: onnx.TensorProto, trans_b: bool, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, N)`` float weight -> ``(K, N) int8`` in ``[-qmax, qmax]`` and its ``(N,) float32`` per-column scale.
+    ``qmax=63`` (7 bits) for uint8 activations: AVX2 without VNNI adds pairs of u8 x s8 products in int16, which
+    255 * 127 * 2 overflows (measured: wrong by up to 13 %); 255 * 63 * 2 does not."""
     w = numpy_helper.to_array(init).astype(np.float32)
     w = w.T if trans_b else w
-    scale = np.maximum(np.abs(w).max(axis=0), _TINY) / np.float32(127)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    scale = np.maximum(np.abs(w).max(axis=0), _TINY) / np.float32(qmax)
+    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
     return q, scale.astype(np.float32)
 
 
@@ -51,6 +54,7 @@ def _gemm_ok(node: onnx.NodeProto) -> bool:
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto, kind: str, qkv: bool):
         self.model, self.kind, self.qkv = model, kind, qkv
+        self.qmax = 63 if kind == "fused-u8" else 127
         self.inits = {i.name: i for i in model.graph.initializer}
         self.new_inits: list[onnx.TensorProto] = []
         self.count = 0
@@ -74,7 +78,7 @@ class _Rewriter:
         if node.op_type == "Gemm" and not _gemm_ok(node):
             return None
         trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-        return _weight(init, trans_b)
+        return _weight(init, trans_b, self.qmax)
 
     def attention_weight(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
         """The quantized QKV weight of an ``Attention`` node that :meth:`split_attention` can take apart."""
@@ -83,7 +87,7 @@ class _Rewriter:
                 or not attrs <= {"num_heads", "unidirectional"}):
             return None
         init = self.inits[node.input[1]]
-        return _weight(init, False) if len(init.dims) == 2 and init.data_type == TensorProto.FLOAT else None
+        return _weight(init, False, self.qmax) if len(init.dims) == 2 and init.data_type == TensorProto.FLOAT else None
 
     def split_attention(self, node: onnx.NodeProto, wq: np.ndarray, w_scale: np.ndarray) -> list[onnx.NodeProto]:
         """``Attention(x, W, b)`` -> row-wise int8 ``x @ W`` -> ``MultiHeadAttention(q, k, v, b)``, its core fp32."""

@@ -45,16 +45,16 @@ def _rows(seed: int = 1) -> np.ndarray:
     return x
 
 
-def _by_hand(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _by_hand(x: np.ndarray, w: np.ndarray, qmax: int = 127) -> np.ndarray:
     """The row-wise arithmetic in numpy, exact integers: what quantize.py's docstring says the graph computes."""
     scale = np.maximum(np.abs(x).max(axis=1, keepdims=True), np.float32(1e-12)) / np.float32(127)
     xq = np.rint(x / scale).astype(np.int64)
-    w_scale = np.maximum(np.abs(w).max(axis=0), np.float32(1e-12)) / np.float32(127)
-    wq = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int64)
+    w_scale = np.maximum(np.abs(w).max(axis=0), np.float32(1e-12)) / np.float32(qmax)
+    wq = np.clip(np.rint(w / w_scale), -qmax, qmax).astype(np.int64)
     return (xq @ wq) * scale.astype(np.float64) * w_scale.astype(np.float64)
 
 
-@pytest.mark.parametrize("kind", ["fused", "standard"])
+@pytest.mark.parametrize("kind", ["fused", "fused-u8", "standard"])
 @pytest.mark.parametrize("op", ["MatMul", "Gemm"])
 def test_each_row_is_quantized_by_its_own_scale(tmp_path, kind, op):
     """A kernel that read a_scale[0] for every row (the documented scalar contract) is off by up to 1e6 here."""
@@ -64,12 +64,12 @@ def test_each_row_is_quantized_by_its_own_scale(tmp_path, kind, op):
     assert quantize_rowwise(tmp_path / "f.onnx", tmp_path / "q.onnx", kind) == 1
     x = _rows()
     got = _session(tmp_path / "q.onnx")(x)
-    want = _by_hand(x, w) + bias
+    want = _by_hand(x, w, 63 if kind == "fused-u8" else 127) + bias  # u8: 7-bit weights (no int16 overflow)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.abs(want).max(axis=1, keepdims=True).max())
     assert np.isfinite(got).all() and (got[5] == (bias if op == "Gemm" else 0)).all()  # the zero row: no NaN
 
 
-@pytest.mark.parametrize("kind", ["fused", "standard"])
+@pytest.mark.parametrize("kind", ["fused", "fused-u8", "standard"])
 def test_a_row_alone_equals_the_row_among_others_bit_for_bit(tmp_path, kind):
     from longclip.export.quantize import quantize_rowwise
 
