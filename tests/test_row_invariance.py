@@ -141,3 +141,27 @@ def test_longclip_run_scores_are_the_pairs_alone(tmp_path, model, alone):
         _run(tmp_path, folder, "chunks", everything[::-1], "--batch-size", 5, "--chunk-rows", 3, "--resume"),
         alone[::-1])
 
+
+
+def test_ray_engine_scores_are_the_pairs_alone(tmp_path, model, alone):
+    """The Ray engine (a local cluster, batches of 2): the same bits as each pair alone."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip('needs the ray extra: pip install "longclip[ray]"')
+    import ray
+
+    from longclip.runtime.engines.local import RunOptions
+    from longclip.runtime.engines.ray import RayOptions, run_ray
+
+    rows = [3, 1, 4, 1, 5, 0, 2, 6, 7]
+    table = tmp_path / "in.jsonl"
+    table.write_text("".join(json.dumps({"image_path": str(PAIRS[r][0]), "text": PAIRS[r][1]}) + "\n" for r in rows))
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, logging_level="ERROR")
+    try:
+        run_ray(model.manifest.root, str(table), str(tmp_path / "out.jsonl"), RunOptions(batch_size=2), "cpu",
+                RayOptions())
+    finally:
+        ray.shutdown()
+    got = pd.read_json(tmp_path / "out.jsonl", lines=True)["longclip_score"].to_numpy(dtype=np.float32)
+    np.testing.assert_array_equal(got, alone[rows])
