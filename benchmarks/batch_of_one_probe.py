@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from longclip.runtime.session import create_session
+from longclip.runtime.model.session import create_session
 
 
 def main(path: str, tower: str) -> None:

@@ -50,7 +50,7 @@ def quantize(design: str, src: Path, dst: Path) -> None:
 
 def int8_folder(design: str, fused: Path, out: Path) -> Path:
     """A copy of the fused fp32 folder with int8 graphs and a manifest that says so."""
-    from longclip.runtime.manifest import sha256_file
+    from longclip.runtime.contract.manifest import sha256_file
 
     if (out / "manifest.json").exists():
         return out
@@ -101,7 +101,7 @@ def main() -> None:
         slug = design.split(",", 1)[-1].strip().replace(", ", "-").replace(" ", "-").lower()
         folders[f"int8 {design}"] = int8_folder(design, args.fused, args.work / f"int8-{slug}")
     rows = make_rows(args.work / f"data-{args.rows}-1", args.rows)
-    run = [sys.executable, "-m", "longclip.runtime.cli", str(rows), "--device", "cpu", "-q"]
+    run = [sys.executable, "-m", "longclip.runtime.cli.run", str(rows), "--device", "cpu", "-q"]
     outs = {name: rows.parent / f"out-{i}.jsonl" for i, name in enumerate(folders)}
     seconds = {name: float("inf") for name in folders}
     for _ in range(args.repeats):  # interleaved: the shared machine's drift hits every contender alike

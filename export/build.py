@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 import torch
 
-from longclip.runtime.constants import (
+from longclip.runtime.contract.constants import (
     CONTEXT_LENGTH,
     EOT_TOKEN,
     IMAGE_MEAN,
@@ -27,8 +27,8 @@ from longclip.runtime.constants import (
     SOT_TOKEN,
     TOKENIZER_ID,
 )
-from longclip.runtime.errors import ExportError
-from longclip.runtime.manifest import sha256_file, write_manifest
+from longclip.runtime.contract.errors import ExportError
+from longclip.runtime.contract.manifest import sha256_file, write_manifest
 
 from .checkpoint import load_reference
 from .model import LongCLIP

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from longclip.runtime.console import configure_logging
-from longclip.runtime.constants import OPSET
-from longclip.runtime.errors import LongCLIPError, ParityError
+from longclip.runtime.cli.console import configure_logging
+from longclip.runtime.contract.constants import OPSET
+from longclip.runtime.contract.errors import LongCLIPError, ParityError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

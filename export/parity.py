@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from longclip.runtime.constants import EOT_TOKEN, SOT_TOKEN, TEXT_INPUT, VISION_INPUT, VOCAB_SIZE
-from longclip.runtime.errors import ParityError
-from longclip.runtime.preprocess import preprocess_images
-from longclip.runtime.scoring import l2_normalize, to_score
-from longclip.runtime.session import create_session
-from longclip.runtime.tokenizer import eot_positions, tokenize
-
-from longclip.runtime.model import bucket_length
+from longclip.runtime.contract.constants import EOT_TOKEN, SOT_TOKEN, TEXT_INPUT, VISION_INPUT, VOCAB_SIZE
+from longclip.runtime.contract.errors import ParityError
+from longclip.runtime.decode.preprocess import preprocess_images
+from longclip.runtime.decode.tokenizer import eot_positions, tokenize
+from longclip.runtime.model.longclip import bucket_length
+from longclip.runtime.model.scoring import l2_normalize, to_score
+from longclip.runtime.model.session import create_session
 
 from .model import LongCLIP
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from longclip.runtime.constants import ATTENTIONS, PRECISIONS
+from longclip.runtime.contract.constants import ATTENTIONS, PRECISIONS
 
 log = logging.getLogger(__name__)
 

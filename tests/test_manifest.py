@@ -6,7 +6,7 @@ import pytest
 
 from conftest import copy_model
 from longclip.runtime import ModelDirError
-from longclip.runtime.manifest import read_manifest
+from longclip.runtime.contract.manifest import read_manifest
 
 NAN = float("nan")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import GOLDENS, copy_model, needs_torch
 from longclip.runtime import LongCLIP, ModelDirError
-from longclip.runtime.manifest import read_manifest, sha256_file
+from longclip.runtime.contract.manifest import read_manifest, sha256_file
 
 IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "rgba_61x45.png")]
 TEXTS = ["a photo of a cat", "A long caption " * 40, " ".join(["a"] * 19)]
@@ -23,8 +23,8 @@ TEXTS = ["a photo of a cat", "A long caption " * 40, " ".join(["a"] * 19)]
 def test_scores_match_pytorch_reference(tiny_model_dir, tiny_reference):
     import torch
 
-    from longclip.runtime.preprocess import preprocess_images
-    from longclip.runtime.tokenizer import tokenize
+    from longclip.runtime.decode.preprocess import preprocess_images
+    from longclip.runtime.decode.tokenizer import tokenize
 
     model = LongCLIP(tiny_model_dir, device="cpu")
     with torch.no_grad():
@@ -79,7 +79,7 @@ def test_runtime_never_imports_torch(tiny_model_dir):
 
 
 def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tmp_path):
-    from longclip.runtime import model as model_module
+    from longclip.runtime.model import longclip as model_module
 
     seen = {}
 
@@ -98,7 +98,7 @@ def test_model_builds_profiles_from_its_manifest(tiny_model_dir, monkeypatch, tm
 
 
 def test_short_texts_never_run_at_a_long_texts_length(tiny_model_dir, monkeypatch):
-    from longclip.runtime import model as model_module
+    from longclip.runtime.model import longclip as model_module
 
     model = LongCLIP(tiny_model_dir, device="cpu")
     lengths = []
@@ -123,7 +123,7 @@ def test_provider_names_the_execution_provider(tiny_model_dir):
 
 @pytest.mark.parametrize("batch_size", [8, 128])
 def test_batch_size_reaches_both_graphs_as_given(tiny_model_dir, monkeypatch, batch_size):
-    from longclip.runtime import model as model_module
+    from longclip.runtime.model import longclip as model_module
 
     model = LongCLIP(tiny_model_dir, device="cpu")
     shapes = []
@@ -139,7 +139,7 @@ def test_batch_size_reaches_both_graphs_as_given(tiny_model_dir, monkeypatch, ba
 
 
 def test_tensorrt_profiles_cover_a_batch_size_above_64(tiny_model_dir, monkeypatch, tmp_path):
-    from longclip.runtime import model as model_module
+    from longclip.runtime.model import longclip as model_module
 
     seen = {}
     monkeypatch.setenv("LONGCLIP_CACHE", str(tmp_path))
@@ -229,7 +229,7 @@ def test_cli_refuses_a_damaged_folder_with_one_line(tiny_model_dir, tmp_path, da
     shutil.copy(IMAGES[1], tmp_path / "a.jpg")
     (tmp_path / "in.jsonl").write_text(json.dumps({"image_path": "a.jpg", "text": "a cat"}) + "\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli", "in.jsonl", "-m", str(folder), "-o",
+    proc = subprocess.run([sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-m", str(folder), "-o",
                            "out.jsonl", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("longclip-run: error: ") and message in proc.stderr, proc.stderr

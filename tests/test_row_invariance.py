@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import GOLDENS, HAS_TORCH
 from longclip.runtime import ImageLongCLIPEvaluator, LongCLIP
-from longclip.runtime.scoring import score_rows
+from longclip.runtime.model.scoring import score_rows
 
 IMG = GOLDENS / "images"
 IMAGES = [IMG / n for n in ("rgb_333x517.png", "exact_48x48.png", "rgba_61x45.png", "gray_64x50.png",
@@ -70,8 +70,8 @@ subsets = st.lists(st.integers(0, len(PAIRS) - 1), min_size=1, max_size=12)  # r
 
 def test_the_pairs_share_buckets_at_different_lengths(model):
     """The fixed pairs put texts of different lengths in one bucket: padding would show if a row depended on it."""
-    from longclip.runtime.model import bucket_length
-    from longclip.runtime.tokenizer import eot_positions
+    from longclip.runtime.decode.tokenizer import eot_positions
+    from longclip.runtime.model.longclip import bucket_length
 
     lengths = eot_positions(model.tokenizer(TEXTS)) + 1
     buckets = [bucket_length(int(n)) for n in lengths]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
-from longclip.runtime.errors import ParityError
+from longclip.runtime.contract.errors import ParityError
 
 pytestmark = needs_torch
 
 
 def test_folder_and_manifest(tiny_model_dir, tiny_checkpoint):
-    from longclip.runtime.manifest import read_manifest, sha256_file
+    from longclip.runtime.contract.manifest import read_manifest, sha256_file
 
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["manifest.json", "text.onnx", "vision.onnx"]
     m = read_manifest(tiny_model_dir)

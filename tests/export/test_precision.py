@@ -7,7 +7,7 @@ import pytest
 
 from conftest import GOLDENS, needs_torch
 from longclip.runtime import LongCLIP
-from longclip.runtime.errors import ParityError
+from longclip.runtime.contract.errors import ParityError
 
 pytestmark = needs_torch
 IMAGES = [GOLDENS / "images" / n for n in ("rgb_333x517.png", "small_41x97.jpg", "gray_64x50.png")]
@@ -97,7 +97,7 @@ def test_int8_gate_refuses_and_leaves_nothing(tmp_path, tiny_checkpoint, monkeyp
 
 def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
     """int8 text batches of short captions take batch_size * 64 tokens' worth of rows; other precisions batch_size."""
-    from longclip.runtime import model as model_module
+    from longclip.runtime.model import longclip as model_module
 
     precision, folder, fused = exported
     model = LongCLIP(folder, device="cpu")
@@ -110,7 +110,7 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
 
 
 def test_fused_graphs_warn_before_tensorrt(exported, caplog):
-    from longclip.runtime.errors import DeviceUnavailableError
+    from longclip.runtime.contract.errors import DeviceUnavailableError
 
     precision, folder, fused = exported
     with pytest.raises(DeviceUnavailableError):  # no TensorRT here; the warning comes first

@@ -31,7 +31,7 @@ def _graph(path, op: str = "MatMul"):
 
 
 def _session(path):
-    from longclip.runtime.session import create_session
+    from longclip.runtime.model.session import create_session
 
     session = create_session(path, "cpu")
     return lambda x: session.run(None, {"x": x})[0]

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import Manifest, read_manifest
-from .preprocess import ImageInput, preprocess_images
-from .scoring import l2_normalize, score_rows
+from ..contract.constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
+from ..contract.manifest import Manifest, read_manifest
+from ..decode.preprocess import ImageInput, preprocess_images
+from ..decode.tokenizer import default_tokenizer, eot_positions
 from .resolve import cache_root, resolve_model_dir
+from .scoring import l2_normalize, score_rows
 from .session import TENSORRT, TensorSpec, TrtProfile, check_io, create_session, parse_device, run_one
-from .tokenizer import default_tokenizer, eot_positions
-from .constants import BATCH_SIZE, TEXT_INPUT, TEXT_OUTPUT, VISION_INPUT, VISION_OUTPUT
 from .verify import verify_graph
 
 log = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
         if not quiet:
             click.echo(summary.report(), err=True)
         if report_path is not None:  # from the committed OUTPUT, exactly as longclip-report would
-            from .report import ReportOptions, write_report
+            from ..report import ReportOptions, write_report
 
             write_report(output_path, report_path, ReportOptions(image_key=image_key, text_key=text_key,
                                                                  output_key=output_key, image_root=image_root))
@@ -145,7 +145,7 @@ def _check_options(input_path: str, output_path: str, report_path: str | None, e
         raise EngineError("--resume is for the local engine: a Ray run that stops leaves no partial output; run it "
                           "again, or use --engine local for a resumable run")
     if report_path is not None:
-        from .report import check_report_path
+        from ..report import check_report_path
 
         for other, what in ((input_path, "INPUT"), (output_path, "OUTPUT")):
             if same_file(report_path, other):

@@ -1,0 +1,1 @@
+"""The content-keyed embeddings folder: store, index and parts."""

@@ -1,0 +1,1 @@
+"""Rows out: the per-output lock and the writers of every output format."""
