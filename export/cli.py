@@ -16,7 +16,8 @@ from longclip.runtime.contract.errors import LongCLIPError, ParityError
               help="Folder to write vision.onnx, text.onnx and manifest.json into.")
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(17), help="ONNX opset (>= 17).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="int8: CPU (dynamic quantization, gate |Δscore| <= 0.01); fp16: GPU (gate 2e-3).")
+              help="int8: CPU (int8 GEMMs, one activation scale per row: row-invariant; gate |Δscore| <= 0.01); "
+                   "fp16: GPU (gate 2e-3).")
 @click.option("--attention", type=click.Choice(["auto", "fused", "explicit"]), default="auto", show_default=True,
               help="auto: fused into ONNX Runtime's Attention op for int8 and fp16, plain ONNX for fp32; "
                    "explicit: plain ONNX (TensorRT).")

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from longclip.runtime.contract.constants import TEXT_INPUT, VISION_INPUT
+from longclip.runtime.contract.constants import EOT_TOKEN, SOT_TOKEN, TEXT_INPUT, VISION_INPUT
 from longclip.runtime.contract.errors import ParityError
 from longclip.runtime.decode.preprocess import preprocess_images
 from longclip.runtime.decode.tokenizer import eot_positions, tokenize
+from longclip.runtime.model.longclip import bucket_length
 from longclip.runtime.model.scoring import l2_normalize, to_score
 from longclip.runtime.model.session import create_session
 
@@ -51,7 +52,9 @@ class Check:
         return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
 
     def row(self) -> str:
-        if self.higher_is_better:
+        if isinstance(self.value, int):  # a count of rows
+            value, limit = f"{self.value}", f"<= {self.limit}"
+        elif self.higher_is_better:
             value, limit = f"{self.value:.9f}", f">= {self.limit}"
         else:
             value, limit = f"{self.value:.3e}", f"<= {self.limit:.0e}"
@@ -103,7 +106,7 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(MAX_SCORE_DELTA, MIN_COSINE),
     "fp16": Tolerance(2e-3, 0.999),  # LayerNorm/softmax stay fp32; the rest rounds to 11-bit mantissas
-    "int8": Tolerance(1e-2, 0.99),  # dynamic quantization: per-tensor activation scales, per-channel weights
+    "int8": Tolerance(1e-2, 0.99),  # per-row activation scales, per-channel weights, attention fp32
 }
 
 
@@ -126,9 +129,50 @@ def reference_outputs(model: LongCLIP) -> Reference:
     return Reference(pixels, ids, image, text)
 
 
+INVARIANCE_BATCHES = (1, 3, 17)
+"""Batch sizes whose outputs must agree bit for bit, row by row (a batch of one included: no other path)."""
+
+
+def _companions(n: int, length: int, seed: int = 0) -> np.ndarray:
+    """``(n, length) int64`` random captions that fit ``length``: what shares a text's batch in a run."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((n, length), dtype=np.int64)
+    for row in ids:
+        eot = int(rng.integers(1, length))
+        row[0], row[1:eot], row[eot] = SOT_TOKEN, rng.integers(1, SOT_TOKEN, eot - 1), EOT_TOKEN
+    return ids
+
+
+def _moved_rows(run, inputs: np.ndarray, rows: int) -> int:
+    """How many of the first ``rows`` rows of ``inputs`` get other bits in batches of 1, 3 or 17 (in that order)."""
+    outs = []
+    for size in INVARIANCE_BATCHES:
+        outs.append(np.concatenate([run(inputs[i : i + size]) for i in range(0, len(inputs), size)])[:rows])
+    return int(sum((out != outs[0]).reshape(rows, -1).any(axis=1).sum() for out in outs[1:]))
+
+
+def _image_moves(vision, pixels: np.ndarray) -> int:
+    """Each parity image alone vs among 16 others (the parity images and noise), in batches of 1, 3 and 17."""
+    noise = np.random.default_rng(1).standard_normal((17 - len(pixels), *pixels.shape[1:])).astype(np.float32)
+    batch = np.concatenate([pixels, noise])
+    return _moved_rows(lambda x: vision.run(None, {VISION_INPUT: x})[0], batch, len(pixels))
+
+
+def _text_moves(text, ids: np.ndarray) -> int:
+    """Each parity text at its bucket's length (as the runtime runs it), alone vs among 16 random captions of that
+    bucket, in batches of 1, 3 and 17."""
+    moved = 0
+    for row, eot in zip(ids, eot_positions(ids)):
+        length = min(bucket_length(int(eot) + 1), ids.shape[1])
+        batch = np.concatenate([row[None, :length], _companions(16, length, seed=int(eot))])
+        moved += _moved_rows(lambda x: text.run(None, {TEXT_INPUT: x})[0], batch, 1)
+    return moved
+
+
 def run_parity(model: LongCLIP | Reference, vision_path: Path, text_path: Path,
                tolerance: Tolerance = TOLERANCES["fp32"], what: str = "exported graphs") -> ParityReport:
-    """Compare the reference with both graphs (ORT, CPU); raise :class:`ParityError` with the table on failure."""
+    """Compare the reference with both graphs (ORT, CPU), and each graph with itself across batches of 1, 3 and
+    17 (bit for bit); raise :class:`ParityError` with the table on failure."""
     ref = model if isinstance(model, Reference) else reference_outputs(model)
     pixels, ids, ref_img, ref_txt = ref.pixels, ref.ids, ref.image, ref.text
     min_cos, max_delta = tolerance.min_cosine, tolerance.max_score_delta
@@ -139,17 +183,21 @@ def run_parity(model: LongCLIP | Reference, vision_path: Path, text_path: Path,
     onnx_txt = text.run(None, {TEXT_INPUT: ids})[0]
     eot = eot_positions(ids)
     onnx_txt_own = np.concatenate([text.run(None, {TEXT_INPUT: ids[i : i + 1, : e + 1]})[0] for i, e in enumerate(eot)])
-    onnx_txt_batch = text.run(None, {TEXT_INPUT: ids[:3, : eot[:3].max() + 1]})[0]
+    onnx_txt_bucket = np.concatenate([text.run(None, {TEXT_INPUT: ids[i : i + 1, : min(bucket_length(e + 1), ids.shape[1])]})[0]
+                                      for i, e in enumerate(eot)])
     checks = (
         Check("image cosine, reference vs graph (batch 4)", _min_cosine(ref_img, onnx_img), min_cos, True),
         Check("image cosine, reference vs graph (batch 1)", _min_cosine(ref_img, onnx_img_single), min_cos, True),
         Check("text cosine, reference vs graph (L=248)", _min_cosine(ref_txt, onnx_txt), min_cos, True),
         Check("text cosine, reference vs graph (own length)", _min_cosine(ref_txt, onnx_txt_own), min_cos, True),
-        Check("text cosine, batch at its max length vs 248", _min_cosine(onnx_txt[:3], onnx_txt_batch), min_cos, True),
+        Check("text cosine, reference vs graph (bucket length)", _min_cosine(ref_txt, onnx_txt_bucket), min_cos,
+              True),
         Check("max |Δscore|, reference vs graphs", _score_delta(ref_img, ref_txt, onnx_img, onnx_txt), max_delta,
               False),
-        Check("max |Δscore|, own length vs padded to 248",
-              _score_delta(onnx_img, onnx_txt, onnx_img, onnx_txt_own), max_delta, False),
+        Check("max |Δscore|, reference vs bucket length",
+              _score_delta(ref_img, ref_txt, onnx_img, onnx_txt_bucket), max_delta, False),
+        Check("images whose bits move, batch 1 vs 3 vs 17", _image_moves(vision, pixels), 0, False),
+        Check("texts whose bits move, batch 1 vs 3 vs 17", _text_moves(text, ids), 0, False),
     )
     report = ParityReport(checks, n_images=len(pixels), n_texts=len(ids))
     if not report.ok:

@@ -54,6 +54,8 @@ REEXPORT = "re-export with `longclip-export CHECKPOINT -o DIR`"
     ("precision", "fp64", "precision is 'fp64', expected one of fp32, fp16, int8"),
     ("attention", "flash", "attention is 'flash', expected one of fused, explicit"),
     ("variant", 7, "variant is 7, expected a string"),
+    ("row_invariant", "yes", "row_invariant is 'yes', expected true or false"),
+    ("row_invariant", 1, "row_invariant is 1, expected true or false"),
     ("graphs.vision.file", "/etc/hostname", "graphs.vision.file is '/etc/hostname', expected a file name inside"),
     ("graphs.text.file", "../x.onnx", "graphs.text.file is '../x.onnx', expected a file name inside the folder"),
     ("graphs.text.file", "sub/../../tiny/text.onnx", "graphs.text.file is 'sub/../../tiny/text.onnx', expected"),
@@ -122,6 +124,7 @@ def test_what_a_good_manifest_reads_as(tiny_model_dir):
     assert m.std == (0.26862954, 0.26130258, 0.27577711)
     assert m.graphs["vision"].files == (tiny_model_dir / "vision.onnx",)
     assert m.graphs["text"].sha256 == {tiny_model_dir / "text.onnx": m.text_sha256}
+    assert m.row_invariant is True
 
 
 def test_older_manifests_still_read(tiny_model_dir, tmp_path):
@@ -138,3 +141,27 @@ def test_older_manifests_still_read(tiny_model_dir, tmp_path):
     m = read_manifest(folder)
     assert m.attention == "explicit" and m.vision_sha256 == read_manifest(tiny_model_dir).vision_sha256
     assert m.graphs["text"].files == (folder / "text.onnx",)
+
+
+def test_an_int8_folder_from_before_row_invariance_warns_once(tiny_model_dir, tmp_path, caplog):
+    """No row_invariant field: fp32/fp16 folders are row-invariant as they are (the runtime fixed their text
+    lengths); an int8 one had per-batch activation scales, and says so once per folder, however often loaded."""
+    from longclip.runtime import LongCLIP
+
+    def older(precision):
+        def edit(manifest):
+            manifest.pop("row_invariant", None)
+            manifest.pop("activation_scales", None)
+            manifest["precision"] = precision
+        return edit
+
+    fp32 = copy_model(tiny_model_dir, tmp_path / "fp32", older("fp32"))
+    int8 = copy_model(tiny_model_dir, tmp_path / "int8", older("int8"))
+    assert read_manifest(fp32).row_invariant is True and read_manifest(int8).row_invariant is False
+    LongCLIP(fp32)
+    assert "per-batch activation scales" not in caplog.text
+    LongCLIP(int8)
+    LongCLIP(int8)
+    warned = [r for r in caplog.records if "per-batch activation scales" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and str(int8) in warned[0].getMessage()
+    assert "--precision int8" in warned[0].getMessage()

@@ -97,7 +97,7 @@ def _loader(model_dir: Path, device: str, batch_size: int, batch_wait: float, ma
         model = load_model(model_dir, device, split, batch_size)
         return Batcher(model, lambda: start_pool(model.manifest, split, batch_size, limits.max_pixels,
                                                  limits.decode_timeout),
-                       metrics, batch_size, batch_wait, max_queue, mix_requests=model.manifest.precision != "int8")
+                       metrics, batch_size, batch_wait, max_queue, mix_requests=model.manifest.row_invariant)
     return load
 
 

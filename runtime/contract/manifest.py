@@ -58,6 +58,10 @@ class Manifest:
     vision_sha256: str
     text_sha256: str
     attention: str  # "fused" (ONNX Runtime's Attention op) or "explicit" (plain ONNX)
+    # A row's outputs are a function of that row alone (CPU provider), whatever its batch: true for every fp32 and
+    # fp16 folder, and for int8 folders whose activation scales are per row (manifest ``row_invariant``; int8
+    # folders from before it have per-batch scales).
+    row_invariant: bool
     graphs: dict[str, GraphFiles] = field(repr=False)  # "vision", "text"
     raw: dict[str, Any] = field(repr=False)
 
@@ -119,6 +123,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
         vision_sha256=graphs["vision"].sha256[vision],
         text_sha256=graphs["text"].sha256[text],
         attention=f.choice("attention", ATTENTIONS, default="explicit"),  # manifests from before --attention
+        row_invariant=f.boolean("row_invariant", default=f.get("precision") != "int8"),
         graphs=graphs,
         raw=raw,
     )
@@ -172,6 +177,12 @@ class _Fields:
         value = self.get(name)
         if not isinstance(value, str):
             raise self.bad(name, value, "a string")
+        return value
+
+    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise self.bad(name, value, "true or false")
         return value
 
     def choice(self, name: str, options: tuple[str, ...], default: Any = _MISSING) -> str:

@@ -106,6 +106,20 @@ def checked_texts(texts: str | Sequence[str]) -> list[str]:
     return [check_text(text) for text in ([texts] if isinstance(texts, str) else texts)]
 
 
+_WARNED_NOT_INVARIANT: set[Path] = set()
+
+
+def _warn_not_row_invariant(root: Path) -> None:
+    """Once per folder and process: an int8 folder exported before per-row activation scales."""
+    key = root.resolve()
+    if key in _WARNED_NOT_INVARIANT:
+        return
+    _WARNED_NOT_INVARIANT.add(key)
+    log.warning("%s is an int8 export with per-batch activation scales: a row's score moves slightly with what "
+                "shares its batch (no row_invariant in its manifest); re-export it with this version's "
+                "`longclip-export --precision int8` for scores that depend on the row alone", root)
+
+
 def _one_name(model_name: str | os.PathLike[str] | None, model_dir: str | os.PathLike[str] | None
               ) -> str | os.PathLike[str]:
     """``model_name``, or its older keyword ``model_dir``: exactly one of them."""
@@ -157,6 +171,8 @@ class LongCLIP:
             for check in checks:
                 check.result()
             self.vision, self.text, self.tokenizer = vision.result(), text.result(), tokenizer.result()
+        if not m.row_invariant:
+            _warn_not_row_invariant(m.root)
         io = declared_io(m)
         check_io(self.vision, m.vision_graph, *io["vision"])
         check_io(self.text, m.text_graph, *io["text"])
@@ -193,15 +209,12 @@ class LongCLIP:
         return run_one(self.vision, VISION_INPUT, np.ascontiguousarray(pixels, dtype=np.float32), run_options)
 
     def text_batches(self, ids: np.ndarray, batch_size: int = TEXT_BATCH_SIZE) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its bucket's
-        length (with a causal mask and EOT pooling, tokens after EOT cannot change the embedding, so short texts
-        stay cheap even beside long ones); int8 batches of short texts hold up to ``batch_size * TOKENS_PER_ROW``
-        tokens.
-
-        The length is a function of the row's own text, never of the other rows in its batch: padding to the
-        batch's longest text changed the last bits of an embedding (a different reduction length in attention),
-        so a text scored beside others, or by a service batching other requests with it, would differ from the
-        same text alone."""
+        """``(rows, ids[rows, :length])`` per forward: rows grouped into length buckets, each batch at its
+        bucket's upper bound (:func:`bucket_length`). With a causal mask and EOT pooling the tokens after EOT cannot
+        change the embedding in exact arithmetic, but a text run at exactly its own length takes other float paths
+        than a padded one (fp32 moved rows by up to 6e-8): a length fixed by the row's own bucket, never by its
+        batch's longest text, keeps every row's bits independent of its neighbours. int8 batches of short texts
+        hold up to ``batch_size * TOKENS_PER_ROW`` tokens."""
         eot = eot_positions(ids)
         cap = self._batch_cap()
         per_row = TOKENS_PER_ROW if self.manifest.precision == "int8" else 0

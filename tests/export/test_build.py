@@ -21,7 +21,10 @@ def test_folder_and_manifest(tiny_model_dir, tiny_checkpoint):
     assert raw["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
     assert raw["graphs"]["text"]["sha256"] == sha256_file(tiny_model_dir / "text.onnx")
     assert raw["text"]["tokenizer"] == "openai-clip-bpe-16e6/longclip-248" and raw["opset"] >= 17
-    assert raw["parity"]["passed"] and len(raw["parity"]["checks"]) == 7
+    assert raw["parity"]["passed"] and len(raw["parity"]["checks"]) == 9
+    moved = {c["name"]: c["value"] for c in raw["parity"]["checks"] if "bits move" in c["name"]}
+    assert moved == {"images whose bits move, batch 1 vs 3 vs 17": 0, "texts whose bits move, batch 1 vs 3 vs 17": 0}
+    assert m.row_invariant and raw["row_invariant"] is True and raw["activation_scales"] is None
     assert list(m.mean) == [0.48145466, 0.4578275, 0.40821073]
 
 

@@ -43,6 +43,10 @@ def test_manifest_records_precision_and_gate(exported):
     assert accuracy["precision"] == precision and accuracy["passed"]
     delta = next(c["value"] for c in accuracy["checks"] if c["name"] == "max |Δscore|, reference vs graphs")
     assert 0 < delta <= GATE[precision]
+    assert manifest["row_invariant"] is True
+    assert manifest["activation_scales"] == ("per-row" if precision == "int8" else None)
+    moved = [c["value"] for c in accuracy["checks"] if "bits move" in c["name"]]
+    assert moved == [0, 0]  # the gate proved it on the converted graphs: batches of 1, 3 and 17
 
 
 def test_scores_stay_close_to_fp32(exported, tiny_model_dir):
@@ -62,7 +66,9 @@ def test_graph_contents(exported):
     kinds = {n.op_type for n in nodes}
     assert ("Softmax" in kinds) == (not fused)  # fused attention computes its own softmax
     if precision == "int8":
-        assert fused and {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"} <= kinds
+        # per-row activation scales (row-invariant); nothing with a per-tensor dynamic scale
+        assert fused and {"Attention", "MatMulIntegerToFloat", "ReduceMax"} <= kinds
+        assert not kinds & {"QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMul", "Gemm"}
     else:
         assert ("Attention" in kinds) == fused
         graph = onnx.load(str(folder / "text.onnx")).graph
@@ -100,7 +106,7 @@ def test_int8_fills_short_text_batches_by_tokens(exported, monkeypatch):
     monkeypatch.setattr(model_module, "run_one", lambda s, name, b, *rest: shapes.append(b.shape) or real(s, name, b, *rest))
     texts = ["a cat"] * 40  # 4 tokens with SOT and EOT: the 8-token bucket
     model.encode_texts(texts, batch_size=4)
-    assert shapes == ([(32, 8), (8, 8)] if precision == "int8" else [(4, 8)] * 10)  # at the bucket's length
+    assert shapes == ([(32, 8), (8, 8)] if precision == "int8" else [(4, 8)] * 10)  # at the bucket's bound
 
 
 def test_fused_graphs_warn_before_tensorrt(exported, caplog):
