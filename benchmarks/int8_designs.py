@@ -87,7 +87,7 @@ def scores(path: Path) -> np.ndarray:
     return pd.read_json(path, lines=True)["longclip_score"].to_numpy(dtype=np.float64)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp32", required=True, type=Path)
     parser.add_argument("--fused", required=True, type=Path)
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", default=str(ROOT / "models" / "bench"), type=Path)
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     folders = {"fp32": args.fp32}
     for design in DESIGNS:
         slug = design.split(",", 1)[-1].strip().replace(", ", "-").replace(" ", "-").lower()

@@ -46,7 +46,7 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 def test_every_script_has_a_smoke_test():
     """A new benchmark gets its smoke test here too."""
     tested = {"speed", "gpu", "gpu_device", "torch_reference", "run_scaling", "ray_engine", "load_time", "pipeline",
-              "embeddings", "serve"}
+              "embeddings", "serve", "int8_designs", "batch_of_one_probe"}
     assert {p.stem for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh")} == tested
 
 
@@ -228,3 +228,31 @@ def test_serve(tiny_model_dir, capsys):
     assert [r[1] for r in rows] == ["1", "1", "2"], out
     assert all(float(r[2]) > 0 for r in rows)
     assert re.search(r"The server ran \d+ batches of [\d.]+ items on average", out)
+
+
+@needs_torch
+def test_batch_of_one_probe(tmp_path, tiny_model_dir, capsys):
+    """Every intermediate tensor of row 0, alone vs in batches of 3 and 17: none moves on the tiny text tower."""
+    shutil.copy(tiny_model_dir / "text.onnx", tmp_path / "text.onnx")
+    load("batch_of_one_probe").main(str(tmp_path / "text.onnx"), "text")
+    out = capsys.readouterr().out
+    found = re.search(r"text: (\d+) comparisons of (\d+) tensors; (\d+) differ", out)
+    assert found and int(found[1]) > 10 and found[3] == "0", out
+
+
+@needs_torch
+def test_int8_designs(tmp_path, tiny_checkpoint, tiny_model_dir, capsys):
+    """Each design quantized from a fused fp32 export, scored by longclip-run, drift and invariance counted."""
+    from longclip.export import export_model
+
+    fused = tmp_path / "fused"
+    export_model(tiny_checkpoint, fused, attention="fused")
+    sys.path.insert(0, str(BENCHMARKS))  # it imports speed.py's helpers as a script does
+    try:
+        load("int8_designs").main(["--fp32", str(tiny_model_dir), "--fused", str(fused), "--rows", "3",
+                                   "--repeats", "1", "--work", str(tmp_path / "work")])
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = table_rows(capsys.readouterr().out, "int8")
+    assert len(rows) == 4 and all(r[4].endswith("of 3") for r in rows), rows
+    assert [r[4] for r in rows if "row-wise" in r[0]] == ["0 of 3"] * 3  # the row-wise designs never move a row
