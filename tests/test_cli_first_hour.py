@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import GOLDENS
+from interrupt import stopped_after_first_chunk
 from PIL import Image
 
-from conftest import GOLDENS
+from longclip.runtime.engines.options import RunOptions
 from longclip.runtime.inputs.tables import read_table
 
 IMG = GOLDENS / "images"
@@ -95,17 +97,8 @@ def _interrupted(tmp_path, tiny_model_dir, monkeypatch):
 
     shutil.copy(IMG / "small_41x97.jpg", tmp_path / "a.jpg")
     _jsonl(tmp_path / "in.jsonl", [{"image_path": "a.jpg", "text": f"caption {i}", "id": i} for i in range(10)])
-    real, calls = local._save_part, []
-
-    def stop_after_one(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(local, "_save_part", stop_after_one)
-    opts = local.RunOptions(image_root=str(tmp_path), chunk_rows=4)
-    with pytest.raises(KeyboardInterrupt):
+    opts = RunOptions(image_root=str(tmp_path), chunk_rows=4)
+    with stopped_after_first_chunk(monkeypatch):
         local.run_file(LongCLIP(tiny_model_dir, device="cpu"), tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts,
                        progress=False)
     work = local.work_dir_for(tmp_path / "out.jsonl")

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from interrupt import stopped_after_first_chunk
 
 from longclip.runtime.engines.local import run_file, work_dir_for
 from longclip.runtime.engines.options import RunOptions
@@ -134,20 +135,8 @@ def test_longclip_report_draws_a_baseline_on_a_sample_with_m(colours, tmp_path):
 
 def test_a_chunk_kept_without_pairs_leaves_the_run_without_a_baseline(colours, tmp_path, monkeypatch):
     """A chunk kept for --resume by a version that drew no baseline: no partial baseline passes for a whole one."""
-    from longclip.runtime.engines import local
-
-    real, saved = local._save_part, []
-
-    def stop_after_one(*args, **kwargs):
-        if saved:
-            raise KeyboardInterrupt
-        saved.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(local, "_save_part", stop_after_one)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_chunk(monkeypatch):
         run(colours, tmp_path / "out.jsonl", chunk_rows=100)
-    monkeypatch.setattr(local, "_save_part", real)
     (part,) = work_dir_for(tmp_path / "out.jsonl").glob("chunk-*.npz")
     with np.load(part) as data:
         old = {k: data[k] for k in ("scores", "errors", "truncated")}

@@ -3,16 +3,15 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import GOLDENS
+from interrupt import killed_part_way, stopped_after_first_chunk
+
 from longclip.runtime import LongCLIP
 from longclip.runtime.contract.errors import InputError
 from longclip.runtime.engines.local import run_file, work_dir_for
@@ -183,15 +182,8 @@ def test_sigkill_then_resume_gives_the_same_file(tmp_path, tiny_model_dir):
     common = ["-m", tiny_model_dir, "--image-root", IMG, "--chunk-rows", "10", "--device", "cpu"]
     reference = _cli("in.jsonl", "-o", "ref.parquet", *common, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
-    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-o", "out.parquet", *map(str, common)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = killed_part_way(["in.jsonl", "-o", "out.parquet", *common], tmp_path, tmp_path / "out.parquet", 5)
     work = work_dir_for(tmp_path / "out.parquet")
-    deadline = time.time() + 600  # a hang guard (minutes: CI machines are loaded)
-    while len(list(work.glob("chunk-*.npz"))) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(work.glob("chunk-*.npz")))
     assert 5 <= done < 90, "the run should have been killed part-way"
     assert not (tmp_path / "out.parquet").exists()  # never a partial output
     resumed = _cli("in.jsonl", "-o", "out.parquet", *common, "--resume", cwd=tmp_path)
@@ -217,22 +209,10 @@ def test_resume_refuses_a_changed_input(tmp_path, model):
 
 def _interrupted_run(tmp_path, model, monkeypatch, rows=12, chunk_rows=4):
     """A run stopped (as by Ctrl-C) after its first chunk: its work folder holds that chunk."""
-    from longclip.runtime.engines import local
-
     _write(tmp_path / "in.jsonl", _rows(rows))
-    real, calls = local._save_part, []
-
-    def stop_after_one(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(local, "_save_part", stop_after_one)
     opts = RunOptions(image_root=str(IMG), chunk_rows=chunk_rows)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after_first_chunk(monkeypatch):
         run_file(model, tmp_path / "in.jsonl", tmp_path / "out.jsonl", opts, progress=False)
-    monkeypatch.setattr(local, "_save_part", real)
     assert len(list(work_dir_for(tmp_path / "out.jsonl").glob("chunk-*.npz"))) == 1
     assert not (tmp_path / "out.jsonl").exists()
     return opts
@@ -338,15 +318,8 @@ def test_an_earlier_output_survives_a_rerun_killed_part_way(tmp_path, tiny_model
     assert _cli("first.jsonl", "-o", "out.jsonl", *common, cwd=tmp_path).returncode == 0
     before = (tmp_path / "out.jsonl").read_bytes()
     _write(tmp_path / "in.jsonl", _rows(900))
-    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", "in.jsonl", "-o", "out.jsonl", *map(str, common)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = work_dir_for(tmp_path / "out.jsonl")
-    deadline = time.time() + 600  # a hang guard (minutes: CI machines are loaded)
-    while len(list(work.glob("chunk-*.npz"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(list(work.glob("chunk-*.npz"))) < 90, "the re-run should have been killed part-way"
+    done = killed_part_way(["in.jsonl", "-o", "out.jsonl", *common], tmp_path, tmp_path / "out.jsonl", 3)
+    assert 3 <= done < 90, "the re-run should have been killed part-way"
     assert (tmp_path / "out.jsonl").read_bytes() == before
 
 
