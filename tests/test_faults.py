@@ -55,13 +55,14 @@ def test_too_few_file_descriptors_for_the_workers_is_one_line(run_dir, tiny_mode
 
 
 def test_a_file_limit_met_half_way_is_one_line(run_dir, tiny_model_dir, monkeypatch):
-    """The estimate passed, the workers' pipes still ran out: the same kind of line, from the pool."""
+    """The estimate passed, the files still ran out, starting the workers or reading a graph (whichever comes
+    first: the workers start while the model loads): the same kind of line, naming the limit and the ways out."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(_hook(run_dir, LOW_ESTIMATE)),
                                                                     os.environ.get("PYTHONPATH")])))
     run = cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--decode-workers", 8, cwd=run_dir,
               preexec_fn=_files_limit(24))
-    _one_line(run, "[Errno 24] Too many open files while starting a worker (this process may have 24 open files: "
-              "ulimit -n): raise the limit (ulimit -n 4096), or run with --decode-workers 0")
+    _one_line(run, "[Errno 24] Too many open files while ", "(this process may have 24 open files: ulimit -n): raise "
+              "the limit (ulimit -n 4096), or run with --decode-workers 0")
 
 
 LOW_ESTIMATE = """
@@ -95,7 +96,7 @@ _Popen, _how = subprocess.Popen, os.environ["LONGCLIP_TEST_WORKER"]
 
 class Popen(_Popen):
     def __init__(self, args, *rest, **kwargs):
-        if isinstance(args, list) and any("decode_worker" in str(a) for a in args):
+        if isinstance(args, list) and any("longclip.runtime.decode.worker" in str(a) for a in args):
             if _how == "exit":
                 args = [sys.executable, "-c", "import sys; sys.exit(3)"]
             else:
@@ -167,7 +168,7 @@ def test_a_run_completes_whatever_its_stderr(run_dir, tiny_model_dir, clean_outp
 def test_log_lines_and_refusals_with_a_broken_stderr(run_dir, tiny_model_dir, clean_output):
     (run_dir / ".out.jsonl.longclip-run").mkdir()  # left by another run: "starting over: removing ..." is logged
     (run_dir / ".out.jsonl.longclip-run" / "chunk-0000000.npz").write_bytes(b"garbage")
-    run = cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", cwd=run_dir, preexec_fn=_broken_pipe)
+    run = cli("in.jsonl", "-m", tiny_model_dir, "-o", "out.jsonl", "--restart", cwd=run_dir, preexec_fn=_broken_pipe)
     assert run.returncode == 0 and (run_dir / "out.jsonl").read_bytes() == clean_output
     run = cli("missing.jsonl", "-m", tiny_model_dir, "-o", "other.jsonl", cwd=run_dir, preexec_fn=_broken_pipe)
     assert run.returncode == 1 and not (run_dir / "other.jsonl").exists()  # refused: its one line is lost

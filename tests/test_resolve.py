@@ -442,5 +442,5 @@ def test_a_cached_transformers_snapshot_missing_a_shard_is_not_used(hub, tmp_pat
     hf_layout(hub, HF_REPO, {name: remote / name for name in ("config.json", "model.safetensors.index.json",
                                                               "model-00001-of-00002.safetensors")})
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(ModelDirError, match=r"is not a local folder or file, and not in the Hugging Face cache"):
+    with pytest.raises(ModelDirError, match=r"as a Hugging Face repo id, in the Hugging Face cache .*\(not there\)"):
         resolve_model_dir(HF_REPO, cache)

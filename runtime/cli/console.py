@@ -44,7 +44,10 @@ class _DroppingStderr(io.RawIOBase):
 def tolerate_broken_stderr() -> None:
     """Make messages on stderr best-effort for a command-line tool: a closed descriptor 0, 1 or 2 is opened on
     ``/dev/null`` (else the next file opened would take its number, and the messages would go into it), and
-    ``sys.stderr`` drops what its descriptor refuses. Call first in a CLI's ``main``, before logging is set up."""
+    ``sys.stderr`` drops what its descriptor refuses. Call first in a CLI's ``main``, before logging is set up.
+
+    Only the process's own stderr is replaced: a ``sys.stderr`` that a caller has put there (click's ``CliRunner``,
+    pytest's capture, an application calling ``main`` in-process) is the caller's and is left as it is."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -54,6 +57,8 @@ def tolerate_broken_stderr() -> None:
                 os.dup2(null, fd)
                 os.close(null)
     old = sys.stderr
+    if old is not sys.__stderr__:  # None for both when fd 2 was closed at start-up
+        return
     encoding = getattr(old, "encoding", None) or "utf-8"
     sys.stderr = io.TextIOWrapper(io.BufferedWriter(_DroppingStderr()), encoding=encoding, errors="backslashreplace",
                                   line_buffering=True, write_through=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import resource  # imported up front: an import opens files, which a process out of them cannot
+
 
 class LongCLIPError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -39,6 +42,20 @@ def write_error(path: object, exc: OSError, kept: str = "") -> WriteError:
     """One line: the path, the errno and what to do (``kept`` says what stays for ``--resume``)."""
     code = f"[Errno {exc.errno}] " if exc.errno else ""
     return WriteError(f"cannot write {str(path)!r}: {code}{exc.strerror or exc}{kept}")
+
+
+def files_limit(exc: OSError, doing: str) -> str | None:
+    """The one line for running out of file descriptors while ``doing`` something: the limit and the ways out;
+    None for any other error.
+
+    >>> files_limit(OSError(errno.EMFILE, "Too many open files"), "reading a graph").split(" (")[0]
+    '[Errno 24] Too many open files while reading a graph'
+    """
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f"[Errno {exc.errno}] {exc.strerror} while {doing} (this process may have {soft} open files: ulimit -n): "
+            "raise the limit (ulimit -n 4096), or run with --decode-workers 0 to decode in this process")
 
 
 class EngineError(LongCLIPError):

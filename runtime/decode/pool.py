@@ -43,7 +43,7 @@ import numpy as np
 
 from ..contract import errors
 from ..contract.constants import DECODE_TIMEOUT
-from ..contract.errors import EngineError, ImageError
+from ..contract.errors import EngineError, ImageError, files_limit
 from .worker import ImageSpec
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,9 @@ def _why(exc: BaseException) -> str:
     if not isinstance(exc, OSError):
         return str(exc) or repr(exc)
     out = "or run with --decode-workers 0 to decode in this process"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # resource imported up front: an import opens files
-        return (f"[Errno {exc.errno}] {exc.strerror} while starting a worker (this process may have {soft} open files: "
-                f"ulimit -n): raise the limit (ulimit -n 4096), {out}")
+    limit = files_limit(exc, "starting a worker")
+    if limit:
+        return limit
     if exc.errno in (errno.EAGAIN, errno.ENOMEM):
         return (f"[Errno {exc.errno}] {exc.strerror} while starting a worker (the limit on processes, ulimit -u, or "
                 f"memory): free some, {out}")

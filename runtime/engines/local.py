@@ -163,7 +163,7 @@ def _check_unfinished(work: Path, resume: bool, restart: bool) -> None:
     """Refuse to start over on an unfinished run's finished chunks unless ``restart``; with ``resume`` and nothing
     to resume, say so (the run starts from the beginning)."""
     chunks = sorted(work.glob("chunk-*.npz")) if work.is_dir() else []
-    if resume and not (work / "state.json").is_file():
+    if resume and not os.path.lexists(work / "state.json"):  # one there, even damaged, is an unfinished run
         log.info("nothing to resume for this output (no unfinished run in %s): starting from the beginning",
                  str(work))
     elif chunks and not resume and not restart:
@@ -174,9 +174,13 @@ def _check_unfinished(work: Path, resume: bool, restart: bool) -> None:
 
 
 def _rows_in(part: Path) -> int:
+    """The rows a kept chunk holds; 0 for one that does not verify (a resume redoes it), never opening anything but
+    a regular file (a FIFO would block, a link may point anywhere)."""
     try:
+        if not stat.S_ISREG(os.lstat(part).st_mode):
+            return 0
         return len(_load_part(part).errors)
-    except (OSError, ValueError, KeyError):  # a damaged chunk: counted as none (a resume redoes it)
+    except Exception:  # noqa: BLE001 - whatever a damaged file raises, it does not verify
         return 0
 
 

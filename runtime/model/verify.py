@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..contract.atomic import write_bytes
-from ..contract.errors import ModelDirError
+from ..contract.errors import ModelDirError, files_limit
 from ..contract.manifest import REEXPORT, GraphFiles, sha256_file
 from .resolve import cache_root
 
@@ -67,8 +67,7 @@ def verify_graph(graph: GraphFiles) -> None:
                                     f"{str(file.parent)!r} was modified or is incomplete; re-export or re-download it")
         unchanged = _stat(graph.files) == stamp["stat"]  # not written to while it was hashed
     except OSError as exc:
-        raise ModelDirError(f"cannot read graph {str(main)!r}: {exc.strerror or exc}: check the folder's "
-                            "permissions, or re-export it") from None
+        raise _read_error(main, exc) from None
     if unchanged and all(now - ctime > SETTLE_NS for *_, ctime in stamp["stat"]):
         _write(path, stamp)
 
@@ -140,8 +139,7 @@ def check_external_data(graph: str | os.PathLike[str], model_dir: str | os.PathL
         raise ModelDirError(f"graph {str(path)!r} is not a readable ONNX file ({exc}): the file is damaged or "
                             f"incomplete; {REEXPORT}") from None
     except OSError as exc:
-        raise ModelDirError(f"cannot read graph {str(path)!r}: {exc.strerror or exc}: check the folder's "
-                            "permissions, or re-export it") from None
+        raise _read_error(path, exc) from None
     return found
 
 
@@ -329,3 +327,10 @@ def _check_range(entries: dict[str, str], tensor: dict[str, object], size: int, 
         length = item * math.prod(dims) if item is not None and all(d >= 0 for d in dims) else 0
     if offset < 0 or length < 0 or offset + length > size:
         raise refuse(f"bytes {offset} to {offset + length}, past the end of the file ({size} bytes)")  # type: ignore[operator]
+
+
+def _read_error(path: object, exc: OSError) -> ModelDirError:
+    """A graph that cannot be read: out of file descriptors (the limit, the way out), or the folder's problem."""
+    limit = files_limit(exc, f"reading graph {str(path)!r}")
+    return ModelDirError(limit or f"cannot read graph {str(path)!r}: {exc.strerror or exc}: check the folder's "
+                         "permissions, or re-export it")
