@@ -37,13 +37,13 @@ EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=[Healt
 
 
 @pytest.fixture(scope="module")
-def int8_model_dir(tmp_path_factory, tiny_checkpoint) -> Path:
-    if not HAS_TORCH:
+def int8_model_dir(request, tmp_path_factory) -> Path:
+    if not HAS_TORCH:  # before the checkpoint fixture, which needs torch too (the torch-free run skips these)
         pytest.skip("needs the export extra (torch)")
     from longclip.export import export_model
 
     out = tmp_path_factory.mktemp("int8") / "model"
-    export_model(tiny_checkpoint, out, precision="int8")
+    export_model(request.getfixturevalue("tiny_checkpoint"), out, precision="int8")
     return out
 
 
