@@ -110,6 +110,22 @@ def test_the_same_whatever_the_chunking_and_order():
         assert scores.tobytes() == results[0][1].tobytes()  # bit for bit
 
 
+@pytest.mark.parametrize("n", [1000, 1024, 1001])  # the last block cut short, whole, and of one row
+def test_a_row_count_known_only_at_the_end_gives_the_same_pairs(n):
+    """An engine that streams its rows in order (Ray's driver) learns the row count at the end: the last block,
+    which the input's end cut short, waits for finish() and is then paired as a known count would pair it."""
+    data = rows_of(n, 200, 150, seed=4)
+    known = Baseline(n, cap=300)
+    feed(known, data, chunked(n, 37))
+    streamed = Baseline(None, cap=300)
+    feed(streamed, data, chunked(n, 37))
+    assert streamed.pending == (1 if n % 64 else 0)
+    streamed.finish(n)
+    assert streamed.pending == 0
+    assert streamed.result()[0].tolist() == known.result()[0].tolist()
+    assert streamed.result()[1].tobytes() == known.result()[1].tobytes()
+
+
 def test_a_resumed_chunk_gives_what_it_kept():
     """What add_chunk returns, given back through add (as a resumed run reads it from the chunk's file), counts
     as the chunk itself did."""

@@ -92,7 +92,7 @@ if TYPE_CHECKING:
 @click.option("--baseline", "show_baseline", is_flag=True,
               help="Print the scores that 1 % and 0.1 % of mismatched pairs (images with other rows' captions, "
                    "drawn while scoring at no model cost) reach: thresholds with a known false-positive rate "
-                   "(local engine).")
+                   "(with --engine ray, the embeddings travel to the driver for it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary; errors only.")
 def main(input_path: str, model_name: str, output_path: str, image_key: str, text_key: str, output_key: str,
          overwrite_columns: bool, device: str, batch_size: int, image_root: str | None, resume: bool, restart: bool,
@@ -125,9 +125,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
                                "--engine ray (the folder keeps what a stopped run embedded: run it again)")
     if resume and restart:
         raise click.UsageError("--resume continues an interrupted run and --restart discards it: pass one")
-    if show_baseline and (embed_only or engine == "ray"):
-        raise click.UsageError("--baseline is drawn by the local engine while it scores: not with --embed-only or "
-                               "--engine ray (run longclip-report on the output with -m MODEL instead)")
+    if show_baseline and embed_only:
+        raise click.UsageError("--baseline is drawn while rows are scored: not with --embed-only")
     if not embed_only and output_path is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
     try:
@@ -139,7 +138,8 @@ def main(input_path: str, model_name: str, output_path: str, image_key: str, tex
             from ..engines.ray import RayOptions
 
             ray_opts = RayOptions(ray_address, workers, cpus_per_worker, embeddings_dir, embeddings_dtype,
-                                  decode_timeout, log_level=logging.ERROR if quiet else logging.WARNING)
+                                  decode_timeout, log_level=logging.ERROR if quiet else logging.WARNING,
+                                  baseline=show_baseline or report_path is not None)
             summary = _run_ray(input_path, output_path, model_name, opts, device, ray_opts, quiet)
         else:
             summary = _run_local(input_path, output_path, model_name, opts, device, resume, restart, decode_workers,

@@ -95,6 +95,6 @@ class RunSummary:
     def baseline_line(self) -> str:
         """The mismatched-pair baseline's size and its 1 % / 0.1 % thresholds (``--baseline``)."""
         if self.baseline is None:
-            return ("baseline: none (the local engine draws it while scoring; chunks kept by an older version for "
-                    "--resume have no pairs: longclip-report -m MODEL draws one on a sample)")
+            return ("baseline: none (drawn while scoring; chunks kept by an older version for --resume have no "
+                    "pairs: longclip-report -m MODEL draws one on a sample)")
         return describe(self.baseline)

@@ -7,6 +7,11 @@ decoded inside the actors, by decode workers of the actor's own (``--cpus-per-wo
 travel (see benchmarks/ray_engine.py for why).
 ``preserve_order`` keeps the output in input order: shards in path order, rows in file order.
 
+The baseline of mismatched pairs (``RayOptions.baseline``) pairs rows by their global row index, which only the
+driver knows: each actor returns its scored rows' keys and embeddings in one more column, and the driver, which
+sees every batch in order, folds them into the baseline and drops that column before it writes. A folder output is
+then written by the driver too (the actors' own parquet writes never pass it the rows).
+
 Ray is imported only here, only when this engine runs; ``pip install "longclip[ray]"`` adds it.
 """
 
@@ -18,6 +23,7 @@ import os
 import re
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +51,7 @@ from ..decode.cpus import available_cpus
 from ..inputs.tables import same_file
 from ..inputs.tarshards import SUFFIX, find_tar_shards, is_webdataset, unreadable_shard
 from ..inputs.webdataset import WdsOptions, WdsReader, wds_columns
+from ..model.baseline import Baseline
 from ..model.device import parse_device, wants_gpu
 from ..outputs.lock import OutputLock
 from ..outputs.writers import TableWriter
@@ -52,7 +59,7 @@ from .assemble import load_model, open_store, split_cpus, start_pool
 from .options import RunOptions, RunSummary
 from .pipeline import Pipeline
 from .shards import Shards, Staging, Target, find_shards, output_target, shard_columns
-from .work import Work
+from .work import RowEmbeds, Work
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,7 @@ class RayOptions:
     object_store_bytes: int = 512 * 2**20  # a Ray started here; a cluster keeps its own
     shard_rows: int = 100_000  # a folder output's rows per parquet shard (a hint: whole batches, at least one)
     log_level: int = logging.WARNING  # Ray's own loggers
+    baseline: bool = False  # draw the mismatched-pair baseline: the embeddings travel to the driver (see module doc)
 
 
 def import_ray() -> ModuleType:
@@ -87,7 +95,8 @@ class Scorer:
     and reason out. It sizes itself from the CPUs Ray gave it (``cpus``), not from the node's."""
 
     def __init__(self, model_dir: str, device: str | None, opts: RunOptions, cpus: int = 1,
-                 embeddings: tuple[str, str] | None = None, decode_timeout: float = DECODE_TIMEOUT):
+                 embeddings: tuple[str, str] | None = None, decode_timeout: float = DECODE_TIMEOUT,
+                 baseline: bool = False):
         # device None (auto) in an actor Ray gave a GPU; one CPU: decode on threads, beside the model
         split = split_cpus(device, 0 if cpus == 1 else None, cpus=cpus)
         self.model = load_model(model_dir, device, split, opts.batch_size)
@@ -96,14 +105,15 @@ class Scorer:
         if embeddings is not None:  # parts of its own; the driver holds the folder's lock and indexes them
             root, dtype = embeddings
             self.store = open_store(root, self.model.manifest, dtype, shared=True)
-        self.opts = opts
+        self.opts, self.baseline = opts, baseline
         self.root = Path(opts.image_root) if opts.image_root else None
         self._start()
 
     def _start(self) -> None:
         """A decode pool and the pipeline on it: at first, and after a batch failed (its pool is left broken)."""
         self.pool = start_pool(*self._pool_args)
-        self.pipeline = Pipeline(self.model, self.pool, self.root, self.opts.batch_size, store=self.store)
+        self.pipeline = Pipeline(self.model, self.pool, self.root, self.opts.batch_size, store=self.store,
+                                 keep_embeds=self.baseline)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         o = self.opts
@@ -118,7 +128,10 @@ class Scorer:
         result = next(self.pipeline.run([work]))
         if self.store is not None:
             self.store.flush()
-        return with_scores(batch, result.scores, result.errors, o.output_key)
+        scored = with_scores(batch, result.scores, result.errors, o.output_key)
+        if result.embeds is not None:  # for the driver's baseline (see the module doc)
+            scored[EMBEDS] = result.embeds.to_cells()
+        return scored
 
     def __del__(self) -> None:
         for part in (getattr(self, "store", None), getattr(self, "pool", None)):
@@ -187,6 +200,7 @@ def ray_session(ray: ModuleType, opts: RayOptions) -> Iterator[None]:
 
 
 IMAGE_BYTES, READ_REASON = "__longclip_image__", "__longclip_read_reason__"  # WebDataset rows between tasks
+EMBEDS = "__longclip_embeds__"  # a scored row's keys and embeddings, actor to driver (RowEmbeds.to_cells)
 
 
 def _read(ray: ModuleType, shards: Shards, columns: list[str], opts: RunOptions) -> Any:
@@ -219,7 +233,7 @@ def _read(ray: ModuleType, shards: Shards, columns: list[str], opts: RunOptions)
     return ray.data.read_json(shards.paths, **common)
 
 
-_OUR_ERROR = re.compile(r"longclip\.runtime\.errors\.(\w+): (.+)")
+_OUR_ERROR = re.compile(re.escape(errors.__name__) + r"\.(\w+): (.+)")  # as a worker's traceback names it
 _EXCEPTION = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception|Invalid)): (.+)")
 
 
@@ -234,6 +248,9 @@ def job_error(exc: BaseException) -> LongCLIPError:
     causes = [m for m in map(_EXCEPTION.fullmatch, map(str.strip, text.splitlines()))
               if m and not m.group(1).startswith("ray.")]
     detail = causes[-1].group(0) if causes else (text.strip().splitlines() or [type(exc).__name__])[-1]
+    if "HTTPFileSystem" in detail:  # Ray lists files on threads that race to import fsspec's HTTP filesystem
+        return EngineError(f"the Ray job failed: {detail}: Ray Data needs aiohttp to list files (without it, its "
+                           f"listing threads fail now and then): pip install aiohttp, or {RAY_EXTRA}")
     return EngineError(f"the Ray job failed: {detail} (the worker logs above say more)")
 
 
@@ -242,11 +259,30 @@ def _codes(errors_: Any) -> Counter[str]:
     return Counter(error_code(str(e)) for e in errors_)
 
 
-def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, summary: RunSummary) -> None:
+def _in_order(ds: Any, batch_format: str, baseline: Baseline | None) -> Iterator[Any]:
+    """The scored batches (pandas or arrow) in row order; with a ``baseline``, each batch's embeddings are folded
+    into it at the batch's global row index and their column dropped."""
+    start = 0
+    for batch in ds.iter_batches(batch_format=batch_format, batch_size=None):
+        if baseline is not None:
+            if batch_format == "pandas":
+                cells = batch.pop(EMBEDS).tolist()
+            else:
+                cells, batch = batch.column(EMBEDS).to_pylist(), batch.drop_columns([EMBEDS])
+            e = RowEmbeds.from_cells(cells)
+            baseline.add_chunk(start, e.valid, e.image_embeds, e.text_embeds, e.image_keys, e.text_keys)
+        start += len(batch)
+        yield batch
+    if baseline is not None:
+        baseline.finish(start)
+
+
+def _write_file(ds: Any, target: Target, columns: list[str], opts: RunOptions, summary: RunSummary,
+                baseline: Baseline | None = None) -> None:
     """Gather the batches on the driver, in order, into one file through the local engine's writer."""
     writer = TableWriter(target.path)
     try:
-        for frame in ds.iter_batches(batch_format="pandas", batch_size=None):
+        for frame in _in_order(ds, "pandas", baseline):
             writer.write(frame)
             summary.add_codes(_codes(frame[error_key(opts.output_key)]))
         if summary.rows == 0:  # still write the header / schema
@@ -277,6 +313,42 @@ def _write_folder(ds: Any, target: Target, opts: RunOptions, shard_rows: int, su
     except BaseException:
         staging.abort()
         raise
+
+
+def _write_folder_here(ds: Any, target: Target, opts: RunOptions, shard_rows: int, summary: RunSummary,
+                       baseline: Baseline) -> None:
+    """Parquet shards written by the driver, which sees every row in order for the ``baseline``: the batches as
+    the actors' writes would have written them, ``shard_rows`` rows a shard (the last may have fewer)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    staging, tag = Staging(target), uuid.uuid4().hex
+    try:
+        for index, tables in enumerate(_shards_of(_in_order(ds, "pyarrow", baseline), shard_rows)):
+            for table in tables:
+                summary.add_codes(_codes(table.column(error_key(opts.output_key)).to_pylist()))
+            pq.write_table(pa.concat_tables(tables, promote_options="permissive"),
+                           f"{staging.path}/part-{index:08d}-{tag}.parquet", filesystem=target.filesystem)
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+
+
+def _shards_of(tables: Iterator[Any], rows: int) -> Iterator[list[Any]]:
+    """Consecutive arrow tables cut into groups of ``rows`` rows (the last group may have fewer)."""
+    group: list[Any] = []
+    have = 0
+    for table in tables:
+        while have + table.num_rows >= rows:
+            take = rows - have
+            yield [*group, table.slice(0, take)]
+            group, have, table = [], 0, table.slice(take)
+        if table.num_rows:
+            group.append(table)
+            have += table.num_rows
+    if group:
+        yield group
 
 
 @dataclass
@@ -376,6 +448,7 @@ def _execute(ray: ModuleType, plan: RayPlan, model_dir: str, ray_opts: RayOption
         actor_device = "cpu" if not gpu else (None if kind == "auto" else kind)
         pool = f"{workers} worker{'s' if workers > 1 else ''} on {'GPU' if gpu else 'CPU'}"
         summary = RunSummary(truncated=None, provider=f"Ray Data, {pool}")
+        baseline = Baseline(None) if ray_opts.baseline else None
         log.info("Ray Data: %s, %d %s shard(s)", pool, len(shards.paths), shards.format)
         try:
             ds = _read(ray, shards, plan.columns, opts)
@@ -384,20 +457,23 @@ def _execute(ray: ModuleType, plan: RayPlan, model_dir: str, ray_opts: RayOption
                 ds.context.enable_progress_bars = progress
             scored = ds.map_batches(
                 Scorer, fn_constructor_args=(model_dir, actor_device, opts, ray_opts.cpus_per_worker, embeddings,
-                                             ray_opts.decode_timeout),
+                                             ray_opts.decode_timeout, ray_opts.baseline),
                 batch_format="pandas", batch_size=opts.chunk_rows, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=ray_opts.cpus_per_worker,
                 num_gpus=1 if gpu else 0)
-            if target.folder:
+            if target.folder and baseline is not None:
+                _write_folder_here(scored, target, opts, ray_opts.shard_rows, summary, baseline)
+            elif target.folder:
                 _write_folder(scored, target, opts, ray_opts.shard_rows, summary)
             else:
-                _write_file(scored, target, plan.columns, opts, summary)
+                _write_file(scored, target, plan.columns, opts, summary, baseline)
         except ray.exceptions.RayError as exc:
             error = job_error(exc)
             if shards.format in (".jsonl", ".json") and isinstance(error, EngineError) and "JSON" in str(error):
                 error = EngineError(f"{error}; Ray Data reads JSON with Arrow, one type per column: a column that "
                                     "mixes types (numbers and strings) cannot be read; fix it, or use --engine local")
             raise error from None
+    summary.baseline = None if baseline is None else baseline.scores
     return summary
 
 

@@ -30,6 +30,43 @@ class RowEmbeds:
     image_keys: np.ndarray  # (M,) uint64: content_hash of the image cell
     text_keys: np.ndarray  # (M,) uint64: content_hash of the text
 
+    def to_cells(self) -> list[bytes]:
+        """One ``bytes`` cell per row, to travel in a table (a Ray batch): a scored row's two keys and two
+        embeddings (little-endian uint64 and float32), ``b""`` for a row that was not scored.
+
+        >>> e = RowEmbeds(np.array([True, False]), np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32),
+        ...               np.array([7], np.uint64), np.array([9], np.uint64))
+        >>> [len(c) for c in e.to_cells()]
+        [32, 0]
+        >>> back = RowEmbeds.from_cells(e.to_cells())
+        >>> back.valid.tolist(), back.image_embeds.tolist(), back.text_keys.tolist()
+        ([True, False], [[1.0, 1.0]], [9])
+        """
+        cells = [b""] * len(self.valid)
+        if len(self.image_keys):
+            keys = np.stack([self.image_keys, self.text_keys], axis=1).astype("<u8")
+            packed = np.concatenate([keys.view(np.uint8), self.image_embeds.astype("<f4").view(np.uint8),
+                                     self.text_embeds.astype("<f4").view(np.uint8)], axis=1)
+            for row, cell in zip(np.flatnonzero(self.valid), packed):
+                cells[row] = cell.tobytes()
+        return cells
+
+    @classmethod
+    def from_cells(cls, cells: list[bytes | None]) -> RowEmbeds:
+        """The embeddings :meth:`to_cells` packed (a null cell is a row that was not scored)."""
+        valid = np.array([isinstance(c, bytes) and len(c) > 0 for c in cells], dtype=bool)
+        kept = [c for c, v in zip(cells, valid) if v]
+        if not kept:
+            return cls(valid, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.uint64),
+                       np.zeros(0, np.uint64))
+        raw = np.frombuffer(b"".join(kept), np.uint8).reshape(len(kept), -1)
+        width = (raw.shape[1] - 16) // 8
+        keys = raw[:, :16].copy().view("<u8")
+        image = raw[:, 16:16 + 4 * width].copy().view("<f4")
+        text = raw[:, 16 + 4 * width:].copy().view("<f4")
+        return cls(valid, image.astype(np.float32), text.astype(np.float32), keys[:, 0].astype(np.uint64),
+                   keys[:, 1].astype(np.uint64))
+
 
 @dataclass
 class ChunkResult(ItemScores):

@@ -160,7 +160,8 @@ class Baseline:
     chunk's kept pairs and fragments). Fragments wait until their block is whole (at most the blocks that chunks
     in flight cut: memory flat in rows)."""
 
-    def __init__(self, n_rows: int, cap: int = CAP, block: int = BLOCK):
+    def __init__(self, n_rows: int | None, cap: int = CAP, block: int = BLOCK):
+        # None: not known until the input ends (an engine that streams its rows): call finish(n_rows) then
         self.n_rows, self.cap, self.block = n_rows, cap, block
         self._hashes, self._scores = np.zeros(0, np.uint64), np.zeros(0, np.float32)
         self._waiting: dict[int, list[Fragment]] = {}
@@ -169,19 +170,32 @@ class Baseline:
                   image_keys: np.ndarray, text_keys: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray],
                                                                            list[Fragment]]:
         """Fold in a chunk (see :func:`split_chunk`); returns what to keep with the chunk for a resume."""
-        part = split_chunk(start, valid, image_embeds, text_embeds, image_keys, text_keys, self.n_rows, self.block)
+        part = split_chunk(start, valid, image_embeds, text_embeds, image_keys, text_keys, self._rows, self.block)
         self.add(*part)
         return part
 
     def add(self, pairs: tuple[np.ndarray, np.ndarray], fragments: list[Fragment]) -> None:
         self._keep(*pairs)
         for fragment in fragments:
-            waiting = self._waiting.setdefault(fragment.block, [])
-            waiting.append(fragment)
-            if sum(f.covered for f in waiting) == _block_rows(fragment.block, self.n_rows, self.block):
-                whole = _join(self._waiting.pop(fragment.block))
-                self._keep(*pair_block(whole.rows, whole.image_embeds, whole.text_embeds, whole.image_keys,
-                                       whole.text_keys))
+            self._waiting.setdefault(fragment.block, []).append(fragment)
+            self._pair_if_whole(fragment.block)
+
+    def finish(self, n_rows: int) -> None:
+        """The input had ``n_rows`` rows (for a baseline made with ``n_rows=None``): the block the input's end cut
+        short is paired now."""
+        self.n_rows = n_rows
+        for b in list(self._waiting):
+            self._pair_if_whole(b)
+
+    @property
+    def _rows(self) -> int:
+        return self.n_rows if self.n_rows is not None else (1 << 62)  # unknown yet: every block is a whole one
+
+    def _pair_if_whole(self, b: int) -> None:
+        if sum(f.covered for f in self._waiting[b]) == _block_rows(b, self._rows, self.block):
+            whole = _join(self._waiting.pop(b))
+            self._keep(*pair_block(whole.rows, whole.image_embeds, whole.text_embeds, whole.image_keys,
+                                   whole.text_keys))
 
     def _keep(self, hashes: np.ndarray, scores: np.ndarray) -> None:
         if not len(hashes):

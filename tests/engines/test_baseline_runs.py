@@ -106,13 +106,13 @@ def test_longclip_run_prints_the_thresholds_and_draws_them_in_its_report(colours
     assert page.count('class="suggest"') == 2
 
 
-def test_baseline_is_refused_where_it_is_not_drawn(colours, tmp_path):
+def test_baseline_is_refused_where_nothing_is_scored(colours, tmp_path):
     _, model_dir, table, _ = colours
-    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", str(table), "-m", str(model_dir), "-o",
-           str(tmp_path / "out.csv"), "--engine", "ray", "--baseline"]
+    cmd = [sys.executable, "-m", "longclip.runtime.cli.run", str(table), "-m", str(model_dir), "--embed-only",
+           "--embeddings", str(tmp_path / "emb"), "--baseline"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "--baseline is drawn by the local engine" in done.stderr
-    assert not (tmp_path / "out.csv").exists()
+    assert done.returncode == 2 and "--baseline is drawn while rows are scored: not with --embed-only" in done.stderr
+    assert not (tmp_path / "emb").exists()
 
 
 def test_longclip_report_draws_a_baseline_on_a_sample_with_m(colours, tmp_path):

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -232,6 +233,21 @@ def test_model_and_device_refused_on_the_driver(tmp_path, tiny_model_dir):
         _run_ray(tiny_model_dir, str(tmp_path / "in.jsonl"), str(tmp_path / "o.jsonl"), device="cuda:1")
 
 
+def test_a_failed_job_is_one_of_our_errors_naming_its_cause_and_fix():
+    from longclip.runtime.engines.ray import RAY_EXTRA, job_error
+
+    ours = job_error(RuntimeError("ray.exceptions.RayTaskError(...)\nlongclip.runtime.contract.errors."
+                                  "ModelDirError: no manifest.json in '/m'"))  # as the worker's traceback says
+    assert isinstance(ours, ModelDirError) and str(ours) == "no manifest.json in '/m'"
+    other = job_error(RuntimeError("Traceback:\n  ValueError: bad cell\nray.exceptions.RayTaskError: wrapped"))
+    assert isinstance(other, EngineError)
+    assert str(other) == "the Ray job failed: ValueError: bad cell (the worker logs above say more)"
+    listing = job_error(RuntimeError("ImportError: cannot import name 'HTTPFileSystem' from "
+                                     "'fsspec.implementations.http'"))
+    assert str(listing).endswith(f"Ray Data needs aiohttp to list files (without it, its listing threads fail now "
+                                 f"and then): pip install aiohttp, or {RAY_EXTRA}")
+
+
 def test_plan_workers():
     from longclip.runtime.engines.ray import plan_workers
 
@@ -277,17 +293,21 @@ def test_cli_starts_its_own_ray_and_joins_a_running_one(tmp_path, ray_cluster, t
     shutil.copy(IMG / "small_41x97.jpg", tmp_path / "1.png")
     _write_jsonl(tmp_path / "in.jsonl", [{"image_path": "1.png", "text": "a man and a woman in a car"},
                                          {"image_path": "gone.png", "text": "word " * 300}])
-    own = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "own.csv", "--engine", "ray", "--workers", "1", cwd=tmp_path)
+    own = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "own.csv", "--engine", "ray", "--workers", "1", "--report",
+               "r.html", cwd=tmp_path)
     assert own.returncode == 0, own.stderr
+    assert 'id="baseline-note">Baseline: 0 mismatched pairs' in (tmp_path / "r.html").read_text()  # drawn, empty
     assert "rows 2: scored 1, failed 1 (missing_file 1)" in own.stderr and "on Ray Data, 1 worker on CPU" in own.stderr
     out = pd.read_csv(tmp_path / "own.csv", keep_default_na=False)
     assert out["longclip_score_error"][0] == "" and out["longclip_score_error"][1].startswith(
         f"missing_file: image not found: '{tmp_path / 'gone.png'}'")  # relative paths resolve against the cwd
     address = ray_cluster.get_runtime_context().gcs_address
     joined = _cli("in.jsonl", "-m", tiny_model_dir, "-o", "joined/", "--engine", "ray", "--ray-address", address,
-                  "-q", cwd=tmp_path)
+                  "-q", "--baseline", cwd=tmp_path)
     assert joined.returncode == 0, joined.stderr
-    assert "rows 2" not in joined.stderr  # quiet
+    assert "rows 2" not in joined.stderr  # quiet: only the line asked for (one scored row: nothing to pair)
+    assert ("baseline: no mismatched pairs (too few scored rows with distinct images and texts)"
+            in joined.stderr.splitlines())
     got = pd.concat([pq.read_table(p).to_pandas() for p in sorted((tmp_path / "joined").iterdir())])
     np.testing.assert_allclose(got["longclip_score"], pd.to_numeric(out["longclip_score"], errors="coerce"))
 
@@ -407,3 +427,51 @@ def test_a_pandas_index_saved_in_a_parquet_input_comes_back_as_the_local_engine_
     assert list(ray.columns) == ["image_path", "text", "row_id", "__index_level_1__", "longclip_score",
                                  "longclip_score_error"]
     assert ray["row_id"].tolist() == [5, 3, 9, 9, 1, 0]
+
+
+def _crawl_rows(folder, n=150):
+    """``n`` rows over 5 images and 9 captions, repeated as crawls repeat them, with unscored rows among them."""
+    rows = _mixed_rows(folder)
+    bad = [r for r in rows if r["id"] in (3, 4, 14, 16)]
+    out = []
+    for i in range(n):
+        if i % 23 == 5:
+            out.append({**bad[i % len(bad)], "id": i})
+        else:
+            out.append({"id": i, "image_path": NAMES[(i * 7) % 5], "text": f"caption {i % 9} of a scene",
+                        "note": f"n{i}"})
+    return out
+
+
+@needs_ray
+def test_the_baseline_is_the_local_engines_whatever_the_batches_and_the_output(tmp_path, ray_cluster, model,
+                                                                                 tiny_model_dir):
+    """Rows are paired by their global row index: Ray batches of 37 rows cut the 64-row blocks, shards start
+    mid-block, and the pairs are the local engine's, bit for bit; no embedding column reaches the output."""
+    from longclip.runtime.engines.ray import RayOptions
+
+    rows = _crawl_rows(tmp_path)
+    _write_jsonl(tmp_path / "all.jsonl", rows)
+    local = run_file(model, tmp_path / "all.jsonl", tmp_path / "local.parquet",
+                     RunOptions(image_root=str(tmp_path), chunk_rows=64), progress=False)
+    assert 100 < len(local.baseline) < 150  # the scored rows, but for a few left without a partner
+    opts = RunOptions(image_root=str(tmp_path), chunk_rows=37)
+    asked = RayOptions(baseline=True, shard_rows=40)
+    one = _run_ray(tiny_model_dir, str(tmp_path / "all.jsonl"), str(tmp_path / "ray.jsonl"), opts, "cpu", asked)
+    assert one.baseline.tobytes() == local.baseline.tobytes()
+    _assert_same(read_table(tmp_path / "ray.jsonl"), read_table(tmp_path / "local.parquet"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k, (lo, hi) in enumerate([(0, 50), (50, 51), (51, 130), (130, 150)]):
+        pq.write_table(pa.Table.from_pylist(rows[lo:hi]), shards / f"s{k}.parquet")
+    folder = _run_ray(tiny_model_dir, str(shards), str(tmp_path / "out") + "/", opts, "cpu", asked)
+    assert folder.baseline.tobytes() == local.baseline.tobytes()
+    assert (folder.rows, folder.scored) == (local.rows, local.scored)
+    parts = sorted((tmp_path / "out").iterdir())
+    assert len(parts) >= 3 and all(p.name.startswith("part-") and p.suffix == ".parquet" for p in parts)
+    got = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    _assert_same(got, read_table(tmp_path / "local.parquet"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    unasked = _run_ray(tiny_model_dir, str(tmp_path / "all.jsonl"), str(tmp_path / "plain.jsonl"), opts, "cpu")
+    assert unasked.baseline is None and "__longclip" not in (tmp_path / "plain.jsonl").read_text()
+
