@@ -6,6 +6,8 @@ Cases, one after the other on one machine (images: generated 640x480 JPEGs, a ne
 
 - ``local``: ``run_file`` in this process (ONNX Runtime on every core);
 - ``ray engine``: ``run_ray`` with N workers, end to end (column check, shards written and counted);
+- ``ray engine + baseline``: the same, drawing the mismatched-pair baseline: each batch's embeddings travel to
+  the driver, which pairs them and writes the shards itself;
 - where to decode, as bare pipelines ``read -> ... -> to_pandas``: ``decode in actors`` (the engine's ``Scorer``:
   decode, embed and score in one actor) against ``decode stage`` (Ray tasks decode and crop images to uint8
   arrays, actors only normalize, embed and score: the alternative the engine does not take);
@@ -130,11 +132,12 @@ def _cases(ray, args, folder: Path, data: Path, model_dir: str) -> dict:
         run_file(model, data, folder / "local.parquet", opts, progress=False)
         return pd.read_parquet(folder / "local.parquet")
 
-    def in_actors(workers):
+    def in_actors(workers, baseline=False):
         def run():
             out = folder / f"ray-{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            run_ray(model_dir, str(data), f"{out}/", opts, "cpu", RayOptions(workers=workers), progress=False)
+            run_ray(model_dir, str(data), f"{out}/", opts, "cpu", RayOptions(workers=workers, baseline=baseline),
+                    progress=False)
             return pd.concat([pd.read_parquet(p) for p in sorted(out.iterdir())], ignore_index=True)
         return run
 
@@ -159,6 +162,8 @@ def _cases(ray, args, folder: Path, data: Path, model_dir: str) -> dict:
     cases = {"local engine": local}
     for workers in sorted({1, args.workers}):
         cases[f"ray engine (run_ray, shards out), {workers} worker(s)"] = in_actors(workers)
+        cases[f"ray engine + baseline (embeddings to the driver, which writes), {workers} worker(s)"] = \
+            in_actors(workers, baseline=True)
     for workers in sorted({1, args.workers}):
         cases[f"pipeline, decode in {workers} actor(s)"] = decode_in_actors(workers)
         cases[f"pipeline, decode stage + {workers} embedding actor(s)"] = decode_stage_then(workers)

@@ -214,7 +214,8 @@ def test_ray_engine(tiny_model_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     # every case's rows were checked against the local engine's (order, scores) before these lines print
     assert [line.split(":")[0] for line in lines] == [
-        "local engine", "ray engine (run_ray, shards out), 1 worker(s)", "pipeline, decode in 1 actor(s)",
+        "local engine", "ray engine (run_ray, shards out), 1 worker(s)",
+        "ray engine + baseline (embeddings to the driver, which writes), 1 worker(s)", "pipeline, decode in 1 actor(s)",
         "pipeline, decode stage + 1 embedding actor(s)", "Ray per batch"]
 
 

@@ -32,7 +32,7 @@ def _jsonl(path, rows):
     return path
 
 
-@pytest.mark.parametrize("script", ["longclip-run", "longclip-export", "longclip-report"])
+@pytest.mark.parametrize("script", ["longclip-run", "longclip-export", "longclip-report", "longclip-serve"])
 def test_every_command_has_version(tmp_path, script):
     from importlib.metadata import version
 

@@ -82,3 +82,38 @@ def test_a_folder_of_images_alone_is_embedded(tmp_path, tiny_model_dir):
         in proc.stderr
     assert "2 images and 0 texts added" in proc.stderr
     assert len(pd.read_parquet(tmp_path / "emb" / "images")) == 2
+
+
+def test_a_file_that_cannot_be_opened_costs_its_own_row(tmp_path, tiny_model_dir, monkeypatch):
+    """A permission-denied image (or caption) in a folder INPUT is that row's unreadable (null_text), as a path
+    row's would be; the other rows score, and the run is not refused."""
+    import os
+
+    from longclip.runtime import LongCLIP
+    from longclip.runtime.engines.local import run_file
+    from longclip.runtime.engines.options import RunOptions
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for key in ("a", "b", "c"):
+        shutil.copy(IMG / "small_41x97.jpg", folder / f"{key}.jpg")
+        (folder / f"{key}.txt").write_text(f"caption {key}")
+    locked = {str(folder / "b.jpg"), str(folder / "c.txt")}
+    for path in locked:
+        os.chmod(path, 0)
+    if os.access(folder / "b.jpg", os.R_OK):  # root reads it anyway: the system's answer to anyone else
+        real = os.open
+
+        def denied(path, flags, *args, **kwargs):
+            if str(path) in locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", denied)
+    summary = run_file(LongCLIP(tiny_model_dir, device="cpu"), folder, tmp_path / "out.jsonl", RunOptions(),
+                       progress=False)
+    out = read_table(tmp_path / "out.jsonl")
+    assert out["__key__"].tolist() == ["a", "b", "c"] and summary.scored == 1
+    assert out["longclip_score_error"].tolist() == [
+        "", f"unreadable: member 'b.jpg' of {str(folder)!r} cannot be read (Permission denied)",
+        f"null_text: member 'c.txt' of {str(folder)!r} cannot be read (Permission denied)"]

@@ -15,7 +15,7 @@ from ..contract.constants import BATCH_SIZE, DECODE_TIMEOUT, DEVICES, MAX_PIXELS
 from ..contract.errors import LongCLIPError
 from ..contract.rows import check_image_root
 from ..serve.limits import MAX_BODY_MB, MAX_ITEMS, Limits
-from .console import configure_logging, tolerate_broken_stderr
+from .console import configure_logging, tolerate_broken_stderr, version_option
 
 log = logging.getLogger("longclip.serve")
 
@@ -23,6 +23,7 @@ DRAIN_SECONDS = 30.0
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
 @click.option("-m", "--model", "model_name", required=True,
               help="Exported model folder, checkpoint file/folder (exported once, cached), or Hugging Face repo id.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")

@@ -19,6 +19,7 @@ from ..decode.pool import DecodePool, ImageSpec, ThreadPool, make_pool
 from ..embeddings.store import EmbeddingStore
 from ..model.device import on_gpu
 from ..model.longclip import LongCLIP
+from .assemble import start_pool
 from .pipeline import Pipeline
 from .work import ChunkResult, Work
 
@@ -28,8 +29,7 @@ __all__ = ["CHUNK_ROWS", "ChunkResult", "score_chunk", "score_frame", "default_p
 def default_pool(model: LongCLIP, batch_size: int = BATCH_SIZE, max_pixels: int = MAX_PIXELS,
                  decode_workers: int | None = None) -> DecodePool | ThreadPool:
     """Decode workers sized for ``model``'s device and this process's CPUs (``cpus.plan_cpus``)."""
-    workers = plan_cpus(on_gpu(model.provider), decode_workers).decode_workers
-    return make_pool(ImageSpec.of(model.manifest, max_pixels), batch_size, workers)
+    return start_pool(model.manifest, plan_cpus(on_gpu(model.provider), decode_workers), batch_size, max_pixels)
 
 
 def score_chunk(model: LongCLIP, images: list[object], texts: list[object], image_root: Path | None = None,

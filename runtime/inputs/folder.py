@@ -9,6 +9,7 @@ tar's members would. What differs from a tar, and why:
 - files are walked in sorted order (folders first, then files; hidden ``.`` names skipped), so a key's files are
   consecutive, as img2dataset writes them into its tars;
 - a symlink to a file is that file (a tar stores a link, not the data); a broken one is ``not_a_file``;
+- a file that cannot be opened (permission denied) is its row's ``unreadable`` (its caption's: ``null_text``);
 - a key with neither an image nor a text file (img2dataset's ``00000_stats.json``, a ``.parquet``) is no sample;
 - ``__shard__`` is the folder, the image column the file's path inside it.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..contract.errors import NULL_TEXT, InputError, error_code
 from .tarshards import is_webdataset
-from .tarstream import Entry
+from .tarstream import UNREADABLE_FILE, Entry
 from .webdataset import WdsOptions, WdsReader, member_key_ext, sample_row, samples_of
 
 _KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
@@ -69,6 +70,11 @@ def _entry(root: Path, name: str) -> Entry:
         target = os.readlink(path) if os.path.islink(path) else ""
         return Entry(name, "symlink" if target else "missing file", 0, 0, 0, target=target)
     kind = "file" if stat.S_ISREG(info.st_mode) else next((k for test, k in _KINDS if test(info.st_mode)), "special")
+    if kind == "file":
+        try:  # a file that cannot be opened (permission denied) costs its own row, as a path row's would
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as exc:
+            return Entry(name, UNREADABLE_FILE, 0, 0, 0, why=exc.strerror or str(exc))
     return Entry(name, kind, 0, info.st_size if kind == "file" else 0, 0)
 
 

@@ -56,10 +56,15 @@ class Entry:
     data_offset: int
     target: str = ""  # a link's target
     truncated_at: int | None = None
+    why: str = ""  # kind "unreadable file" (a folder's file that cannot be opened): the system's reason
 
     @property
     def is_file(self) -> bool:
         return self.kind == "file"
+
+
+UNREADABLE_FILE = "unreadable file"
+"""The kind of a folder's file that cannot be opened (:mod:`.folder`); a tar has no such member."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from ..contract.rows import ABSENT, IMAGE_KEY, TEXT_KEY, is_utf8
 from .schema import ColumnKinds, as_json_text
 from .tables import Chunk, batched, loads_json
 from .tarshards import KEY_COLUMN, SHARD_COLUMN, SUFFIX, expand_braces, find_tar_shards, is_webdataset, unreadable_shard
-from .tarstream import Entry, TarStream
+from .tarstream import UNREADABLE_FILE, Entry, TarStream
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -355,6 +355,8 @@ def _not_a_file(entry: Entry, shard: str, code: str = "") -> str:
         return ""
     if entry.kind == "directory":
         return f"{code or errors.DIRECTORY}: member {entry.name!r} of {shard!r} is a directory"
+    if entry.kind == UNREADABLE_FILE:
+        return f"{code or errors.UNREADABLE}: member {entry.name!r} of {shard!r} cannot be read ({entry.why})"
     to = f" to {entry.target!r}" if entry.target else ""
     return f"{code or errors.NOT_A_FILE}: member {entry.name!r} of {shard!r} is a {entry.kind}{to}, not a file"
 
