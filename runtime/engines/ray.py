@@ -423,6 +423,9 @@ def execute_ray(plan: RayPlan, model_dir: str | os.PathLike[str], ray_opts: RayO
     """Score the planned run on Ray Data with the exported folder ``model_dir``, which workers read at its
     absolute path (it must be readable there on every node)."""
     start = time.perf_counter()
+    if ray_opts.baseline and EMBEDS in plan.columns:  # the driver would take the input's column for the actors'
+        raise InputError(f"the input has a column {EMBEDS!r}, which the Ray engine uses to draw the baseline: "
+                         "rename it, or leave out --baseline / --report")
     manifest = read_manifest(model_dir)
     model_dir = os.path.abspath(manifest.root)
     ray = import_ray()

@@ -474,4 +474,8 @@ def test_the_baseline_is_the_local_engines_whatever_the_batches_and_the_output(t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     unasked = _run_ray(tiny_model_dir, str(tmp_path / "all.jsonl"), str(tmp_path / "plain.jsonl"), opts, "cpu")
     assert unasked.baseline is None and "__longclip" not in (tmp_path / "plain.jsonl").read_text()
+    _write_jsonl(tmp_path / "named.jsonl", [{**rows[0], "__longclip_embeds__": "mine"}])
+    with pytest.raises(InputError, match="the input has a column '__longclip_embeds__', which the Ray engine uses"):
+        _run_ray(tiny_model_dir, str(tmp_path / "named.jsonl"), str(tmp_path / "named.out.jsonl"), opts, "cpu", asked)
+    assert not (tmp_path / "named.out.jsonl").exists()
 
