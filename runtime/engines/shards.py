@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..contract.atomic import partial_folder
 from ..contract.errors import InputError
+from ..inputs.folder import is_file_folder
 from ..inputs.tables import FORMATS
 from ..inputs.tarshards import is_hidden
 
@@ -113,6 +114,10 @@ def find_shards(location: str) -> Shards:
             raise InputError(f"input {location!r} does not exist")
         files = [path] if kind == pafs.FileType.File else [
             p for p in _list_files(fs, path) if PurePosixPath(p).suffix.lower() in FORMATS]
+    if not files and is_file_folder(location):
+        raise InputError(f"INPUT {location!r} is a folder of image files, which the local engine reads (img2dataset's "
+                         "files layout): leave out --engine ray, or give Ray tar shards (img2dataset --output_format "
+                         "webdataset)")
     if not files:
         raise InputError(f"no input files match {location!r}: expected {', '.join(FORMATS)} files")
     formats = sorted({PurePosixPath(p).suffix.lower() for p in files})

@@ -202,6 +202,8 @@ def test_shard_columns_from_the_first_shard_that_has_any(tmp_path):
     (lambda d: None, "in.jsonl", "gs://bucket/out.jsonl", InputError, "a single output file must be local"),
     (lambda d: None, "in.jsonl", "out.txt", InputError, "unsupported file type '.txt'"),
     (lambda d: None, "in.jsonl", "no/such/out/", InputError, "no/such' does not exist"),
+    (lambda d: [(d / "f").mkdir(), (d / "f/0.jpg").write_bytes(b"x"), (d / "f/0.txt").write_text("a cat")], "f",
+     "out.jsonl", InputError, "INPUT 'f' is a folder of image files, which the local engine reads"),
 ])
 def test_inputs_and_outputs_refused_before_any_work(tmp_path, monkeypatch, make, source, output, error, message):
     monkeypatch.chdir(tmp_path)
