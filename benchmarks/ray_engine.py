@@ -12,7 +12,8 @@ Cases, one after the other on one machine (images: generated 640x480 JPEGs, a ne
   decode, embed and score in one actor) against ``decode stage`` (Ray tasks decode and crop images to uint8
   arrays, actors only normalize, embed and score: the alternative the engine does not take);
 - Ray's cost per batch: a pipeline whose actor returns its batch untouched, at two batch counts; the slope is the
-  cost of one batch, the intercept the fixed cost of a run (actor start, scheduling).
+  cost of one batch, the intercept the fixed cost of a run (actor start, scheduling);
+- the baseline's own work per row at D=768 (L/14), outside the model and Ray: packing, unpacking, pairing.
 
 Every output is checked against the local one (same order, scores within 1e-6). Ray starts once, with
 ``workers + 1`` CPUs (one for reading and writing). The cases interleave over ``--repeat`` rounds, so a busy spell
@@ -48,6 +49,8 @@ from longclip.runtime.decode.transforms import center_crop, resize, to_normalize
 from longclip.runtime.engines.local import run_file  # noqa: E402
 from longclip.runtime.engines.options import RunOptions  # noqa: E402
 from longclip.runtime.engines.ray import RayOptions, Scorer, run_ray  # noqa: E402
+from longclip.runtime.engines.work import RowEmbeds  # noqa: E402
+from longclip.runtime.model.baseline import Baseline  # noqa: E402
 from longclip.runtime.model.scoring import l2_normalize, score_rows  # noqa: E402
 
 
@@ -186,6 +189,25 @@ def _overhead(ray, folder: Path, batch_counts: tuple[int, int] = (40, 4000)) -> 
     return per_batch, timings[few] - few * per_batch
 
 
+def _baseline_cost(dim: int = 768, rows: int = 20_000, batch: int = 256) -> tuple[float, float]:
+    """(microseconds per row, bytes per row) of the baseline's work outside the model at ``dim`` (L/14: 768): an
+    actor packing its rows' embeddings, the driver unpacking them and pairing them (``Baseline.add_chunk``).
+    What Ray adds to carry the bytes is in the per-batch cost above and the rates with and without it."""
+    rng = np.random.default_rng(0)
+    embeds = [RowEmbeds(np.ones(batch, bool), l2_normalize(rng.standard_normal((batch, dim), np.float32)),
+                        l2_normalize(rng.standard_normal((batch, dim), np.float32)),
+                        rng.integers(0, 2**63, batch, dtype=np.uint64), rng.integers(0, 2**63, batch, dtype=np.uint64))
+              for _ in range(rows // batch)]
+    base = Baseline(None)
+    t = time.perf_counter()
+    for i, e in enumerate(embeds):
+        back = RowEmbeds.from_cells(e.to_cells())
+        base.add_chunk(i * batch, back.valid, back.image_embeds, back.text_embeds, back.image_keys, back.text_keys)
+    base.finish(len(embeds) * batch)
+    seconds = time.perf_counter() - t
+    return seconds / (len(embeds) * batch) * 1e6, len(embeds[0].to_cells()[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -234,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Ray per batch: {per_batch * 1e3:.2f} ms (identity actor, slope from {few} to {many} batches); "
           "fixed per run "
           f"(actor start, scheduling): {fixed:.2f} s; the same call made directly: {direct * 1e6:.1f} us")
+    micros, size = _baseline_cost()
+    print(f"baseline per row at D=768 (pack in the actor, unpack and pair on the driver): {micros:.1f} us, "
+          f"{size:,} bytes carried")
 
 
 if __name__ == "__main__":

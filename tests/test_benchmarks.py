@@ -216,7 +216,8 @@ def test_ray_engine(tiny_model_dir, capsys):
     assert [line.split(":")[0] for line in lines] == [
         "local engine", "ray engine (run_ray, shards out), 1 worker(s)",
         "ray engine + baseline (embeddings to the driver, which writes), 1 worker(s)", "pipeline, decode in 1 actor(s)",
-        "pipeline, decode stage + 1 embedding actor(s)", "Ray per batch"]
+        "pipeline, decode stage + 1 embedding actor(s)", "Ray per batch",
+        "baseline per row at D=768 (pack in the actor, unpack and pair on the driver)"]
 
 
 def test_serve(tiny_model_dir, capsys):
