@@ -129,7 +129,8 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, path: str) -> tuple[int,
     return tuple(state[key].shape)
 
 
-def _count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+def count_layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Residual blocks under ``prefix`` (``...resblocks.`` or ``...encoder.layers.``): the distinct indices."""
     return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
 
 
@@ -151,9 +152,9 @@ def derive_config(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -
         image_size=patch * grid,
         patch_size=patch,
         vision_width=vision_width,
-        vision_layers=_count_layers(state, "visual.transformer.resblocks."),
+        vision_layers=count_layers(state, "visual.transformer.resblocks."),
         text_width=text_width,
-        text_layers=_count_layers(state, "transformer.resblocks."),
+        text_layers=count_layers(state, "transformer.resblocks."),
         context_length=context,
         vocab_size=_shape(state, "token_embedding.weight", path)[0],
     )

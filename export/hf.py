@@ -22,6 +22,7 @@ from longclip.runtime.contract.constants import CONTEXT_LENGTH, EOT_TOKEN, IMAGE
 from longclip.runtime.contract.errors import CheckpointError
 from longclip.runtime.model.checkpoints import HF_CONFIG, hf_files
 
+from .checkpoint import count_layers
 from .model import ACTIVATIONS, LongCLIPConfig
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,6 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, folder: Path) -> tuple[i
     return tuple(state[key].shape)
 
 
-def _layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
-
-
 def _tower_fields(config: Mapping, tower: str, width: int, folder: Path) -> dict[str, object]:
     heads, act, eps = (_sub(config, tower, k) for k in ("num_attention_heads", "hidden_act", "layer_norm_eps"))
     if act not in ACTIVATIONS:
@@ -154,9 +151,9 @@ def hf_config(config: Mapping, state: Mapping[str, torch.Tensor], folder: Path) 
         image_size=patch * grid,
         patch_size=patch,
         vision_width=vision_width,
-        vision_layers=_layers(state, "vision_model.encoder.layers."),
+        vision_layers=count_layers(state, "vision_model.encoder.layers."),
         text_width=text_width,
-        text_layers=_layers(state, "text_model.encoder.layers."),
+        text_layers=count_layers(state, "text_model.encoder.layers."),
         context_length=_context(config, state, folder),
         vocab_size=vocab,
         vision_mlp_width=_shape(state, "vision_model.encoder.layers.0.mlp.fc1.weight", folder)[0],
