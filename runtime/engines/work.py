@@ -64,8 +64,8 @@ class RowEmbeds:
         keys = raw[:, :16].copy().view("<u8")
         image = raw[:, 16:16 + 4 * width].copy().view("<f4")
         text = raw[:, 16 + 4 * width:].copy().view("<f4")
-        return cls(valid, image.astype(np.float32), text.astype(np.float32), keys[:, 0].astype(np.uint64),
-                   keys[:, 1].astype(np.uint64))
+        return cls(valid, image.astype(np.float32, copy=False), text.astype(np.float32, copy=False),
+                   keys[:, 0].astype(np.uint64), keys[:, 1].astype(np.uint64))
 
 
 @dataclass
